@@ -1,0 +1,4 @@
+from ppl_dgm.cli import main
+
+if __name__ == "__main__":
+    main()

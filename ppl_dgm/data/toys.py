@@ -1,0 +1,66 @@
+"""Two-dimensional toy distributions, drawn from a seed.
+
+Each sampler returns an array of shape (n, 2), roughly standardised to [-4, 4].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _moons(n, rng):
+    from sklearn.datasets import make_moons
+
+    x, _ = make_moons(n, noise=0.05, random_state=int(rng.integers(2**31)))
+    return (x - [0.5, 0.25]) * 2.0
+
+
+def _circles(n, rng):
+    from sklearn.datasets import make_circles
+
+    x, _ = make_circles(n, noise=0.04, factor=0.5, random_state=int(rng.integers(2**31)))
+    return x * 3.0
+
+
+def _eight_gaussians(n, rng):
+    angles = 2 * np.pi * rng.integers(0, 8, n) / 8
+    centres = 2.8 * np.stack([np.cos(angles), np.sin(angles)], 1)
+    return centres + 0.2 * rng.standard_normal((n, 2))
+
+
+def _swiss_roll(n, rng):
+    t = 1.5 * np.pi * (1 + 2 * rng.random(n))
+    x = np.stack([t * np.cos(t), t * np.sin(t)], 1) / 4.0
+    return x + 0.1 * rng.standard_normal((n, 2))
+
+
+def _checkerboard(n, rng):
+    x1 = rng.random(n) * 4 - 2
+    x2 = rng.random(n) - rng.integers(0, 2, n) * 2.0
+    x2 = x2 + np.floor(x1) % 2
+    return np.stack([x1, x2], 1) * 2.0
+
+
+def _pinwheel(n, rng, arms=5, radial_sd=0.3, tangential_sd=0.1, rate=0.25):
+    rads = np.linspace(0, 2 * np.pi, arms, endpoint=False)
+    feats = rng.standard_normal((n, 2)) * [radial_sd, tangential_sd]
+    feats[:, 0] += 1.0
+    labels = rng.integers(0, arms, n)
+    angle = rads[labels] + rate * np.exp(feats[:, 0])
+    rot = np.stack([np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)], 1).reshape(-1, 2, 2)
+    return 2.0 * np.einsum("ti,tij->tj", feats, rot)
+
+
+TOYS = {
+    "moons": _moons,
+    "circles": _circles,
+    "eight-gaussians": _eight_gaussians,
+    "swiss-roll": _swiss_roll,
+    "checkerboard": _checkerboard,
+    "pinwheel": _pinwheel,
+}
+
+
+def sample_toy(name: str, n: int, seed: int) -> np.ndarray:
+    """Draw ``n`` points of the toy ``name`` with ``seed``; shape (n, 2), float32."""
+    return TOYS[name](n, np.random.default_rng(seed)).astype(np.float32)

@@ -1,0 +1,151 @@
+"""Diagnostics read from Pyro traces, for any model–guide pair.
+
+:func:`elbo_terms` takes the ELBO apart site by site (notes 002, ELBO eq. (*)):
+
+.. math::  \\mathrm{ELBO} = \\sum_{\\text{observed } s} E_q[\\log p(x_s \\mid \\cdot)]
+           - \\sum_{\\text{latent } s} \\mathrm{KL}(q_s \\,\\|\\, p_s)
+
+where each KL is analytic when torch/Pyro know it for the pair of
+distributions and a Monte Carlo estimate E_q[log q - log p] otherwise.
+:func:`find_nonfinite` names the sites (and parameters) where values or
+log-densities stop being finite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyro.poutine as poutine
+from pyro.poutine.util import site_is_subsample
+import torch
+import pyro.distributions.kl  # noqa: F401  (registers Pyro's KL pairs, e.g. Independent)
+from torch.distributions import kl_divergence
+
+DATA_PLATE = "data"
+
+
+@dataclass
+class ElboTerms:
+    """Per-example ELBO terms (nats), averaged over particles.
+
+    Attributes
+    ----------
+    elbo : float
+        ``reconstruction - kl``.
+    reconstruction : float
+        Sum over observed sites of E_q[log p(x_s | ...)].
+    kl : float
+        Sum over latent sites of KL(q_s || p_s).
+    log_likelihood, kl_sites : dict[str, float]
+        The same per site.
+    analytic : dict[str, bool]
+        Whether each site's KL was computed in closed form.
+    n : int
+        Number of examples (size of the ``"data"`` plate; 1 if there is none).
+    """
+
+    elbo: float
+    reconstruction: float
+    kl: float
+    log_likelihood: dict[str, float] = field(default_factory=dict)
+    kl_sites: dict[str, float] = field(default_factory=dict)
+    analytic: dict[str, bool] = field(default_factory=dict)
+    n: int = 1
+
+    def as_dict(self) -> dict:
+        return {"elbo": self.elbo, "reconstruction": self.reconstruction, "kl": self.kl,
+                "log_likelihood_sites": self.log_likelihood, "kl_sites": self.kl_sites,
+                "kl_analytic": self.analytic, "n": self.n}
+
+
+def _plate_size(trace: poutine.Trace) -> int:
+    for site in trace.nodes.values():
+        if site["type"] == "sample":
+            for frame in site["cond_indep_stack"]:
+                if frame.name == DATA_PLATE:
+                    return int(frame.size)
+    return 1
+
+
+def _scaled_sum(t: torch.Tensor, site) -> torch.Tensor:
+    scale = site["scale"]
+    if site["mask"] is not None and site["mask"] is not False:
+        t = t * site["mask"] if site["mask"] is not True else t
+    return (t * scale).sum() if isinstance(scale, torch.Tensor) else t.sum() * scale
+
+
+def site_kl(q_site, p_site) -> tuple[torch.Tensor, bool]:
+    """KL(q || p) of one latent site, summed over its batch (and plate scale); analytic if possible."""
+    try:
+        kl = kl_divergence(q_site["fn"], p_site["fn"])
+        if kl.shape != q_site["fn"].batch_shape:
+            raise NotImplementedError
+        return _scaled_sum(kl, p_site), True
+    except NotImplementedError:
+        value = q_site["value"]
+        return _scaled_sum(q_site["fn"].log_prob(value) - p_site["fn"].log_prob(value), p_site), False
+
+
+@torch.no_grad()
+def elbo_terms(model, guide, *args, num_particles: int = 1, **kwargs) -> ElboTerms:
+    """The ELBO of ``model``/``guide`` on ``args`` taken apart by site, per example.
+
+    Parameters
+    ----------
+    model, guide : callables
+        A model–guide pair with matching latent sites.
+    *args, **kwargs
+        Passed to both (e.g. ``x`` of shape (N, D)).
+    num_particles : int
+        Samples of z ~ q averaged over.
+    """
+    rec: dict[str, float] = {}
+    kls: dict[str, float] = {}
+    analytic: dict[str, bool] = {}
+    n = 1
+    for _ in range(num_particles):
+        g_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+        m_tr = poutine.trace(poutine.replay(model, trace=g_tr)).get_trace(*args, **kwargs)
+        n = _plate_size(m_tr)
+        for name, site in m_tr.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if site["is_observed"]:
+                v = _scaled_sum(site["fn"].log_prob(site["value"]), site)
+                rec[name] = rec.get(name, 0.0) + float(v) / num_particles
+            elif name in g_tr.nodes:
+                v, exact = site_kl(g_tr.nodes[name], site)
+                kls[name] = kls.get(name, 0.0) + float(v) / num_particles
+                analytic[name] = exact
+    rec = {k: v / n for k, v in rec.items()}
+    kls = {k: v / n for k, v in kls.items()}
+    r, k = sum(rec.values()), sum(kls.values())
+    return ElboTerms(r - k, r, k, rec, kls, analytic, n)
+
+
+@torch.no_grad()
+def find_nonfinite(model, guide, *args, module: torch.nn.Module | None = None, **kwargs) -> list[str]:
+    """Names of sites whose value or log-density is not finite (and of non-finite parameters).
+
+    Returns a list such as ``["param encoder.0.weight", "guide z (value)", "model x (log_prob)"]``.
+    """
+    found: list[str] = []
+    if module is not None:
+        found += [f"param {n}" for n, p in module.named_parameters() if not torch.isfinite(p).all()]
+    try:
+        g_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+        m_tr = poutine.trace(poutine.replay(model, trace=g_tr)).get_trace(*args, **kwargs)
+    except Exception as e:  # a distribution refusing NaN parameters is itself the finding
+        return found + [f"trace failed: {str(e).splitlines()[0][:200]}"]
+    for where, tr in (("guide", g_tr), ("model", m_tr)):
+        for name, site in tr.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            v = site["value"]
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
+                found.append(f"{where} {name} (value)")
+                continue
+            lp = site["fn"].log_prob(v)
+            if not torch.isfinite(lp).all():
+                found.append(f"{where} {name} (log_prob)")
+    return found

@@ -1,0 +1,288 @@
+"""EM hooks for the Gaussian mixture, written as big matrix products.
+
+The data never change during a fit, so (after centring, for numerical safety)
+each point gets a feature row prepared once (course notes, EM section; the
+expansion of the quadratic form)::
+
+    phi(x) = [ x_i x_j (i <= j) | x | 1 ]      full / tied, F = D(D+1)/2 + D + 1
+    phi(x) = [ x_d^2            | x | 1 ]      diag,        F = 2 D + 1
+    phi(x) = [ ||x||^2          | x | 1 ]      spherical,   F = D + 2
+
+Then both steps are one matrix product each over the same rows:
+
+* E-step: ``log pi_k + log N(x_n | mu_k, Sigma_k) = phi(x_n) . w_k`` with
+  ``w_k = [-1/2 vech(P_k) (off-diagonals doubled) | P_k mu_k |
+  log pi_k - D/2 log 2 pi + log det U_k - 1/2 mu_k^T P_k mu_k]``, so
+  ``log p = Phi W`` (N x F times F x K), then ``gamma = softmax`` per row;
+* M-step statistics: ``S = Phi^T gamma`` (F x K) holds, per component, the
+  weighted second moments ``sum_n gamma_nk x_n x_n^T``, first moments
+  ``sum_n gamma_nk x_n`` and counts ``N_k = sum_n gamma_nk``; the closed forms
+  ``mu_k = sum gamma x / N_k``, ``Sigma_k = sum gamma x x^T / N_k - mu_k mu_k^T + reg I``,
+  ``pi_k = N_k / N`` follow (course notes, M-step).
+
+Rows are processed in chunks, so the temporaries are O(chunk x (F + K)); the
+feature matrix is kept for the whole data only if it fits ``precompute_bytes``
+(otherwise each chunk's features are rebuilt on the fly and memory stays bounded
+by the chunk size whatever N is).  Statistics are accumulated in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import InputError, check_choice
+from ..inference.em import EStep
+from .gmm import (
+    COVARIANCE_TYPES,
+    GMMParams,
+    covariances_from_precision_cholesky,
+    log_det_cholesky,
+    precision_cholesky,
+)
+
+INIT_METHODS = ("kmeans", "k-means++", "random_from_data", "random")
+
+
+@dataclass
+class GMMData:
+    """Prepared data: raw rows, their mean, and (optionally) all feature rows."""
+
+    x: Tensor
+    shift: Tensor
+    features: Tensor | None
+    chunk_size: int
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+
+class GMMFamily:
+    """Gaussian-mixture hooks for :func:`ppl_dgm.inference.em.fit_em`.
+
+    Parameters
+    ----------
+    n_components : int
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}
+    reg_covar : float
+        Added to the covariance diagonals in the M-step.
+    init_params : {'kmeans', 'k-means++', 'random_from_data', 'random'}
+    chunk_size : int, optional
+        Rows per chunk; by default about ``chunk_bytes`` of temporaries.
+    precompute_bytes : int
+        Keep the whole (N, F) feature matrix if it is at most this large.
+    """
+
+    def __init__(self, n_components: int, covariance_type: str = "full", reg_covar: float = 1e-6,
+                 init_params: str = "kmeans", chunk_size: int | None = None,
+                 precompute_bytes: int = 1 << 30, chunk_bytes: int = 1 << 21) -> None:
+        self.k = int(n_components)
+        self.covariance_type = check_choice("covariance_type", covariance_type, COVARIANCE_TYPES)
+        self.init_params = check_choice("init_params", init_params, INIT_METHODS)
+        self.reg_covar = float(reg_covar)
+        self.chunk_size = chunk_size
+        self.precompute_bytes = precompute_bytes
+        self.chunk_bytes = chunk_bytes
+
+    # --- features --------------------------------------------------------------------------
+    def n_features_phi(self, d: int) -> int:
+        ct = self.covariance_type
+        return {"full": d * (d + 1) // 2, "tied": d * (d + 1) // 2, "diag": d, "spherical": 1}[ct] + d + 1
+
+    def phi(self, xc: Tensor) -> Tensor:
+        """Feature rows of centred data ``xc`` (n, D) -> (n, F)."""
+        n, d = xc.shape
+        ones = xc.new_ones(n, 1)
+        if self.covariance_type in ("full", "tied"):
+            iu = torch.triu_indices(d, d, device=xc.device)
+            quad = xc[:, iu[0]] * xc[:, iu[1]]
+        elif self.covariance_type == "diag":
+            quad = xc * xc
+        else:
+            quad = (xc * xc).sum(1, keepdim=True)
+        return torch.cat([quad, xc, ones], dim=1)
+
+    def prepare(self, x: Tensor) -> GMMData:
+        n, d = x.shape
+        f = self.n_features_phi(d)
+        item = x.element_size()
+        chunk = self.chunk_size or max(256, self.chunk_bytes // (item * (f + 2 * self.k)))
+        shift = x.mean(0, dtype=torch.float64).to(x.dtype)
+        features = None
+        if n * f * item <= self.precompute_bytes:
+            features = torch.empty(n, f, dtype=x.dtype, device=x.device)
+            for i in range(0, n, chunk):
+                features[i : i + chunk] = self.phi(x[i : i + chunk] - shift)
+        return GMMData(x, shift, features, min(int(chunk), n))
+
+    def _rows(self, data: GMMData, i: int) -> Tensor:
+        j = i + data.chunk_size
+        if data.features is not None:
+            return data.features[i:j]
+        return self.phi(data.x[i:j] - data.shift)
+
+    # --- E-step ----------------------------------------------------------------------------
+    def weight_matrix(self, params: GMMParams, shift: Tensor) -> Tensor:
+        """``W`` (F, K) such that ``phi(x - shift) W = log pi_k + log N(x | mu_k, Sigma_k)``."""
+        ct = self.covariance_type
+        u = params.precisions_cholesky.double()
+        mu = params.means.double() - shift.double()
+        k, d = mu.shape
+        if ct in ("full", "tied"):
+            prec = u @ u.transpose(-1, -2)
+            prec = prec.expand(k, d, d) if ct == "tied" else prec
+            iu = torch.triu_indices(d, d, device=mu.device)
+            factor = torch.where(iu[0] == iu[1], -0.5, -1.0).to(prec)
+            quad = prec[:, iu[0], iu[1]] * factor  # (K, D(D+1)/2)
+            lin = (prec @ mu.unsqueeze(-1)).squeeze(-1)  # (K, D)
+            const = (lin * mu).sum(1)
+        elif ct == "diag":
+            p = u * u
+            quad, lin = -0.5 * p, p * mu
+            const = (lin * mu).sum(1)
+        else:
+            p = u * u
+            quad, lin = (-0.5 * p).unsqueeze(1), p.unsqueeze(1) * mu
+            const = p * (mu * mu).sum(1)
+        log_det = log_det_cholesky(u, ct, d).expand(k)
+        c0 = params.weights.double().log() - 0.5 * d * math.log(2 * math.pi) + log_det - 0.5 * const
+        w = torch.cat([quad, lin, c0.unsqueeze(1)], dim=1).T
+        return w.to(params.means.dtype).contiguous()
+
+    def e_step(self, params: GMMParams, data: GMMData) -> EStep:
+        """Mean log-likelihood and ``S = Phi^T gamma`` (F, K) in float64, one pass over chunks."""
+        w = self.weight_matrix(params, data.shift)
+        stats = torch.zeros(w.shape, dtype=torch.float64, device=w.device)
+        total = torch.zeros((), dtype=torch.float64, device=w.device)
+        for i in range(0, data.n, data.chunk_size):
+            rows = self._rows(data, i)
+            logp = rows @ w  # (c, K)
+            m = logp.amax(1, keepdim=True)
+            resp = logp.sub_(m).exp_()
+            s = resp.sum(1, keepdim=True)
+            resp.div_(s)
+            total += (m + s.log()).sum(dtype=torch.float64)
+            stats += (rows.T @ resp).double()
+        return EStep(float(total) / data.n, stats)
+
+    # --- M-step ----------------------------------------------------------------------------
+    def m_step(self, estep: EStep, data: GMMData) -> GMMParams:
+        """Closed-form ``pi, mu, Sigma`` from the statistics (course notes, M-step)."""
+        return self.params_from_stats(estep.stats, data)
+
+    def params_from_stats(self, stats: Tensor, data: GMMData) -> GMMParams:
+        ct, dtype = self.covariance_type, data.x.dtype
+        d = data.x.shape[1]
+        nq = stats.shape[0] - d - 1
+        nk = stats[-1] + 10 * torch.finfo(dtype).eps
+        sx = stats[nq:-1].T  # (K, D)
+        mu = sx / nk.unsqueeze(1)
+        if ct in ("full", "tied"):
+            iu = torch.triu_indices(d, d, device=stats.device)
+            sxx = stats.new_zeros(self.k, d, d)
+            sxx[:, iu[0], iu[1]] = stats[:nq].T
+            sxx[:, iu[1], iu[0]] = stats[:nq].T
+            eye = torch.eye(d, dtype=stats.dtype, device=stats.device)
+            if ct == "full":
+                cov = sxx / nk[:, None, None] - mu.unsqueeze(2) * mu.unsqueeze(1)
+            else:
+                cov = (sxx.sum(0) - (nk[:, None] * mu).T @ mu) / nk.sum()
+            cov = cov + self.reg_covar * eye
+        elif ct == "diag":
+            cov = stats[:nq].T / nk.unsqueeze(1) - mu * mu + self.reg_covar
+        else:
+            cov = (stats[0] / nk - (mu * mu).sum(1)) / d + self.reg_covar
+        weights = nk / nk.sum()
+        prec_chol = precision_cholesky(cov, ct, self.reg_covar)
+        means = mu + data.shift.double()
+        return GMMParams(*(t.to(dtype) for t in (weights, means, cov, prec_chol)))
+
+    def monotone_slack(self, params: GMMParams) -> float:
+        """Allowed per-sample decrease: round-off plus ``reg_covar * max_k tr(P_k)``."""
+        u = params.precisions_cholesky.double()
+        if self.covariance_type in ("full", "tied"):
+            tr = u.pow(2).sum((-1, -2)).max()
+        elif self.covariance_type == "diag":
+            tr = u.pow(2).sum(-1).max()
+        else:
+            tr = u.pow(2).max() * params.means.shape[1]
+        eps = torch.finfo(params.means.dtype).eps
+        return float(self.reg_covar * tr) + 1e4 * eps * (1.0 + float(tr))
+
+    # --- initialisation --------------------------------------------------------------------
+    def initialize(self, data: GMMData, generator: torch.Generator) -> GMMParams:
+        """Parameters from initial responsibilities, as scikit-learn's ``init_params``."""
+        n = data.n
+        if self.k > n:
+            raise InputError(f"expected n_components <= n_samples; got {self.k} > {n}")
+        method = self.init_params
+        if method in ("random_from_data", "k-means++"):
+            if method == "random_from_data":
+                idx = torch.randperm(n, generator=generator)[: self.k]
+            else:
+                idx = kmeans_plusplus(data.x, self.k, generator)
+            rows = self.phi(data.x[idx.to(data.x.device)] - data.shift).double()
+            return self.params_from_stats(rows.T.contiguous(), data)
+        stats = torch.zeros(self.n_features_phi(data.x.shape[1]), self.k, dtype=torch.float64,
+                            device=data.x.device)
+        labels = kmeans(data.x, self.k, generator) if method == "kmeans" else None
+        for i in range(0, n, data.chunk_size):
+            rows = self._rows(data, i)
+            if labels is None:
+                resp = torch.rand(rows.shape[0], self.k, generator=generator, dtype=torch.float64)
+                resp = (resp / resp.sum(1, keepdim=True)).to(rows)
+            else:
+                resp = torch.nn.functional.one_hot(labels[i : i + rows.shape[0]], self.k).to(rows)
+            stats += (rows.T @ resp.to(rows.device)).double()
+        return self.params_from_stats(stats, data)
+
+    def params_from_given(self, weights: Tensor, means: Tensor, precisions: Tensor) -> GMMParams:
+        """Initial parameters from given weights, means and precisions (sklearn ``*_init``)."""
+        from .gmm import precision_cholesky_from_precisions
+
+        prec_chol = precision_cholesky_from_precisions(precisions, self.covariance_type)
+        cov = covariances_from_precision_cholesky(prec_chol, self.covariance_type)
+        return GMMParams(weights / weights.sum(), means, cov, prec_chol)
+
+
+def _sq_dists(x: Tensor, centers: Tensor) -> Tensor:
+    return (x.pow(2).sum(1, keepdim=True) - 2 * x @ centers.T + centers.pow(2).sum(1)).clamp_min_(0)
+
+
+def kmeans_plusplus(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """Indices of ``k`` seeds chosen by k-means++ (D^2 weighting), shape (k,)."""
+    n = x.shape[0]
+    idx = [int(torch.randint(n, (1,), generator=generator))]
+    closest = _sq_dists(x, x[idx]).squeeze(1)
+    for _ in range(1, k):
+        p = closest.double().cpu()
+        p = p / p.sum() if float(p.sum()) > 0 else torch.full_like(p, 1.0 / n)
+        j = int(torch.multinomial(p, 1, generator=generator))
+        idx.append(j)
+        closest = torch.minimum(closest, _sq_dists(x, x[j : j + 1]).squeeze(1))
+    return torch.tensor(idx)
+
+
+def kmeans(x: Tensor, k: int, generator: torch.Generator, max_iter: int = 100,
+           tol: float = 1e-4, chunk_size: int = 16384) -> Tensor:
+    """Lloyd's k-means from k-means++ seeds; returns labels, shape (N,)."""
+    centers = x[kmeans_plusplus(x, k, generator).to(x.device)].clone()
+    scale = float(x.var(0).mean()) or 1.0
+    labels = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    for _ in range(max_iter):
+        for i in range(0, x.shape[0], chunk_size):
+            labels[i : i + chunk_size] = _sq_dists(x[i : i + chunk_size], centers).argmin(1)
+        sums = torch.zeros_like(centers).index_add_(0, labels, x)
+        counts = torch.bincount(labels, minlength=k).to(x.dtype).unsqueeze(1)
+        new = torch.where(counts > 0, sums / counts.clamp_min(1), centers)
+        shift = float((new - centers).pow(2).sum())
+        centers = new
+        if shift <= tol * scale:
+            break
+    for i in range(0, x.shape[0], chunk_size):
+        labels[i : i + chunk_size] = _sq_dists(x[i : i + chunk_size], centers).argmin(1)
+    return labels

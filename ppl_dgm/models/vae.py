@@ -1,0 +1,141 @@
+"""The variational autoencoder (course notes 002 §VAE; notes 000 "AE and VAE").
+
+Generative model (decoder), for each example n (plate ``"data"``):
+
+.. math::  z_n \\sim \\mathcal N(0, I_K), \\qquad x_n \\mid z_n \\sim p_\\theta(x \\mid z_n)
+
+with p_theta Bernoulli(logits = f_theta(z)) or Gaussian N(f_theta(z), sigma^2 I).
+
+Amortized guide (encoder), reparameterized (notes 002, "reparameterization trick"):
+
+.. math::  q_\\phi(z_n \\mid x_n) = \\mathcal N(g_\\mu(x_n), \\mathrm{diag}\\, g_\\sigma(x_n)^2)
+
+Trained by maximising the ELBO of notes 002 eq. (*):
+E_q[log p(x|z)] - KL(q(z|x) || p(z)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import InputError, check_choice
+from ..nn import MLP, ConvDecoder28, ConvEncoder28
+from .base import GenerativeModel
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+ARCHS = ("mlp", "conv")
+
+
+class VAE(GenerativeModel):
+    """Variational autoencoder with a standard-normal prior and an amortized Gaussian guide.
+
+    Parameters
+    ----------
+    x_dim : int
+        D, the size of a flattened example.
+    latent_dim : int
+        K, the size of z.
+    hidden : sequence of int
+        Hidden widths of the MLP encoder and (mirrored) decoder; for ``arch="conv"``
+        the first entry is the width of the dense layer.
+    likelihood : {"bernoulli", "gaussian"}
+        p(x | z).  Bernoulli takes data in [0, 1]; Gaussian has fixed scale ``x_scale``.
+    arch : {"mlp", "conv"}
+        ``conv`` needs 28x28 single-channel images (D = 784).
+    x_scale : float
+        sigma of the Gaussian likelihood.
+    image_shape : sequence of int, optional
+        Shape of one example, kept for plots and ``sample`` output.
+    """
+
+    family = "vae"
+
+    def __init__(
+        self,
+        x_dim: int,
+        latent_dim: int = 16,
+        hidden: Sequence[int] = (256,),
+        likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
+        arch: Literal["mlp", "conv"] = "mlp",
+        x_scale: float = 0.1,
+        image_shape: Sequence[int] | None = None,
+    ):
+        super().__init__()
+        check_choice("likelihood", likelihood, LIKELIHOODS)
+        check_choice("arch", arch, ARCHS)
+        hidden = tuple(int(h) for h in hidden)
+        if x_dim < 1 or latent_dim < 1 or any(h < 1 for h in hidden):
+            raise InputError(f"x_dim, latent_dim and hidden widths must be positive; "
+                             f"got x_dim={x_dim}, latent_dim={latent_dim}, hidden={hidden}")
+        if arch == "conv" and x_dim != 784:
+            raise InputError(f"arch 'conv' expects 28x28 images (x_dim 784); got x_dim {x_dim}")
+        if not x_scale > 0:
+            raise InputError(f"x_scale must be > 0; got {x_scale}")
+        self._store_config(locals())
+        self.x_dim, self.latent_dim, self.likelihood, self.x_scale = x_dim, latent_dim, likelihood, x_scale
+        self.image_shape = tuple(image_shape) if image_shape else None
+        if arch == "conv":
+            width = hidden[0] if hidden else 256
+            self.encoder: nn.Module = ConvEncoder28(2 * latent_dim, width)
+            self.decoder: nn.Module = ConvDecoder28(latent_dim, width)
+        else:
+            self.encoder = MLP(x_dim, hidden, 2 * latent_dim)
+            self.decoder = MLP(latent_dim, hidden[::-1], x_dim)
+
+    # -- networks -------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """g_mu(x), g_sigma(x): each of shape (N, K) for x of shape (N, D)."""
+        h = self.encoder(x)
+        loc, raw = h[..., : self.latent_dim], h[..., self.latent_dim:]
+        return loc, F.softplus(raw) + 1e-4
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x | z]: probabilities (Bernoulli) or means (Gaussian), shape (..., D)."""
+        out = self.decoder(z)
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+    def likelihood_dist(self, z: torch.Tensor) -> dist.Distribution:
+        """p_theta(x | z) with event shape (D,)."""
+        out = self.decoder(z)
+        if self.likelihood == "bernoulli":
+            # validate_args=False: grey levels in [0, 1] are allowed (cross-entropy), not only {0, 1}
+            return dist.Bernoulli(logits=out, validate_args=False).to_event(1)
+        return dist.Normal(out, self.x_scale).to_event(1)
+
+    # -- the model-guide pair ---------------------------------------------------------
+    def prior(self, n: int, like: torch.Tensor) -> dist.Distribution:
+        """p(z) = N(0, I_K), batch shape (n,), on the device and dtype of ``like``."""
+        zeros = like.new_zeros((n, self.latent_dim))
+        return dist.Normal(zeros, torch.ones_like(zeros)).to_event(1)
+
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """p(x, z) = p(z) p_theta(x | z); x of shape (N, D)."""
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior(x.shape[0], x))
+            pyro.sample("x", self.likelihood_dist(z), obs=x)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """q_phi(z | x) = N(g_mu(x), diag g_sigma(x)^2); x of shape (N, D)."""
+        loc, scale = self.encode(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    # -- tools ------------------------------------------------------------------------
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """E[x | z = g_mu(x)], shape (N, D)."""
+        return self.decode(self.encode(x)[0])
+
+    @torch.no_grad()
+    def sample(self, n: int, *, mean: bool = False) -> torch.Tensor:
+        """n new examples, shape (n, D): z ~ p(z), then x ~ p(x|z) (or E[x|z] if ``mean``)."""
+        like = next(self.parameters())
+        z = self.prior(n, like).sample()
+        return self.decode(z) if mean else self.likelihood_dist(z).sample()
