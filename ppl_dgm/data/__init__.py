@@ -16,6 +16,7 @@ from ._dataset import (
     BINARIZE,
     Dataset,
     apply_binarize,
+    apply_binarize_to,
     check_array,
     check_unit_interval,
     dynamic_binarize,
@@ -34,7 +35,7 @@ IMAGE_DATASETS = {
 DATASETS = {**IMAGE_DATASETS, **{k: f"2-D toy '{k}', drawn from the seed" for k in TOYS}}
 
 __all__ = ["Dataset", "DATASETS", "BINARIZE", "load_dataset", "check_array", "check_unit_interval",
-           "dynamic_binarize", "sample_toy"]
+           "dynamic_binarize", "sample_toy", "apply_binarize_to"]
 
 
 def load_dataset(

@@ -103,13 +103,21 @@ def apply_binarize(ds: Dataset, binarize: str, seed: int) -> Dataset:
     if binarize == "none":
         return replace(ds, binarize="none")
     check_unit_interval(ds.x_train, f"{ds.name} (binarize={binarize})")
-    g = torch.Generator().manual_seed(seed + 7919)
-    x_test = torch.bernoulli(ds.x_test, generator=g)
+    x_test = apply_binarize_to(ds.x_test, binarize, seed, ds.name)
     if binarize == "static":
-        x_train = torch.bernoulli(ds.x_train, generator=g)
+        x_train = torch.bernoulli(ds.x_train, generator=torch.Generator().manual_seed(seed + 7919))
     else:
         x_train = ds.x_train
     return replace(ds, x_train=x_train, x_test=x_test, binarize=binarize)
+
+
+def apply_binarize_to(x: torch.Tensor, binarize: str, seed: int, what: str) -> torch.Tensor:
+    """Binarize held-out data as a run was trained (``static`` and ``dynamic``: one seeded draw)."""
+    check_choice("binarize", binarize, BINARIZE)
+    if binarize == "none":
+        return x
+    check_unit_interval(x, f"{what} (binarize={binarize})")
+    return torch.bernoulli(x, generator=torch.Generator().manual_seed(seed + 104_729))
 
 
 def seeded_split(x: np.ndarray, y: np.ndarray | None, test_fraction: float, seed: int):

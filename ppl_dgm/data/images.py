@@ -97,8 +97,14 @@ def load_idx_folder(name: str, folders: list[Path], how_to_get: str):
                      f"(optionally .gz); looked in {looked}. {how_to_get}")
 
 
-def load_array_file(path: str | os.PathLike, seed: int, test_fraction: float = 0.2):
-    """A ``.npy`` array (N, ...) or a ``.npz`` with ``x`` [``y``, ``x_test``, ``y_test``]."""
+def load_array_file(path: str | os.PathLike, seed: int, test_fraction: float = 0.2, *,
+                    evaluation: bool = False):
+    """A ``.npy`` array (N, ...) or a ``.npz`` with ``x`` [``y``, ``x_test``, ``y_test``].
+
+    Returns ``(x_train, y_train, x_test, y_test, shape)``.  With ``evaluation=True``
+    nothing is held out: the examples to score (``x_test`` if present, else all of
+    ``x``) come back as the test part, and the train part is empty.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"--data: expected a .npy or .npz file; got {str(path)!r}, which does not exist")
@@ -121,6 +127,11 @@ def load_array_file(path: str | os.PathLike, seed: int, test_fraction: float = 0
     x = check_array(x, str(path)).astype(np.float32)
     if y is not None and len(y) != len(x):
         raise InputError(f"{path}: expected {len(x)} labels in 'y' (one per example); got {len(y)}")
+    if evaluation:
+        if x_te is None:
+            x_te, y_te = x, y
+        x_te = check_array(x_te, f"{path}['x_test']").astype(np.float32)
+        return x[:0], None, x_te, y_te, tuple(x.shape[1:])
     if x_te is not None:
         x_te = check_array(x_te, f"{path}['x_test']").astype(np.float32)
         if x_te.shape[1:] != x.shape[1:]:

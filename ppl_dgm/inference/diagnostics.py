@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pyro
 import pyro.poutine as poutine
 from pyro.poutine.util import site_is_subsample
 import torch
@@ -133,8 +134,9 @@ def find_nonfinite(model, guide, *args, module: torch.nn.Module | None = None, *
     if module is not None:
         found += [f"param {n}" for n, p in module.named_parameters() if not torch.isfinite(p).all()]
     try:
-        g_tr = poutine.trace(guide).get_trace(*args, **kwargs)
-        m_tr = poutine.trace(poutine.replay(model, trace=g_tr)).get_trace(*args, **kwargs)
+        with pyro.validation_enabled(False):
+            g_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+            m_tr = poutine.trace(poutine.replay(model, trace=g_tr)).get_trace(*args, **kwargs)
     except Exception as e:  # a distribution refusing NaN parameters is itself the finding
         return found + [f"trace failed: {str(e).splitlines()[0][:200]}"]
     for where, tr in (("guide", g_tr), ("model", m_tr)):

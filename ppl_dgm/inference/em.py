@@ -143,7 +143,7 @@ def fit_em(
         round-off plus the effect of ``reg_covar``).
     elbo_check : callable, optional
         ``params -> ELBO - log-likelihood`` evaluated right after each E-step
-        (e.g. :func:`elbo_gap` through Pyro traces); recorded in ``elbo_gaps``.
+        (e.g. ``GMMFamily.elbo_gap``, built on :func:`pyro_elbo`); recorded in ``elbo_gaps``.
     warn : bool
         Emit :class:`ConvergenceWarning` if the kept restart did not converge.
     callback : callable, optional
@@ -204,14 +204,16 @@ def fit_em(
     return best
 
 
-def elbo_gap(model: Callable, guide: Callable, x: Tensor, *, enumerate_guide: bool = True,
-             num_particles: int = 1) -> tuple[float, float]:
-    """The ELBO of ``(model, guide)`` on ``x`` through Pyro traces, summed over the data.
+def pyro_elbo(model: Callable, guide: Callable, x: Tensor, *, enumerate_guide: bool = True,
+              num_particles: int = 1) -> float:
+    """The ELBO of ``(model, guide)`` on ``x`` computed from Pyro traces, summed over the data.
 
     With a discrete guide (``enumerate_guide=True``) ``TraceEnum_ELBO`` sums over
     every value of the guide's enumerated sites, so the ELBO is exact; otherwise
     ``Trace_ELBO`` is used (exact too when the guide is the exact posterior,
-    since ``log p(x, z) - log q(z | x) = log p(x)`` for every ``z``).
+    since ``log p(x, z) - log q(z | x) = log p(x)`` for every draw of ``z``).
+    After an E-step (guide = exact posterior) this equals ``sum_n log p(x_n)``
+    (course notes, EM section: the bound is tight when ``q = p(c | x, theta)``).
 
     Parameters
     ----------
@@ -221,12 +223,12 @@ def elbo_gap(model: Callable, guide: Callable, x: Tensor, *, enumerate_guide: bo
 
     Returns
     -------
-    (elbo, elbo_per_sample) : tuple of float
+    float
+        ``E_q[log p(x, z) - log q(z)]`` summed over the N points.
     """
     if enumerate_guide:
         elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1, num_particles=num_particles)
     else:
         elbo = pyro.infer.Trace_ELBO(num_particles=num_particles)
     with torch.no_grad():
-        value = -float(elbo.differentiable_loss(model, guide, x))
-    return value, value / x.shape[0]
+        return -float(elbo.loss(model, guide, x))

@@ -254,7 +254,7 @@ def fit_svi(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=(epochs - start_epoch) * steps, desc=f"fit {family}", unit="step",
-                   dynamic_ncols=True, leave=True)
+                   dynamic_ncols=True, leave=True, mininterval=0.5)
     result = FitResult(model, history, ckpt_path if ckpt_path and ckpt_path.exists() else None)
     try:
         for epoch in range(start_epoch, epochs):
@@ -272,8 +272,13 @@ def fit_svi(
                 if transform is not None:
                     batch = (transform(batch[0]), *batch[1:])
                 opt.zero_grad(set_to_none=True)
-                loss_value = objective(model_fn, guide, *batch)
-                value = float(loss_value.detach())
+                try:
+                    loss_value = objective(model_fn, guide, *batch)
+                    value = float(loss_value.detach())
+                except ValueError:  # Pyro's validation refusing NaN parameters of a distribution
+                    if not find_nonfinite(model_fn, guide, *batch, module=model):
+                        raise
+                    value = math.nan
                 if not math.isfinite(value):
                     sites = find_nonfinite(model_fn, guide, *batch, module=model)
                     where = ", ".join(sites) or "no site (the objective itself)"

@@ -96,15 +96,20 @@ class GMMFamily:
     def phi(self, xc: Tensor) -> Tensor:
         """Feature rows of centred data ``xc`` (n, D) -> (n, F)."""
         n, d = xc.shape
-        ones = xc.new_ones(n, 1)
+        out = xc.new_empty(n, self.n_features_phi(d))
         if self.covariance_type in ("full", "tied"):
-            iu = torch.triu_indices(d, d, device=xc.device)
-            quad = xc[:, iu[0]] * xc[:, iu[1]]
+            off = 0  # row-major upper triangle, the order of torch.triu_indices
+            for i in range(d):
+                torch.mul(xc[:, i : i + 1], xc[:, i:], out=out[:, off : off + d - i])
+                off += d - i
         elif self.covariance_type == "diag":
-            quad = xc * xc
+            torch.mul(xc, xc, out=out[:, :d])
         else:
-            quad = (xc * xc).sum(1, keepdim=True)
-        return torch.cat([quad, xc, ones], dim=1)
+            out[:, 0] = (xc * xc).sum(1)
+        nq = out.shape[1] - d - 1
+        out[:, nq:-1] = xc
+        out[:, -1] = 1
+        return out
 
     def prepare(self, x: Tensor) -> GMMData:
         n, d = x.shape
@@ -156,7 +161,7 @@ class GMMFamily:
     def e_step(self, params: GMMParams, data: GMMData) -> EStep:
         """Mean log-likelihood and ``S = Phi^T gamma`` (F, K) in float64, one pass over chunks."""
         w = self.weight_matrix(params, data.shift)
-        stats = torch.zeros(w.shape, dtype=torch.float64, device=w.device)
+        stats = torch.zeros(w.shape[::-1], dtype=torch.float64, device=w.device)
         total = torch.zeros((), dtype=torch.float64, device=w.device)
         for i in range(0, data.n, data.chunk_size):
             rows = self._rows(data, i)
@@ -166,8 +171,8 @@ class GMMFamily:
             s = resp.sum(1, keepdim=True)
             resp.div_(s)
             total += (m + s.log()).sum(dtype=torch.float64)
-            stats += (rows.T @ resp).double()
-        return EStep(float(total) / data.n, stats)
+            stats += torch.mm(resp.T, rows).double()  # (K, F): faster than rows.T @ resp
+        return EStep(float(total) / data.n, stats.T)
 
     # --- M-step ----------------------------------------------------------------------------
     def m_step(self, estep: EStep, data: GMMData) -> GMMParams:
@@ -212,6 +217,18 @@ class GMMFamily:
             tr = u.pow(2).max() * params.means.shape[1]
         eps = torch.finfo(params.means.dtype).eps
         return float(self.reg_covar * tr) + 1e4 * eps * (1.0 + float(tr))
+
+    def elbo_gap(self, params: GMMParams, x: Tensor) -> float:
+        """``ELBO/N - log-likelihood/N`` with the exact-posterior guide, via Pyro traces.
+
+        Zero up to round-off right after an E-step (course notes, EM section).
+        """
+        from ..inference.em import pyro_elbo
+        from .gmm import GMM
+
+        gmm = GMM.from_params(params, self.covariance_type)
+        elbo = pyro_elbo(gmm.model, gmm.guide, x, enumerate_guide=True)
+        return (elbo - float(gmm.log_prob(x).double().sum())) / x.shape[0]
 
     # --- initialisation --------------------------------------------------------------------
     def initialize(self, data: GMMData, generator: torch.Generator) -> GMMParams:

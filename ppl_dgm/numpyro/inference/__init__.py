@@ -1,0 +1,1 @@
+"""JAX inference twins (EM) of :mod:`ppl_dgm.inference`."""

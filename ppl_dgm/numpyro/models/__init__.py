@@ -1,0 +1,1 @@
+"""NumPyro models (JAX twins of :mod:`ppl_dgm.models`)."""

@@ -1,0 +1,30 @@
+"""Shared fixtures: every test starts with an empty Pyro param store and fixed seeds."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+import pyro
+import pytest
+import torch
+
+matplotlib.use("Agg")
+os.environ.setdefault("PYTHONHASHSEED", "0")
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    torch.set_default_dtype(torch.float32)
+    yield
+    pyro.clear_param_store()
+
+
+def fashion_available() -> bool:
+    return os.path.isdir(FASHION_DIR) and any(f.startswith("train-images") for f in os.listdir(FASHION_DIR))
+
+
+needs_fashion = pytest.mark.skipif(not fashion_available(), reason="Fashion-MNIST IDX files not installed")
