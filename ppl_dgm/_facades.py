@@ -200,7 +200,8 @@ class GaussianMixture:
 
     def score_samples(self, X: Any) -> np.ndarray:
         """``log p(x_n)`` per sample, shape (N,)."""
-        return self.model_.log_prob(self._tensor(X)).cpu().numpy()
+        x = self._tensor(X)
+        return self.model_.log_prob(x).cpu().numpy()
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean log-likelihood per sample."""
@@ -208,11 +209,13 @@ class GaussianMixture:
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Responsibilities ``gamma(z_nk)``, shape (N, K)."""
-        return self.model_.log_resp(self._tensor(X)).exp().cpu().numpy()
+        x = self._tensor(X)
+        return self.model_.log_resp(x).exp().cpu().numpy()
 
     def predict(self, X: Any) -> np.ndarray:
         """Most probable component per sample, shape (N,)."""
-        return self.model_.log_resp(self._tensor(X)).argmax(1).cpu().numpy()
+        x = self._tensor(X)
+        return self.model_.log_resp(x).argmax(1).cpu().numpy()
 
     def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """``(X, labels)`` with shapes (n_samples, D) and (n_samples,)."""
@@ -313,7 +316,8 @@ class PPCA:
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Exact ``log p(x_n)``, shape (N,)."""
-        return self.model_.log_prob(self._tensor(X)).cpu().numpy()
+        x = self._tensor(X)
+        return self.model_.log_prob(x).cpu().numpy()
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean exact log-likelihood per sample."""
@@ -321,7 +325,8 @@ class PPCA:
 
     def transform(self, X: Any) -> np.ndarray:
         """Posterior means ``E[z | x]``, shape (N, q)."""
-        return self.model_.encode(self._tensor(X)).cpu().numpy()
+        x = self._tensor(X)
+        return self.model_.encode(x).cpu().numpy()
 
     def inverse_transform(self, Z: Any) -> np.ndarray:
         """``W z + mu``, shape (N, D)."""

@@ -41,7 +41,8 @@ def train_options(f):
     """Options of the shared SVI loop."""
     for opt in reversed([
         click.option("--out", type=click.Path(), default=None, help="Run directory (default runs/<family>-<data>)."),
-        click.option("--epochs", type=click.IntRange(min=1), default=100, show_default=True),
+        click.option("--epochs", type=click.IntRange(min=1), default=None,
+                     help="Training epochs (default: 300 for digits, 50 otherwise)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True),
         click.option("--optimizer", type=click.Choice(["adam", "clipped_adam"]), default="adam", show_default=True),
@@ -91,6 +92,7 @@ def _specs(dataset, data_path, data_dir, binarize, likelihood, seed, epochs, bat
         image = (dataset or ("digits" if not data_path else None)) in IMAGE_DATASETS
         binarize = "dynamic" if likelihood == "bernoulli" and image else "none"
     data = DataSpec(dataset if not data_path else None, data_path, data_dir, binarize, seed)
+
     train = TrainSpec(epochs, batch_size, lr, optimizer, lr_schedule, clip_norm, seed, checkpoint_every)
     return data, train
 
@@ -98,7 +100,7 @@ def _specs(dataset, data_path, data_dir, binarize, likelihood, seed, epochs, bat
 @fit.command("vae")
 @data_options
 @train_options
-@click.option("--latent-dim", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--latent-dim", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--hidden", default="256", show_default=True, help="Hidden width(s), e.g. 400 or 512,256.")
 @click.option("--likelihood", type=click.Choice(["bernoulli", "gaussian"]), default="bernoulli", show_default=True)
 @click.option("--x-scale", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,

@@ -50,7 +50,7 @@ class DataSpec:
 class TrainSpec:
     """Options of :func:`ppl_dgm.inference.fit_svi` that a run records."""
 
-    epochs: int = 50
+    epochs: int | None = None
     batch_size: int = 128
     lr: float = 1e-3
     optimizer: str = "adam"
@@ -74,6 +74,11 @@ def default_out_dir(family: str, data: DataSpec, root: str = "runs") -> Path:
     while out.exists():
         out, i = Path(f"{base}-{i}"), i + 1
     return out
+
+
+def default_epochs(data: DataSpec) -> int:
+    """300 epochs for the small ``digits`` set, 50 otherwise."""
+    return 300 if data.path is None and (data.dataset or "digits") == "digits" else 50
 
 
 def check_data_for_model(ds: Dataset, model_cfg: dict[str, Any]) -> None:
@@ -192,12 +197,14 @@ def train_run(family: str, model_kwargs: dict[str, Any], data: DataSpec, train: 
             raise InputError(f"--resume: {out} holds a {cfg['family']!r} run; got `fit {family}`")
         model_kwargs = cfg["model"]
         data = DataSpec(**{k: cfg["data"][k] for k in ("dataset", "path", "data_dir", "binarize", "seed")})
-        epochs = max(train.epochs, cfg["train"]["epochs"]) if train.epochs else cfg["train"]["epochs"]
+        epochs = train.epochs or cfg["train"]["epochs"]
         t = dict(cfg["train"])
         extra = {k: v for k, v in t.items() if k not in TrainSpec.__dataclass_fields__}
         train = TrainSpec(**{k: v for k, v in t.items() if k in TrainSpec.__dataclass_fields__ and k != "extra"},
                           extra=extra)
         train.epochs = epochs
+    if not train.epochs:
+        train.epochs = default_epochs(data)
     ds = data.load()
     model_kwargs = {**model_kwargs, "x_dim": ds.dim, "image_shape": list(ds.shape)}
     seed_everything(train.seed)  # the initial weights follow the seed too
@@ -210,7 +217,8 @@ def train_run(family: str, model_kwargs: dict[str, Any], data: DataSpec, train: 
                      test=(ds.x_test, ds.y_test) if model_kwargs.get("conditional") else ds.x_test,
                      loss=loss, epochs=train.epochs, batch_size=train.batch_size, lr=train.lr,
                      optimizer=train.optimizer, lr_schedule=train.lr_schedule, clip_norm=train.clip_norm,
-                     out_dir=out_path, checkpoint_every=train.checkpoint_every, resume=resume, device=device, seed=train.seed, progress=progress,
+                     out_dir=out_path, checkpoint_every=train.checkpoint_every, resume=resume, device=device,
+                     seed=train.seed, progress=progress,
                      transform=ds.batch_transform(), config=cfg)
     write_pictures(model, ds, result.history, out_path, seed=train.seed)
     if result.history:

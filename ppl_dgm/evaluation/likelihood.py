@@ -14,8 +14,8 @@ import math
 from dataclasses import asdict, dataclass
 
 import pyro.poutine as poutine
-from pyro.poutine.util import site_is_subsample
 import torch
+from pyro.poutine.util import site_is_subsample
 
 from ..errors import InputError
 from ..inference.diagnostics import DATA_PLATE, elbo_terms

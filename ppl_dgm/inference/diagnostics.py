@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pyro
-import pyro.poutine as poutine
-from pyro.poutine.util import site_is_subsample
-import torch
 import pyro.distributions.kl  # noqa: F401  (registers Pyro's KL pairs, e.g. Independent)
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
 DATA_PLATE = "data"

@@ -294,8 +294,8 @@ def fit_svi(
                 if bar is not None:
                     bar.update(1)
                     if step % 10 == 0 or step == steps - 1:
-                        bar.set_postfix_str(f"epoch {epoch + 1}/{epochs} elbo {-total / min(n, (step + 1) * batch_size):.3f}",
-                                            refresh=False)
+                        running = -total / min(n, (step + 1) * batch_size)
+                        bar.set_postfix_str(f"epoch {epoch + 1}/{epochs} elbo {running:.3f}", refresh=False)
             record: dict[str, Any] = {"epoch": epoch + 1, "train_elbo": -total / n, "lr": cur_lr}
             if test_t:
                 record.update(_held_out(model_fn, guide, test_t, batch_size, seed, epoch, dev, test_particles, model))

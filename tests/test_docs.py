@@ -1,0 +1,20 @@
+"""Every ```python block of the docs runs (blocks of one page share a namespace)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_doc_snippets_run(page, monkeypatch, tmp_path):
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
+    if not blocks:
+        pytest.skip("no python snippets")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": f"docs_{page.stem}"}
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"{page.name}[block {i + 1}]", "exec"), namespace)
