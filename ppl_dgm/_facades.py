@@ -36,7 +36,11 @@ def check_array(x: Any, *, name: str = "X", n_features: int | None = None) -> np
     try:
         arr = np.asarray(x)
     except Exception as e:  # ragged lists and the like
-        raise InputError(f"expected {name} as a 2-D numeric array; got {type(x).__name__} ({e})")
+        raise InputError(
+            f"expected {name} as a 2-D numeric array; got {type(x).__name__} ({e})"
+        ) from None
+    if not arr.flags.writeable:  # e.g. a JAX array: torch wants writable memory
+        arr = arr.copy()
     if arr.dtype.kind not in "biuf":
         raise InputError(f"expected {name} as a 2-D numeric array; got dtype {arr.dtype}")
     if arr.ndim != 2:
@@ -160,7 +164,7 @@ class GaussianMixture:
             result = fit_em_gmm(arr.astype(np.float64 if dtype == torch.float64 else np.float32),
                                 init, covariance_type=self.covariance_type, tol=self.tol,
                                 reg_covar=self.reg_covar, max_iter=self.max_iter)
-            params = GMMParams(*(torch.as_tensor(np.asarray(p), dtype=dtype, device=device)
+            params = GMMParams(*(torch.as_tensor(np.array(p), dtype=dtype, device=device)
                                  for p in result.params))
         else:
             result = fit_em(family, x, n_init=self.n_init, tol=self.tol, max_iter=self.max_iter,

@@ -1,4 +1,4 @@
-"""The ``ppl-dgm`` command: ``fit``, ``evaluate``, ``sample``, ``list``.
+"""The ``ppl-dgm`` command: ``fit``, ``evaluate``, ``sample``, ``diagnose``, ``list``.
 
 Bad input prints one line (``error: ...``: what was expected, what came) and
 exits with status 2.
@@ -97,30 +97,7 @@ def _specs(dataset, data_path, data_dir, binarize, likelihood, seed, epochs, bat
     return data, train
 
 
-@fit.command("vae")
-@data_options
-@train_options
-@click.option("--latent-dim", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--hidden", default="256", show_default=True, help="Hidden width(s), e.g. 400 or 512,256.")
-@click.option("--likelihood", type=click.Choice(["bernoulli", "gaussian"]), default="bernoulli", show_default=True)
-@click.option("--x-scale", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
-              help="sigma of the Gaussian likelihood.")
-@click.option("--arch", type=click.Choice(["auto", "mlp", "conv"]), default="auto", show_default=True,
-              help="auto: conv for 28x28 images, else mlp.")
-def fit_vae(dataset, data_path, data_dir, binarize, out, epochs, batch_size, lr, optimizer, lr_schedule,
-            clip_norm, device, seed, checkpoint_every, resume, quiet, latent_dim, hidden, likelihood, x_scale, arch):
-    """Variational autoencoder: z ~ N(0, I), x | z ~ Bernoulli or Gaussian, amortized Gaussian q(z|x)."""
-    from .runs import train_run
-
-    data, train = _specs(dataset, data_path, data_dir, binarize, likelihood, seed, epochs, batch_size, lr,
-                         optimizer, lr_schedule, clip_norm, checkpoint_every)
-    model_kwargs = dict(latent_dim=latent_dim, hidden=_hidden(hidden), likelihood=likelihood,
-                        x_scale=x_scale, arch=arch)
-    if arch == "auto":
-        ds_name = data.dataset or ""
-        model_kwargs["arch"] = "conv" if ds_name in ("fashion-mnist", "mnist") else "mlp"
-    train_run("vae", model_kwargs, data, train, out=out, resume=resume, device=device, progress=not quiet,
-              echo=lambda m: click.echo(m, err=True))
+# `fit vae | cvae | ae` and `latent ...` live in cli_vae.py (imported at the end of this module).
 
 
 @cli.command()
@@ -142,7 +119,15 @@ def evaluate(run_dir, dataset, data_path, data_dir, iwae_k, device, seed, as_jso
         raise InputError(f"expected one of --dataset or --data; got both ({dataset!r} and {data_path!r})")
     model, cfg = load_run(run_dir, device=device)
     x, y, name = load_eval_data(cfg, dataset, data_path, data_dir)
-    if cfg["model"].get("likelihood") == "bernoulli":
+    if hasattr(model, "evaluate"):  # a family with its own bound (ddpm: the full-chain ELBO, bits/dim)
+        res = {"run": str(run_dir), "family": cfg["family"], "data": name, **model.evaluate(x, seed=seed)}
+        if as_json:
+            click.echo(json.dumps(res))
+        else:
+            click.echo(f"{cfg['family']} on {name} (n={res['n']}, D={res['dim']}):\n"
+                       f"  ELBO (full chain) {res['elbo']:10.3f} nats\n  bits/dim          {res['bits_per_dim']:10.4f}")
+        return
+    if cfg["model"].get("likelihood") in ("bernoulli", "continuous-bernoulli"):
         from .data import check_unit_interval
 
         check_unit_interval(x, name)
@@ -165,7 +150,14 @@ def evaluate(run_dir, dataset, data_path, data_dir, iwae_k, device, seed, as_jso
 @click.option("--mean", is_flag=True, help="Return E[x | z] instead of a draw x ~ p(x | z).")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-def sample(run_dir, n, out, mean, device, seed):
+@click.option("--label", type=click.IntRange(min=0), default=None,
+              help="Conditional runs (cvae): the label of every sample (default: labels 0, 1, ... in turn).")
+@click.option("--sampler", type=click.Choice(["ddpm", "ddim"]), default=None,
+              help="Diffusion runs: ancestral DDPM (all T steps, the default) or DDIM.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Diffusion runs: DDIM steps S (default 50).")
+@click.option("--eta", type=click.FloatRange(min=0, max=1), default=None,
+              help="Diffusion runs: DDIM stochasticity (0 deterministic, default 0).")
+def sample(run_dir, n, out, mean, device, seed, label, sampler, steps, eta):
     """Draw N new examples from a fitted run."""
     import numpy as np
     import torch
@@ -181,7 +173,19 @@ def sample(run_dir, n, out, mean, device, seed):
     model, cfg = load_run(run_dir, device=device)
     shape = tuple(cfg["data"]["shape"])
     torch.manual_seed(seed)
-    x = model.sample(n, mean=mean).cpu().numpy().reshape(n, *shape)
+    if cfg["model"].get("conditional"):
+        x = model.sample(n, y=label, mean=mean).cpu().numpy().reshape(n, *shape)
+    elif label is not None:
+        raise InputError(f"--label: expected a conditional run (cvae); {run_dir} is a {cfg['family']!r} run")
+    elif cfg["family"] == "ddpm":
+        if sampler != "ddim" and (steps is not None or eta is not None):
+            raise InputError("--steps/--eta: expected --sampler ddim (ancestral DDPM runs all T steps)")
+        x = model.sample(n, sampler=sampler or "ddpm", steps=steps, eta=eta or 0.0).cpu().numpy().reshape(n, *shape)
+    elif sampler is not None or steps is not None or eta is not None:
+        raise InputError(f"--sampler/--steps/--eta: expected a diffusion (ddpm) run; {run_dir} is a "
+                         f"{cfg['family']!r} run")
+    else:
+        x = model.sample(n, mean=mean).cpu().numpy().reshape(n, *shape)
     if out.suffix == ".npy":
         import io
 
@@ -191,6 +195,29 @@ def sample(run_dir, n, out, mean, device, seed):
     else:
         plot_samples(x.reshape(n, -1), shape, out, f"{cfg['family']}: {n} samples")
     click.echo(f"wrote {n} samples of shape {shape} to {out}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--dataset", default=None, help="Diagnose on this dataset's test split instead of the run's.")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False), default=None,
+              help="Diagnose on every example of this .npy (or x_test of this .npz).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--iwae-k", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Importance samples for the ELBO-IWAE gap.")
+@click.option("--max-examples", type=click.IntRange(min=2), default=500, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+def diagnose(run_dir, dataset, data_path, data_dir, iwae_k, max_examples, device, seed):
+    """ELBO terms, active units, ELBO-IWAE gap, gradient SNR, convergence; writes RUN/diagnostics.json,
+    PNGs and RUN/posterior.nc."""
+    from .inference.report import diagnose_run, summary
+
+    if dataset and data_path:
+        raise InputError(f"expected one of --dataset or --data; got both ({dataset!r} and {data_path!r})")
+    report = diagnose_run(run_dir, dataset=dataset, data_path=data_path, data_dir=data_dir, iwae_k=iwae_k,
+                          max_examples=max_examples, device=device, seed=seed)
+    click.echo(summary(report))
 
 
 @cli.command("list")
@@ -207,6 +234,10 @@ def list_cmd():
     for name, doc in DATASETS.items():
         click.echo(f"  {name:<16} {doc}")
     click.echo("  --data FILE      any .npy array (N, ...) or .npz with x [y, x_test, y_test]")
+
+
+from . import cli_chain as _cli_chain  # noqa: E402,F401  (registers `fit ddpm|hvae`)
+from . import cli_vae as _cli_vae  # noqa: E402,F401  (registers `fit vae|cvae|ae` and `latent`)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -83,9 +83,15 @@ def default_epochs(data: DataSpec) -> int:
 
 def check_data_for_model(ds: Dataset, model_cfg: dict[str, Any]) -> None:
     """Data the model cannot score are refused before anything is written."""
-    if model_cfg.get("likelihood") == "bernoulli" and ds.binarize == "none":
+    if model_cfg.get("likelihood") in ("bernoulli", "continuous-bernoulli") and ds.binarize == "none":
         check_unit_interval(ds.x_train, f"{ds.name} (train)")
         check_unit_interval(ds.x_test, f"{ds.name} (test)")
+    if model_cfg.get("conditional"):
+        if ds.y_train is None or ds.y_test is None:
+            raise InputError(f"a conditional model needs labelled data (y and y_test); {ds.name} has none")
+        top = int(max(ds.y_train.max(), ds.y_test.max()))
+        if int(min(ds.y_train.min(), ds.y_test.min())) < 0 or top >= model_cfg.get("n_classes", top + 1):
+            raise InputError(f"expected labels in 0..{model_cfg['n_classes'] - 1}; {ds.name} has labels up to {top}")
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
@@ -177,8 +183,11 @@ def write_pictures(model, ds: Dataset, history: list[dict], out: Path, seed: int
                      reference=None if image else ds.x_test.numpy())
         xs = ds.x_test[:16] if image else ds.x_test[:500]
         if hasattr(model, "reconstruct"):
-            rec = model.reconstruct(xs.to(model.device)).cpu().numpy()
+            ys = (ds.y_test[: len(xs)].to(model.device),) if model.config.get("conditional") else ()
+            rec = model.reconstruct(xs.to(model.device), *ys).cpu().numpy()
             plot_reconstructions(xs.numpy(), rec, ds.shape, out / "reconstructions.png", n=len(xs))
+        if hasattr(model, "extra_pictures"):  # a family's own figures (ddpm: trajectory, L_t against t)
+            model.extra_pictures(ds, out, seed=seed)
 
 
 def train_run(family: str, model_kwargs: dict[str, Any], data: DataSpec, train: TrainSpec, *,
@@ -207,6 +216,15 @@ def train_run(family: str, model_kwargs: dict[str, Any], data: DataSpec, train: 
         train.epochs = default_epochs(data)
     ds = data.load()
     model_kwargs = {**model_kwargs, "x_dim": ds.dim, "image_shape": list(ds.shape)}
+    if model_kwargs.get("conditional"):
+        check_data_for_model(ds, model_kwargs)
+        model_kwargs.setdefault("n_classes", int(ds.y_train.max()) + 1)
+    if loss is None and train.extra.get("objective"):
+        from .inference.objectives import make_objective
+
+        e = train.extra  # written by `fit ... --objective ...`, so --resume rebuilds the same objective
+        loss = make_objective(e["objective"], e.get("particles", 1), e.get("beta", 1.0), e.get("warmup_epochs", 0),
+                              e.get("free_bits", 0.0))
     seed_everything(train.seed)  # the initial weights follow the seed too
     model = FAMILIES[family](**model_kwargs)
     check_data_for_model(ds, model.config)

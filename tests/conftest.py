@@ -10,6 +10,8 @@ import pytest
 import torch
 
 matplotlib.use("Agg")
+# Small models run fastest (and identically on every machine) on one thread; CI boxes are shared.
+torch.set_num_threads(1)
 os.environ.setdefault("PYTHONHASHSEED", "0")
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 

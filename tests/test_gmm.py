@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -94,10 +95,10 @@ def test_enumerated_responsibilities_equal_vectorized(ct):
     torch.manual_seed(0)
     draws = torch.stack([
         poutine.trace(infer_discrete(gmm.model, first_available_dim=-2, temperature=1))
-        .get_trace(x).nodes["c"]["value"] for _ in range(400)
+        .get_trace(x).nodes["c"]["value"] for _ in range(150)
     ])
     freq = torch.nn.functional.one_hot(draws, 3).double().mean(0)
-    assert (freq - gmm.log_resp(x).exp()).abs().max() < 0.12
+    assert (freq - gmm.log_resp(x).exp()).abs().max() < 0.2  # ~5 sd of a frequency
     # MAP assignment (temperature 0) equals argmax of the responsibilities
     c_map = poutine.trace(infer_discrete(gmm.model, first_available_dim=-2, temperature=0)
                           ).get_trace(x).nodes["c"]["value"]
@@ -121,13 +122,16 @@ def test_elbo_with_exact_guide_equals_loglik_through_traces():
 @pytest.mark.parametrize("init", ["kmeans", "k-means++", "random_from_data", "random"])
 def test_inits_run_and_restarts_keep_best(init):
     x = blobs(n=300, seed=2)
-    one = GaussianMixture(3, init_params=init, random_state=0, n_init=1, max_iter=300).fit(x)
-    many = GaussianMixture(3, init_params=init, random_state=0, n_init=3, max_iter=300).fit(x)
+    kw = dict(init_params=init, random_state=0, max_iter=100, tol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = GaussianMixture(3, n_init=1, **kw).fit(x)
+        many = GaussianMixture(3, n_init=3, **kw).fit(x)
     assert many.lower_bound_ >= one.lower_bound_ - 1e-12
     assert np.all(np.diff(many.lower_bounds_) >= -1e-9)
     if init != "random":  # uniform-ish random responsibilities can stall, as in sklearn
         ref = SkGaussianMixture(3, random_state=0, n_init=3).fit(x).score(x)
-        assert many.score(x) == pytest.approx(ref, abs=1e-3)
+        assert many.score(x) == pytest.approx(ref, abs=1e-2)
 
 
 def test_sample_predict_shapes_and_float32():
@@ -183,3 +187,42 @@ def test_collapsed_component_gives_clear_message():
         GaussianMixture(3, reg_covar=0.0, init_params="kmeans", random_state=0).fit(x)
     g = GaussianMixture(3, reg_covar=1e-3, random_state=0).fit(x)  # reg_covar fixes it
     assert np.isfinite(g.score(x))
+
+
+@pytest.mark.slow
+def test_map_by_svi_with_enumeration_reaches_em_solution():
+    from ppl_dgm.models.gmm_svi import fit_gmm_map_svi
+
+    x = torch.tensor(blobs(n=300, seed=4))
+    fam = GMMFamily(3, "full")
+    init = fam.initialize(fam.prepare(x), torch.Generator().manual_seed(0))
+    em = fit_em(fam, x, init=init, max_iter=200, tol=1e-10, warn=False)
+    res = fit_gmm_map_svi(x, init, steps=300, lr=0.05)
+    em_gmm, map_gmm = GMM.from_params(em.params, "full"), GMM.from_params(res.params, "full")
+    assert float(map_gmm.log_prob(x).mean()) == pytest.approx(em.lower_bound, abs=2e-2)
+    agree = (res.assignments == em_gmm.log_resp(x).argmax(1)).double().mean()
+    assert agree > 0.97
+    torch.testing.assert_close(res.assignments, map_gmm.log_resp(x).argmax(1))
+    assert res.losses[-1] < res.losses[0]
+
+
+def test_save_load_evaluate_run_and_plots(tmp_path):
+    from ppl_dgm.em_runs import evaluate_run, fit_estimator, load_run, save_run
+
+    x = blobs(n=300)[:, :2]
+    est = fit_estimator("gmm", x, n_components=3, covariance_type="diag", random_state=0)
+    run = save_run(est, tmp_path / "run", {"seed": 0}, x=x)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["family"] == "gmm" and cfg["seed"] == 0 and cfg["n_features"] == 2
+    assert (run / "loglik.png").stat().st_size > 1000 and (run / "ellipses.png").exists()
+    assert isinstance(torch.load(run / "params.pt", weights_only=True)["means_"], torch.Tensor)
+    again = load_run(run)
+    np.testing.assert_allclose(again.score_samples(x), est.score_samples(x), rtol=1e-12)
+    out = evaluate_run(run, x)
+    assert out == {"log_likelihood": pytest.approx(est.score(x)), "bic": pytest.approx(est.bic(x)),
+                   "n": 300}
+    with pytest.raises(InputError, match="expected X with 2 features"):
+        evaluate_run(run, np.zeros((4, 3)))
+    ppca = fit_estimator("ppca", blobs(n=60), n_components=1)
+    again = load_run(save_run(ppca, tmp_path / "p"))
+    assert again.score(blobs(n=60)) == pytest.approx(ppca.score(blobs(n=60)), rel=1e-12)

@@ -26,7 +26,8 @@ class GenerativeModel(nn.Module):
     family: ClassVar[str] = ""
 
     def _store_config(self, local_vars: dict[str, Any]) -> None:
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        # names missing from local_vars belong to a subclass, which stores its config after super().__init__
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self" and p in local_vars]
         cfg = {}
         for k in names:
             v = local_vars[k]

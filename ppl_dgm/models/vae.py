@@ -4,7 +4,9 @@ Generative model (decoder), for each example n (plate ``"data"``):
 
 .. math::  z_n \\sim \\mathcal N(0, I_K), \\qquad x_n \\mid z_n \\sim p_\\theta(x \\mid z_n)
 
-with p_theta Bernoulli(logits = f_theta(z)) or Gaussian N(f_theta(z), sigma^2 I).
+with p_theta one of: Bernoulli(logits = f_theta(z)); Gaussian N(f_theta(z), sigma^2 I) with sigma
+fixed or learned per dimension; continuous Bernoulli CB(lambda = sigmoid f_theta(z)), the
+normalised density C(lambda) lambda^x (1 - lambda)^(1 - x) on [0, 1] (Loaiza-Ganem & Cunningham 2019).
 
 Amortized guide (encoder), reparameterized (notes 002, "reparameterization trick"):
 
@@ -16,6 +18,7 @@ E_q[log p(x|z)] - KL(q(z|x) || p(z)).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -29,7 +32,7 @@ from ..errors import InputError, check_choice
 from ..nn import MLP, ConvDecoder28, ConvEncoder28
 from .base import GenerativeModel
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned", "continuous-bernoulli")
 ARCHS = ("mlp", "conv")
 
 
@@ -45,8 +48,10 @@ class VAE(GenerativeModel):
     hidden : sequence of int
         Hidden widths of the MLP encoder and (mirrored) decoder; for ``arch="conv"``
         the first entry is the width of the dense layer.
-    likelihood : {"bernoulli", "gaussian"}
-        p(x | z).  Bernoulli takes data in [0, 1]; Gaussian has fixed scale ``x_scale``.
+    likelihood : {"bernoulli", "gaussian", "gaussian-learned", "continuous-bernoulli"}
+        p(x | z).  Bernoulli and continuous Bernoulli take data in [0, 1]; ``gaussian`` has
+        fixed scale ``x_scale``; ``gaussian-learned`` a learned log-scale per dimension, shape (D,),
+        initialised at log ``x_scale``.
     arch : {"mlp", "conv"}
         ``conv`` needs 28x28 single-channel images (D = 784).
     x_scale : float
@@ -62,7 +67,7 @@ class VAE(GenerativeModel):
         x_dim: int,
         latent_dim: int = 16,
         hidden: Sequence[int] = (256,),
-        likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
+        likelihood: Literal["bernoulli", "gaussian", "gaussian-learned", "continuous-bernoulli"] = "bernoulli",
         arch: Literal["mlp", "conv"] = "mlp",
         x_scale: float = 0.1,
         image_shape: Sequence[int] | None = None,
@@ -88,6 +93,8 @@ class VAE(GenerativeModel):
         else:
             self.encoder = MLP(x_dim, hidden, 2 * latent_dim)
             self.decoder = MLP(latent_dim, hidden[::-1], x_dim)
+        if likelihood == "gaussian-learned":
+            self.x_log_scale = nn.Parameter(torch.full((x_dim,), math.log(x_scale)))
 
     # -- networks -------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,16 +104,29 @@ class VAE(GenerativeModel):
         return loc, F.softplus(raw) + 1e-4
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """E[x | z]: probabilities (Bernoulli) or means (Gaussian), shape (..., D)."""
-        out = self.decoder(z)
-        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+        """E[x | z]: probabilities (Bernoulli), means (Gaussian, continuous Bernoulli), shape (..., D)."""
+        return self._mean(self.decoder(z))
 
     def likelihood_dist(self, z: torch.Tensor) -> dist.Distribution:
         """p_theta(x | z) with event shape (D,)."""
-        out = self.decoder(z)
+        return self._out_dist(self.decoder(z))
+
+    def _mean(self, out: torch.Tensor) -> torch.Tensor:
+        if self.likelihood == "bernoulli":
+            return torch.sigmoid(out)
+        if self.likelihood == "continuous-bernoulli":
+            return self._out_dist(out).mean
+        return out
+
+    def _out_dist(self, out: torch.Tensor) -> dist.Distribution:
+        """p(x | decoder output ``out``), event shape (D,)."""
         if self.likelihood == "bernoulli":
             # validate_args=False: grey levels in [0, 1] are allowed (cross-entropy), not only {0, 1}
             return dist.Bernoulli(logits=out, validate_args=False).to_event(1)
+        if self.likelihood == "continuous-bernoulli":
+            return dist.ContinuousBernoulli(logits=out).to_event(1)
+        if self.likelihood == "gaussian-learned":
+            return dist.Normal(out, self.x_log_scale.exp()).to_event(1)
         return dist.Normal(out, self.x_scale).to_event(1)
 
     # -- the model-guide pair ---------------------------------------------------------

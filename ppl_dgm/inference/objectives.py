@@ -1,0 +1,328 @@
+"""Training objectives for any model–guide pair: ELBO variants chosen by name.
+
+Notes 002 derive, from Jensen's inequality, the evidence lower bound
+
+.. math::  \\log p(x) \\ge \\mathrm{ELBO} = E_{q(z|x)}[\\log p(x \\mid z)] - \\mathrm{KL}(q(z \\mid x) \\,\\|\\, p(z))
+           \\qquad \\text{(notes 002, eq. (*))}
+
+and the notes 000 ("Beta-VAE") weight its KL term:
+L_beta = E_q[log p(x|z)] - beta KL(q || p).  Each class below returns the
+*loss* -L summed over the minibatch (Pyro's convention), differentiable:
+
+- :class:`MonteCarloELBO`: one or more reparameterized samples of log p(x, z) - log q(z | x)
+  (Pyro's ``Trace_ELBO``, score-function terms for non-reparameterized sites).
+- :class:`AnalyticELBO`: the same with KL(q || p) in closed form where torch knows it
+  (notes 002: KL = 1/2 (tr Sigma + mu^T mu - D_z - log det Sigma)), Pyro's ``TraceMeanField_ELBO``.
+- :class:`IWAE`: log (1/k) sum_i p(x, z_i) / q(z_i | x) with k reparameterized samples
+  (Burda et al. 2016), vectorised by repeating each example k times in the ``"data"`` plate.
+- :class:`FreeBitsELBO`: the analytic ELBO with each latent dimension's KL, averaged over the
+  minibatch, floored at lambda nats (Kingma et al. 2016, "free bits").
+
+beta is applied as an effect handler, not a flag: :func:`scale_sites` multiplies the
+log-density of the chosen latent sites by beta in *both* the model (log p(z)) and the
+guide (log q(z | x)), so every estimator above sees beta (log p(z) - log q(z|x)) = -beta KL.
+:class:`KLWarmup` is a schedule object (beta ramps 0 -> 1 over N epochs); ``fit_svi`` calls
+``objective.set_epoch(epoch, epochs)`` at each epoch start, so resume is exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import pyro.distributions.kl  # noqa: F401  (registers Pyro's KL pairs, e.g. Independent)
+import pyro.poutine as poutine
+import torch
+from pyro.distributions import Independent
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import kl_divergence
+
+from ..errors import InputError
+
+DATA_PLATE = "data"
+OBJECTIVES = ("elbo", "analytic", "iwae")
+
+
+class SiteScaleMessenger(Messenger):
+    """``poutine.scale`` restricted to the named sites (and allowing scale 0, the AE limit of beta)."""
+
+    def __init__(self, scale: float, sites: Sequence[str]):
+        super().__init__()
+        self.scale = float(scale)
+        self.sites = frozenset(sites)
+
+    def _process_message(self, msg) -> None:
+        if msg["type"] == "sample" and msg["name"] in self.sites:
+            msg["scale"] = self.scale * msg["scale"]
+
+
+def scale_sites(fn: Callable, scale: float, sites: Sequence[str]) -> Callable:
+    """``fn`` with the log-density of ``sites`` multiplied by ``scale`` (use on model *and* guide)."""
+    return SiteScaleMessenger(scale, sites)(fn)
+
+
+class KLWarmup:
+    """KL warm-up: weight(epoch) = min(1, epoch / N) for the 0-based epoch (0 at the start, 1 from epoch N).
+
+    Computed in float64 from the epoch alone (no state), so a resumed run uses the same weights.
+    """
+
+    def __init__(self, epochs: int):
+        if not isinstance(epochs, int) or epochs < 0:
+            raise InputError(f"warm-up epochs must be an integer >= 0; got {epochs!r}")
+        self.epochs = epochs
+
+    def __call__(self, epoch: int) -> float:
+        if self.epochs == 0:
+            return 1.0
+        return float(min(1.0, epoch / float(self.epochs)))
+
+    def __repr__(self) -> str:
+        return f"KLWarmup(epochs={self.epochs})"
+
+
+class Objective:
+    """Base class: beta and warm-up on the KL of ``sites``; subclasses define :meth:`_loss`.
+
+    Parameters
+    ----------
+    num_particles : int
+        Samples of z per example (k for :class:`IWAE`).
+    beta : float
+        Weight of the KL of ``sites`` (beta >= 0; 1 is the ELBO, 0 a deterministic-autoencoder loss).
+    sites : sequence of str
+        The latent sites the weight applies to (default ``("z",)``).
+    warmup_epochs : int
+        Ramp the weight from 0 to ``beta`` over this many epochs (:class:`KLWarmup`); 0 = off.
+    """
+
+    name = ""
+
+    def __init__(self, num_particles: int = 1, *, beta: float = 1.0, sites: Sequence[str] = ("z",),
+                 warmup_epochs: int = 0):
+        if not isinstance(num_particles, int) or num_particles < 1:
+            raise InputError(f"particles must be a positive integer; got {num_particles!r}")
+        if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
+            raise InputError(f"beta must be a finite number >= 0; got {beta!r}")
+        if isinstance(sites, str) or not all(isinstance(s, str) for s in sites):
+            raise InputError(f"sites must be a sequence of site names; got {sites!r}")
+        self.num_particles, self.beta, self.sites = num_particles, float(beta), tuple(sites)
+        self.warmup = KLWarmup(warmup_epochs)
+        self.epoch = self.warmup.epochs  # outside fit_svi: the full weight
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by ``fit_svi`` at the start of each (0-based) epoch."""
+        self.epoch = epoch
+
+    @property
+    def kl_weight(self) -> float:
+        """beta times the warm-up factor of the current epoch."""
+        return self.beta * self.warmup(self.epoch)
+
+    def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
+        """-L_beta summed over the minibatch (a scalar tensor with gradients)."""
+        w = self.kl_weight
+        if w != 1.0:
+            model, guide = scale_sites(model, w, self.sites), scale_sites(guide, w, self.sites)
+        return self._loss(model, guide, *args, **kwargs)
+
+    __call__ = differentiable_loss
+
+    @torch.no_grad()
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        """The same, as a float."""
+        return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+    def _loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(num_particles={self.num_particles}, beta={self.beta}, "
+                f"sites={self.sites}, warmup_epochs={self.warmup.epochs})")
+
+
+class MonteCarloELBO(Objective):
+    """-ELBO by Monte Carlo: mean over particles of -(log p(x, z) - log q(z | x)), z ~ q reparameterized."""
+
+    name = "elbo"
+
+    def __init__(self, num_particles: int = 1, **kw):
+        super().__init__(num_particles, **kw)
+        self._elbo = Trace_ELBO(num_particles=self.num_particles)
+
+    def _loss(self, model, guide, *args, **kwargs):
+        return self._elbo.differentiable_loss(model, guide, *args, **kwargs)
+
+
+class AnalyticELBO(Objective):
+    """-ELBO with KL(q || p) in closed form where torch knows the pair (Monte Carlo otherwise)."""
+
+    name = "analytic"
+
+    def __init__(self, num_particles: int = 1, **kw):
+        super().__init__(num_particles, **kw)
+        self._elbo = TraceMeanField_ELBO(num_particles=self.num_particles)
+
+    def _loss(self, model, guide, *args, **kwargs):
+        return self._elbo.differentiable_loss(model, guide, *args, **kwargs)
+
+
+def _traces(model, guide, args, kwargs):
+    g_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+    m_tr = poutine.trace(poutine.replay(model, trace=g_tr)).get_trace(*args, **kwargs)
+    return g_tr, m_tr
+
+
+def _sample_sites(trace):
+    return [(n, s) for n, s in trace.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)]
+
+
+def _data_frame(site, where: str, objective: str):
+    for f in site["cond_indep_stack"]:
+        if f.name == DATA_PLATE:
+            return f
+    raise InputError(f"{objective} needs every sample site inside the {DATA_PLATE!r} plate; "
+                     f"{where} site {site['name']!r} is outside it")
+
+
+def _per_row(trace, n_rows: int, where: str) -> torch.Tensor:
+    """Scaled log-density of every sample site summed per row of the ``data`` plate: shape (n_rows,)."""
+    total = 0.0
+    for name, site in _sample_sites(trace):
+        if where == "guide" and not site["fn"].has_rsample:
+            raise InputError(f"IWAE needs reparameterized guide sites; guide site {name!r} "
+                             f"({type(site['fn']).__name__}) has no rsample")
+        dim = _data_frame(site, where, "IWAE").dim
+        lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
+        if lp.dim() < -dim:
+            lp = lp.reshape((1,) * (-dim - lp.dim()) + tuple(lp.shape))
+        lp = lp.movedim(dim, 0).reshape(n_rows, -1).sum(-1)
+        total = total + lp
+    return total
+
+
+class IWAE(Objective):
+    """-log (1/k) sum_{i=1}^k w_i, w_i = p(x, z_i) / q(z_i | x), z_i ~ q(z | x), summed over examples.
+
+    The k samples are drawn in one vectorised pass: each per-example argument of shape
+    (N, ...) is repeated k times to (k N, ...), so the ``"data"`` plate has k N rows.
+    k = 1 is the Monte Carlo ELBO; the bound tightens as k grows (Burda et al. 2016).
+    With beta != 1 the weights are p(x | z) (p(z) / q(z | x))^beta.
+    """
+
+    name = "iwae"
+
+    def _loss(self, model, guide, *args, **kwargs):
+        if not args or not isinstance(args[0], torch.Tensor):
+            raise InputError("IWAE expects per-example tensors as positional arguments; got none")
+        k, n = self.num_particles, args[0].shape[0]
+        rep = tuple(a.repeat((k,) + (1,) * (a.dim() - 1)) if isinstance(a, torch.Tensor) else a for a in args)
+        g_tr, m_tr = _traces(model, guide, rep, kwargs)
+        log_w = (_per_row(m_tr, k * n, "model") - _per_row(g_tr, k * n, "guide")).reshape(k, n)
+        return -(torch.logsumexp(log_w, 0) - math.log(k)).sum()
+
+
+def _per_dim_kl(q, p, name: str) -> tuple[torch.Tensor, int]:
+    """KL(q || p) per latent dimension (batch + event shape of the base distributions) and the event rank."""
+    event = 0
+    while isinstance(q, Independent):
+        event += q.reinterpreted_batch_ndims
+        q = q.base_dist
+    while isinstance(p, Independent):
+        p = p.base_dist
+    try:
+        return kl_divergence(q, p), event
+    except NotImplementedError:
+        raise InputError(f"free bits needs a closed-form per-dimension KL at site {name!r}; got q "
+                         f"{type(q).__name__} and p {type(p).__name__}") from None
+
+
+def _site_kl(q_site, p_site) -> torch.Tensor:
+    """KL(q || p) of one site summed over its batch (with the site's scale); analytic if possible."""
+    try:
+        kl = kl_divergence(q_site["fn"], p_site["fn"])
+        if kl.shape != q_site["fn"].batch_shape:
+            raise NotImplementedError
+    except NotImplementedError:
+        v = q_site["value"]
+        kl = q_site["fn"].log_prob(v) - p_site["fn"].log_prob(v)
+    return scale_and_mask(kl, p_site["scale"], p_site["mask"]).sum()
+
+
+class FreeBitsELBO(Objective):
+    """The analytic ELBO with free bits on ``sites`` (Kingma et al. 2016, eq. of the IAF paper, App. C).
+
+    For a latent site with per-dimension KL_{n,j} (example n, dimension j) the KL term becomes
+
+    .. math::  N \\sum_j \\max\\big(\\lambda, \\tfrac1N \\sum_n \\mathrm{KL}_{n,j}\\big)
+
+    so a dimension whose average KL is below lambda nats gets no gradient pulling it to the prior.
+
+    Parameters
+    ----------
+    free_bits : float
+        lambda, nats per latent dimension (> 0).
+    """
+
+    name = "free-bits"
+
+    def __init__(self, num_particles: int = 1, *, free_bits: float, **kw):
+        super().__init__(num_particles, **kw)
+        if not (isinstance(free_bits, (int, float)) and math.isfinite(free_bits) and free_bits > 0):
+            raise InputError(f"free bits must be a finite number > 0; got {free_bits!r}")
+        self.free_bits = float(free_bits)
+
+    def _loss(self, model, guide, *args, **kwargs):
+        total = 0.0
+        for _ in range(self.num_particles):
+            g_tr, m_tr = _traces(model, guide, args, kwargs)
+            elbo = 0.0
+            for name, site in _sample_sites(m_tr):
+                if site["is_observed"]:
+                    elbo = elbo + scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"],
+                                                 site["mask"]).sum()
+                elif name in g_tr.nodes and name in self.sites:
+                    frame = _data_frame(site, "model", "free bits")
+                    kl, event = _per_dim_kl(g_tr.nodes[name]["fn"], site["fn"], name)
+                    per_dim = kl.mean(frame.dim - event).clamp(min=self.free_bits)
+                    elbo = elbo - per_dim.sum() * kl.shape[frame.dim - event] * site["scale"]
+                elif name in g_tr.nodes:
+                    elbo = elbo - _site_kl(g_tr.nodes[name], site)
+                else:
+                    elbo = elbo + scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"],
+                                                 site["mask"]).sum()
+            total = total - elbo
+        return total / self.num_particles
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", free_bits={self.free_bits})"
+
+
+def make_objective(name: str = "analytic", particles: int = 1, beta: float = 1.0, warmup_epochs: int = 0,
+                   free_bits: float = 0.0, sites: Sequence[str] = ("z",)) -> Objective:
+    """An objective by name, as ``ppl-dgm fit ... --objective NAME`` builds it.
+
+    Parameters
+    ----------
+    name : {"elbo", "analytic", "iwae"}
+        Monte Carlo ELBO, analytic-KL ELBO, or the importance-weighted bound with k = ``particles``.
+    particles : int
+        Samples of z per example (k for IWAE).
+    beta, warmup_epochs, sites : see :class:`Objective`.
+    free_bits : float
+        lambda >= 0 nats per latent dimension; > 0 selects :class:`FreeBitsELBO` (ELBO objectives only).
+    """
+    if name not in OBJECTIVES:
+        raise InputError(f"objective must be one of {', '.join(map(repr, OBJECTIVES))}; got {name!r}")
+    if not (isinstance(free_bits, (int, float)) and free_bits >= 0):
+        raise InputError(f"free bits must be a number >= 0; got {free_bits!r}")
+    kw = dict(beta=beta, sites=tuple(sites), warmup_epochs=warmup_epochs)
+    if free_bits > 0:
+        if name == "iwae":
+            raise InputError("free bits applies to the ELBO objectives ('elbo', 'analytic'); got objective 'iwae'")
+        return FreeBitsELBO(particles, free_bits=free_bits, **kw)
+    cls = {"elbo": MonteCarloELBO, "analytic": AnalyticELBO, "iwae": IWAE}[name]
+    return cls(particles, **kw)

@@ -1,0 +1,332 @@
+"""DDPM as a model–guide pair: the reverse chain is the model, the fixed forward chain the guide.
+
+Notes 002 §6 (diffusion as a Markovian hierarchical VAE with a fixed encoder) and notes 004
+("Forward/Reverse diffusion process"); equation numbers are Ho et al. 2020.
+
+Model (eq. 1):  p(x_T) = N(0, I),   p_theta(x_{t-1} | x_t) = N(mu_theta(x_t, t), sigma_t^2 I),
+
+.. math::  \\mu_\\theta(x_t, t) = \\frac{1}{\\sqrt{\\alpha_t}}\\Big(x_t - \\frac{\\beta_t}{\\sqrt{1-\\bar\\alpha_t}}
+           \\epsilon_\\theta(x_t, t)\\Big) \\qquad \\text{(eq. 11)}
+
+and the decoder p_theta(x_0 | x_1): Gaussian for vectors, discretized Gaussian (eq. 13) for images.
+Guide (the forward chain in reverse factorisation, eq. 5): q(x_T | x_0) prod_{t>=2} q(x_{t-1} | x_t, x_0).
+The ELBO with analytic KLs (eq. 5):
+
+.. math::  -\\mathrm{ELBO} = \\underbrace{KL(q(x_T|x_0) \\| p(x_T))}_{L_T}
+           + \\sum_{t \\ge 2} \\underbrace{E_q KL(q(x_{t-1}|x_t,x_0) \\| p_\\theta(x_{t-1}|x_t))}_{L_{t-1}}
+           \\underbrace{- E_q \\log p_\\theta(x_0 | x_1)}_{L_0}
+
+:meth:`DDPM.chain_model` / :meth:`DDPM.chain_guide` write this literally with sites ``x_T .. x_1, x``.
+:meth:`DDPM.model` / :meth:`DDPM.guide` (what ``fit_svi`` trains) are its unbiased estimator: each
+L_{t-1} only needs x_t ~ q(x_t | x_0) (eq. 4), so k steps are drawn in a subsampled
+``pyro.plate("t", T, subsample_size=k)`` whose T/k scale makes the sum unbiased.  Site ``x_t`` has the
+same law q(x_t | x_0) in both programs (its log-ratio is exactly 0); it only hands the draw to the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pyro.poutine as poutine
+import torch
+from torch.distributions import kl_divergence
+
+from ..errors import InputError, check_choice
+from ..nn import EpsMLP, UNet
+from .base import GenerativeModel
+from .diffusion_sampling import Trajectory, ddim_sample, ddpm_sample
+from .discretized import DiscretizedGaussian, to_grid
+from .schedule import SCHEDULES, NoiseSchedule
+
+LOSSES = ("elbo", "simple")
+VARIANCES = ("beta_tilde", "beta")
+LN2 = math.log(2.0)
+
+
+@dataclass
+class ChainELBO:
+    """The full-chain ELBO of :meth:`DDPM.chain_elbo`, per example (nats).
+
+    Attributes
+    ----------
+    elbo : float
+        -(L_T + sum_t L_{t-1}); a lower bound on log p(x) (a discrete one for images).
+    bits_per_dim : float
+        -elbo / (D ln 2).
+    L_T : float
+    L : ndarray, shape (T,)
+        ``L[t - 1]`` is L_{t-1}: ``L[0]`` the decoder term L_0, ``L[t - 1]`` the KL of step t.
+    n, dim : int
+    """
+
+    elbo: float
+    bits_per_dim: float
+    L_T: float
+    L: np.ndarray
+    n: int
+    dim: int
+
+    def as_dict(self) -> dict:
+        return {"elbo": self.elbo, "bits_per_dim": self.bits_per_dim, "L_T": self.L_T, "L_0": float(self.L[0]),
+                "L_sum": float(self.L[1:].sum()), "n": self.n, "dim": self.dim, "L_t": self.L.tolist()}
+
+
+class DDPM(GenerativeModel):
+    """Denoising diffusion probabilistic model with an epsilon-prediction network.
+
+    Parameters
+    ----------
+    x_dim : int
+        D, the size of a flattened example.
+    timesteps : int
+        T.
+    schedule : {"linear", "cosine"}
+    loss : {"simple", "elbo"}
+        Training weighting: "elbo" is the bound of eq. 5; "simple" rescales each L_{t-1} to
+        ||eps - eps_theta||^2 / 2 (eq. 14).  Evaluation always reports the true ELBO.
+    t_per_step : int or None
+        k steps drawn per minibatch in training; None uses all T.
+    arch : {"auto", "mlp", "unet"}
+        auto: a UNet for images whose sides divide by 4, else an MLP.
+    hidden : sequence of int
+        Widths of the MLP blocks.
+    base_channels : int
+        UNet width.
+    variance : {"beta", "beta_tilde"}
+        sigma_t^2 of p_theta(x_{t-1}|x_t) for t >= 2 (sigma_1^2 = beta_1 always).  "beta" gives the
+        tighter bound for data with a density (tests/test_diffusion.py: the Gaussian gap goes to 0 with T).
+    image_shape : sequence of int, optional
+        Shape of one example; images ((H, W) or (C, H, W)) get data in [0, 1] mapped to [-1, 1] and
+        the discretized decoder (eq. 13).
+    """
+
+    family = "ddpm"
+
+    def __init__(self, x_dim: int, timesteps: int = 1000, schedule: Literal["linear", "cosine"] = "linear",
+                 loss: Literal["simple", "elbo"] = "simple", t_per_step: int | None = 8,
+                 arch: Literal["auto", "mlp", "unet"] = "auto", hidden: Sequence[int] = (128, 128, 128),
+                 base_channels: int = 32, variance: Literal["beta", "beta_tilde"] = "beta",
+                 image_shape: Sequence[int] | None = None):
+        super().__init__()
+        check_choice("schedule", schedule, SCHEDULES)
+        check_choice("loss", loss, LOSSES)
+        check_choice("arch", arch, ("auto", "mlp", "unet"))
+        check_choice("variance", variance, VARIANCES)
+        if not isinstance(x_dim, int) or x_dim < 1:
+            raise InputError(f"x_dim must be a positive integer; got {x_dim!r}")
+        if t_per_step is not None and (not isinstance(t_per_step, int) or not 1 <= t_per_step <= timesteps):
+            raise InputError(f"t_per_step must be an integer in 1..timesteps ({timesteps}) or None; got {t_per_step!r}")
+        self._store_config(locals())
+        shape = tuple(int(s) for s in image_shape) if image_shape else (x_dim,)
+        if int(np.prod(shape)) != x_dim:
+            raise InputError(f"image_shape {shape} does not hold x_dim={x_dim} values")
+        self.image_shape, self.is_image = shape, len(shape) >= 2
+        self.x_dim, self.timesteps, self.loss, self.variance = x_dim, timesteps, loss, variance
+        self.t_per_step = t_per_step
+        self.schedule = NoiseSchedule(timesteps, schedule)
+        if arch == "auto":
+            arch = "unet" if self.is_image and shape[-1] % 4 == 0 and shape[-2] % 4 == 0 else "mlp"
+        self.arch = arch
+        self.net = UNet(shape, base_channels) if arch == "unet" else EpsMLP(x_dim, tuple(hidden))
+
+    # -- pieces of the chain -------------------------------------------------------------
+    def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
+        """Data -> x_0: images in [0, 1] to the 256-level grid in [-1, 1]; vectors unchanged."""
+        return to_grid(x) if self.is_image else x
+
+    def to_data_space(self, x0: torch.Tensor) -> torch.Tensor:
+        """x_0 -> data: images back to [0, 1]."""
+        return ((x0 + 1) / 2).clamp(0, 1) if self.is_image else x0
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """eps_theta(x_t, t): x_t (..., D), t broadcastable to x_t.shape[:-1]; returns (..., D)."""
+        return self.net(x_t, t)
+
+    def p_mean(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """mu_theta(x_t, t) of eq. 11; x_t, eps of shape (..., D), t broadcastable to x_t.shape[:-1]."""
+        s = self.schedule
+        coef = s.at("betas", t, x_t) / (1 - s.at("alpha_bars", t, x_t)).sqrt()
+        return (x_t - coef * eps) / s.at("alphas", t, x_t).sqrt()
+
+    def p_var(self, t: torch.Tensor, like: torch.Tensor, event_dims: int = 1) -> torch.Tensor:
+        """sigma_t^2, shape t.shape + (1,) * event_dims: beta-tilde_t or beta_t for t >= 2, and beta_1 at
+        t = 1 (so the decoder has a width)."""
+        s = self.schedule
+        beta = s.at("betas", t, like, event_dims)
+        if self.variance == "beta":
+            return beta
+        t_col = torch.as_tensor(t, device=like.device).reshape(beta.shape)
+        return torch.where(t_col > 1, s.at("beta_tildes", t, like, event_dims), beta)
+
+    def p_step(self, x_t: torch.Tensor, t: torch.Tensor) -> dist.Distribution:
+        """p_theta(x_{t-1} | x_t) = N(mu_theta, sigma_t^2 I), event shape (D,)."""
+        mean = self.p_mean(x_t, t, self.eps(x_t, t))
+        return dist.Normal(mean, self.p_var(t, x_t).sqrt().expand_as(mean)).to_event(1)
+
+    def decoder(self, x_1: torch.Tensor, eps: torch.Tensor | None = None) -> dist.Distribution:
+        """p_theta(x_0 | x_1): N(mu_theta(x_1, 1), beta_1 I), discretized for images (eq. 13)."""
+        t = torch.ones(x_1.shape[:-1], dtype=torch.long, device=x_1.device)
+        mean = self.p_mean(x_1, t, self.eps(x_1, t) if eps is None else eps)
+        std = self.p_var(t, x_1).sqrt().expand_as(mean)
+        base = DiscretizedGaussian(mean, std) if self.is_image else dist.Normal(mean, std)
+        return base.to_event(1)
+
+    def q_t(self, x0: torch.Tensor, t) -> dist.Distribution:
+        """q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (eq. 4; notes 002 "key!")."""
+        mean, std = self.schedule.q_mean_std(x0, t)
+        return dist.Normal(mean, std.expand_as(mean)).to_event(1)
+
+    def _prior(self, x0: torch.Tensor) -> dist.Distribution:
+        return dist.Normal(torch.zeros_like(x0), torch.ones_like(x0)).to_event(1)
+
+    def _weight(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor | float:
+        """Scale of step t: 1 for the ELBO; 1 / (2 w_t) for "simple", w_t = beta_t^2 / (2 sigma_t^2 alpha_t (1-abar_t))
+        being the factor of ||eps - eps_theta||^2 in L_{t-1} (so each term becomes ||eps - eps_theta||^2 / 2)."""
+        if not (self.training and self.loss == "simple"):
+            return 1.0
+        s = self.schedule
+        w = s.at("betas", t, like, 0) ** 2 / (2 * self.p_var(t, like, 0) * s.at("alphas", t, like, 0)
+                                              * (1 - s.at("alpha_bars", t, like, 0)))
+        return 1.0 / (2 * w)
+
+    def _time_plate(self, x0: torch.Tensor):
+        k = self.t_per_step if self.t_per_step is not None else self.timesteps
+        return pyro.plate("t", self.timesteps, subsample_size=k, dim=-2, device=x0.device)
+
+    # -- the training program: the chain ELBO with subsampled steps -----------------------
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """p(x_T) and, for k subsampled steps t, p_theta(x_{t-1} | x_t) (t >= 2) or p_theta(x_0 | x_1) (t = 1)."""
+        x0 = self.to_model_space(x)
+        with pyro.plate("data", x0.shape[0], dim=-1):
+            pyro.sample(f"x_{self.timesteps}", self._prior(x0))
+            with self._time_plate(x0) as idx:
+                t = (idx + 1).reshape(-1, 1)                           # (k, 1): steps in 1..T
+                x_t = pyro.sample("x_t", self.q_t(x0, t))              # same law as in the guide: log-ratio 0
+                eps = self.eps(x_t, t)
+                with poutine.scale(scale=self._weight(t, x0)):
+                    with poutine.mask(mask=t > 1):
+                        mean = self.p_mean(x_t, t, eps)
+                        pyro.sample("x_{t-1}", dist.Normal(mean, self.p_var(t, x0).sqrt().expand_as(mean)).to_event(1))
+                    with poutine.mask(mask=t == 1):
+                        pyro.sample("x", self.decoder(x_t, eps), obs=x0)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """q(x_T | x_0) and, for the same k steps, x_t ~ q(x_t | x_0), x_{t-1} ~ q(x_{t-1} | x_t, x_0)."""
+        x0 = self.to_model_space(x)
+        with pyro.plate("data", x0.shape[0], dim=-1):
+            pyro.sample(f"x_{self.timesteps}", self.q_t(x0, self.timesteps))
+            with self._time_plate(x0) as idx:
+                t = (idx + 1).reshape(-1, 1)
+                x_t = pyro.sample("x_t", self.q_t(x0, t))
+                mean, var = self.schedule.q_posterior(x_t, x0, t)
+                var = torch.where(t[..., None] > 1, var, self.schedule.at("betas", t, x0))   # t = 1: masked out
+                with poutine.scale(scale=self._weight(t, x0)), poutine.mask(mask=t > 1):
+                    pyro.sample("x_{t-1}", dist.Normal(mean, var.sqrt().expand_as(mean)).to_event(1))
+
+    # -- the literal chain: sites x_T, ..., x_1 and x --------------------------------------
+    def chain_model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """p(x_T) prod_{t=T}^{2} p_theta(x_{t-1} | x_t) p_theta(x_0 | x_1), one site per step (T network calls)."""
+        x0 = self.to_model_space(x)
+        with pyro.plate("data", x0.shape[0]):
+            x_t = pyro.sample(f"x_{self.timesteps}", self._prior(x0))
+            for step in range(self.timesteps, 1, -1):
+                t = torch.full((x0.shape[0],), step, device=x0.device)
+                x_t = pyro.sample(f"x_{step - 1}", self.p_step(x_t, t))
+            pyro.sample("x", self.decoder(x_t), obs=x0)
+
+    def chain_guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """q(x_T | x_0) prod_{t=T}^{2} q(x_{t-1} | x_t, x_0): the forward chain, sampled top-down."""
+        x0 = self.to_model_space(x)
+        with pyro.plate("data", x0.shape[0]):
+            x_t = pyro.sample(f"x_{self.timesteps}", self.q_t(x0, self.timesteps))
+            for step in range(self.timesteps, 1, -1):
+                mean, var = self.schedule.q_posterior(x_t, x0, step)
+                x_t = pyro.sample(f"x_{step - 1}", dist.Normal(mean, var.sqrt().expand_as(mean)).to_event(1))
+
+    # -- evaluation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def chain_elbo(self, x: torch.Tensor, *, max_rows: int | None = None, seed: int | None = None,
+                   noise: torch.Tensor | None = None) -> ChainELBO:
+        """The full-chain ELBO L_T + sum_{t>=2} L_{t-1} + L_0 (eq. 5), every step, analytic KLs.
+
+        Each L_{t-1} is E_{q(x_t|x_0)} of a closed form; x_t is drawn once per example and step.
+        x : (N, D) data; ``max_rows`` bounds examples x steps per network call; ``noise`` (T, N, D), if
+        given, is the eps of x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (row t - 1 for step t).
+        """
+        if x.dim() != 2 or x.shape[1] != self.x_dim:
+            raise InputError(f"expected data of shape (N, {self.x_dim}); got {tuple(x.shape)}")
+        was = self.training
+        self.eval()
+        gen_state = torch.random.get_rng_state()
+        if seed is not None:
+            torch.manual_seed(seed)
+        x0 = self.to_model_space(x.to(self.device))
+        n, T = x0.shape[0], self.timesteps
+        rows = max_rows or (4096 if self.arch == "unet" else 1 << 18)
+        chunk = max(1, rows // n)
+        L = torch.zeros(T, dtype=torch.float64)
+        L_T = kl_divergence(self.q_t(x0, T), self._prior(x0)).double().mean()
+        for start in range(1, T + 1, chunk):
+            t = torch.arange(start, min(T, start + chunk - 1) + 1, device=x0.device).reshape(-1, 1)
+            x_t = self.q_t(x0, t).sample() if noise is None else \
+                self.schedule.q_sample(x0, t, noise[start - 1: start - 1 + len(t)].to(x0))
+            eps = self.eps(x_t, t)
+            mean, var = self.schedule.q_posterior(x_t, x0, t)
+            p_mean = self.p_mean(x_t, t, eps)
+            kl = kl_divergence(dist.Normal(mean, var.clamp_min(1e-30).sqrt().expand_as(mean)),
+                               dist.Normal(p_mean, self.p_var(t, x0).sqrt().expand_as(p_mean))).sum(-1)
+            terms = kl.double().mean(-1)
+            if start == 1:
+                terms[0] = -self.decoder(x_t[0], eps[0]).log_prob(x0).double().mean()
+            L[start - 1: start - 1 + len(t)] = terms.cpu()
+        if seed is not None:
+            torch.random.set_rng_state(gen_state)
+        self.train(was)
+        elbo = -(float(L_T) + float(L.sum()))
+        return ChainELBO(elbo, -elbo / (self.x_dim * LN2), float(L_T), L.numpy(), n, self.x_dim)
+
+    def evaluate(self, x: torch.Tensor, *, seed: int = 0, **kwargs) -> dict:
+        """Hook used by ``ppl-dgm evaluate``: the full-chain ELBO (nats/example) and bits/dim."""
+        return self.chain_elbo(x, seed=seed, **kwargs).as_dict()
+
+    # -- sampling -------------------------------------------------------------------------
+    @torch.no_grad()
+    def trajectory(self, n: int, *, sampler: Literal["ddpm", "ddim"] = "ddpm", steps: int | None = None,
+                   eta: float = 0.0, record: int = 10) -> Trajectory:
+        """Draw n examples and keep ``record`` snapshots of the chain (data space); see :mod:`.diffusion_sampling`."""
+        check_choice("sampler", sampler, ("ddpm", "ddim"))
+        if not isinstance(n, int) or n < 1:
+            raise InputError(f"n must be a positive integer; got {n!r}")
+        was = self.training
+        self.eval()
+        try:
+            if sampler == "ddpm":
+                return ddpm_sample(self, n, record=record)
+            return ddim_sample(self, n, steps=steps or 50, eta=eta, record=record)
+        finally:
+            self.train(was)
+
+    @torch.no_grad()
+    def extra_pictures(self, ds, out, seed: int = 0) -> None:
+        """``trajectory.png`` (the reverse chain) and ``loss_per_t.png`` (L_t against t on held-out data)."""
+        from ..plots_diffusion import plot_loss_per_t, plot_trajectory
+
+        image = len(ds.shape) >= 2
+        traj = self.trajectory(8 if image else 2000, record=8)
+        plot_trajectory(traj.xs.cpu().numpy(), traj.steps, ds.shape, out / "trajectory.png",
+                        f"{self.family}: x_t along the reverse chain", None if image else ds.x_test[:2000].numpy())
+        ce = self.chain_elbo(ds.x_test[: 32 if image else 1000], seed=seed)
+        plot_loss_per_t(ce.L, out / "loss_per_t.png", f"{self.family}: chain ELBO terms (ELBO {ce.elbo:.3f} nats, "
+                        f"{ce.bits_per_dim:.3f} bits/dim)", ce.L_T)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, mean: bool = False, sampler: Literal["ddpm", "ddim"] = "ddpm",
+               steps: int | None = None, eta: float = 0.0) -> torch.Tensor:
+        """n new examples of shape (n, D) in data space (the last step is the noiseless mean, as in Ho et al.)."""
+        return self.trajectory(n, sampler=sampler, steps=steps, eta=eta, record=1).x

@@ -1,0 +1,94 @@
+"""Figures for EM fits: log-likelihood per iteration, fitted ellipses over 2-D data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loglik(history: Sequence[float], path: str | os.PathLike, *,
+                title: str = "EM: log-likelihood per iteration") -> None:
+    """Mean log-likelihood per sample against the EM iteration; writes a PNG.
+
+    Parameters
+    ----------
+    history : sequence of float, length T
+        ``lower_bounds_`` of a fit (never decreasing).
+    path : path of the PNG.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
+    it = np.arange(1, len(history) + 1)
+    ax.plot(it, history, marker="o", ms=3)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("mean log-likelihood per sample (nats)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def full_covariances(covariances: np.ndarray, covariance_type: str, n_components: int,
+                     n_features: int) -> np.ndarray:
+    """Covariances in any scikit-learn shape -> (K, D, D)."""
+    c = np.asarray(covariances, dtype=float)
+    if covariance_type == "full":
+        return c
+    if covariance_type == "tied":
+        return np.broadcast_to(c, (n_components, n_features, n_features))
+    if covariance_type == "diag":
+        return np.stack([np.diag(v) for v in c])
+    return np.stack([np.eye(n_features) * v for v in c])
+
+
+def plot_ellipses(x: np.ndarray, weights: np.ndarray, means: np.ndarray, covariances: np.ndarray,
+                  covariance_type: str, path: str | os.PathLike, *, labels: np.ndarray | None = None,
+                  title: str = "GMM fit: 1- and 2-sigma ellipses") -> None:
+    """Scatter of 2-D data with each component's 1 and 2 standard-deviation ellipses.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, 2)
+    weights : (K,), means : (K, 2), covariances : scikit-learn shape for ``covariance_type``
+    labels : ndarray, shape (N,), optional
+        Colours the points by their most probable component.
+    """
+    from matplotlib.patches import Ellipse
+
+    plt = _plt()
+    k = len(weights)
+    covs = full_covariances(covariances, covariance_type, k, 2)
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
+    colors = plt.get_cmap("tab10")
+    point_colors = "0.5" if labels is None else [colors(int(j) % 10) for j in labels]
+    ax.scatter(x[:, 0], x[:, 1], s=4, c=point_colors, alpha=0.5, linewidths=0)
+    for j in range(k):
+        evals, evecs = np.linalg.eigh(covs[j])
+        angle = np.degrees(np.arctan2(evecs[1, -1], evecs[0, -1]))
+        for n_std in (1, 2):
+            w, h = 2 * n_std * np.sqrt(np.maximum(evals[::-1], 0))
+            ax.add_patch(Ellipse(means[j], w, h, angle=angle, fill=False, lw=1.5,
+                                 color=colors(j % 10), alpha=0.9 if n_std == 1 else 0.5))
+        ax.plot(*means[j], "x", color="k", ms=6)
+        ax.annotate(f"{weights[j]:.2f}", means[j], textcoords="offset points", xytext=(4, 4),
+                    fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.set_aspect("equal", adjustable="datalim")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
