@@ -10,7 +10,7 @@ import argparse
 import numpy as np
 import torch
 
-from ppl_dgm._facades import GaussianMixture
+from ppl_dgm import GaussianMixture
 from ppl_dgm.em_runs import evaluate_run, save_run
 from ppl_dgm.inference.em import pyro_elbo
 
@@ -19,7 +19,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="em_gmm_run")
     ap.add_argument("--n", type=int, default=1500)
+    ap.add_argument("--quick", action="store_true", help="a small data set (smoke test)")
     args = ap.parse_args()
+    if args.quick:
+        args.n = 300
 
     rng = np.random.default_rng(0)
     centers, scales = np.array([[0, 0], [3, 3], [-3, 2]]), [1.0, 0.6, 0.8]

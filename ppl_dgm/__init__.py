@@ -4,6 +4,7 @@ The few names most users need are re-exported here; everything else lives in
 ``ppl_dgm.models``, ``ppl_dgm.inference``, ``ppl_dgm.data`` and ``ppl_dgm.evaluation``.
 """
 
+from ._facades import PPCA, GaussianMixture
 from .data import load_dataset
 from .errors import InputError
 from .inference import elbo_terms, fit_svi
@@ -11,4 +12,5 @@ from .models import VAE
 
 __version__ = "0.1.0"
 
-__all__ = ["VAE", "fit_svi", "elbo_terms", "load_dataset", "InputError", "__version__"]
+__all__ = ["VAE", "GaussianMixture", "PPCA", "fit_svi", "elbo_terms", "load_dataset", "InputError",
+           "__version__"]

@@ -19,7 +19,10 @@ SIGMA = torch.tensor([[1.0, 0.6], [0.6, 0.8]], dtype=torch.float64)
 
 
 class OptimalEps(torch.nn.Module):
-    """E[eps | x_t] for x_0 ~ N(mu, Sigma): sqrt(1 - abar) C_t^{-1} (x_t - sqrt(abar) mu), C_t = abar Sigma + (1 - abar) I."""
+    """E[eps | x_t] for x_0 ~ N(mu, Sigma): sqrt(1 - abar) C_t^{-1} (x_t - sqrt(abar) mu).
+
+    C_t = abar Sigma + (1 - abar) I is the covariance of q(x_t).
+    """
 
     def __init__(self, schedule, mu, sigma):
         super().__init__()
@@ -47,7 +50,7 @@ def closed_form_elbo(schedule, mu, sigma, variance="beta"):
     for t in range(1, T + 1):
         C = ab[t] * sigma + (1 - ab[t]) * I
         tr = float(torch.trace(I - (1 - ab[t]) * torch.linalg.inv(C)))   # E ||eps - E[eps | x_t]||^2
-        c2 = float(b[t] ** 2 / (a[t] * (1 - ab[t])))                       # ||mu-tilde - mu_theta||^2 per ||eps-eps*||^2
+        c2 = float(b[t] ** 2 / (a[t] * (1 - ab[t])))       # ||mu-tilde - mu_theta||^2 per ||eps - eps*||^2
         if t == 1:
             total += 0.5 * D * math.log(2 * math.pi * b[1]) + c2 * tr / (2 * b[1])
         else:
@@ -166,14 +169,14 @@ def test_samplers_shapes_trajectory_and_errors():
 def test_ddim_with_all_steps_and_eta_one_matches_ddpm_in_distribution():
     """DDIM(S = T, eta = 1) is the DDPM chain with sigma_t^2 = beta-tilde_t (Song et al. §4.1)."""
     torch.manual_seed(0)
-    m = optimal_ddpm(50).float()
+    m = optimal_ddpm(200).float()
     m.net.float()
-    a = m.sample(1500, sampler="ddim", steps=50, eta=1.0).double()
+    a = m.sample(1500, sampler="ddim", steps=200, eta=1.0).double()
     b = m.sample(1500).double()
     x = torch.distributions.MultivariateNormal(MU, SIGMA).sample((1500,))
     for s in (a, b):
         torch.testing.assert_close(s.mean(0), MU, atol=0.08, rtol=0)
-        torch.testing.assert_close(torch.cov(s.T), SIGMA, atol=0.12, rtol=0)
+        torch.testing.assert_close(torch.cov(s.T), SIGMA, atol=0.15, rtol=0)   # ~4 standard errors
     assert mmd2(a, x) < 5e-3 and mmd2(b, x) < 5e-3
 
 

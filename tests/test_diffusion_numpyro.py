@@ -42,4 +42,4 @@ def test_numpyro_program_estimates_the_same_elbo(pair):
     x = np.random.default_rng(1).standard_normal((4000, 2))
     ref = m.chain_elbo(torch.tensor(x), seed=0).elbo
     loss = TraceMeanField_ELBO().loss(jax.random.PRNGKey(0), {}, nd.model, nd.guide, x, tab, params, 30)
-    assert -float(loss) / len(x) == pytest.approx(ref, abs=0.05)
+    assert -float(loss) / len(x) == pytest.approx(ref, rel=0.01)   # one Monte Carlo draw per step and example

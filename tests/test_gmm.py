@@ -13,7 +13,7 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO, infer_discrete
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
-from ppl_dgm._facades import GaussianMixture
+from ppl_dgm import GaussianMixture
 from ppl_dgm.errors import InputError
 from ppl_dgm.inference.em import fit_em
 from ppl_dgm.models.gmm import GMM

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ppl_dgm._facades import GaussianMixture
+from ppl_dgm import GaussianMixture
 from ppl_dgm.inference.em import fit_em
 from ppl_dgm.models.gmm_em import GMMFamily
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 
-from ppl_dgm._facades import PPCA
+from ppl_dgm import PPCA
 from ppl_dgm.errors import InputError
 from ppl_dgm.inference.em import fit_em, pyro_elbo
 from ppl_dgm.models.ppca import PPCA as PPCAModel

@@ -4,8 +4,10 @@ Ancestral sampling runs the model's chain (Ho et al. 2020, Algorithm 2):
 x_T ~ N(0, I), x_{t-1} = mu_theta(x_t, t) + sigma_t z for t = T..2, and the noiseless mean
 mu_theta(x_1, 1) at the end.  DDIM (Song et al. 2021, eq. 12) takes S < T steps tau_S > ... > tau_1:
 
-.. math::  x_{\\tau_{i-1}} = \\sqrt{\\bar\\alpha_{\\tau_{i-1}}}\\, \\hat x_0
-           + \\sqrt{1 - \\bar\\alpha_{\\tau_{i-1}} - \\sigma_i^2}\\, \\epsilon_\\theta(x_{\\tau_i}, \\tau_i) + \\sigma_i z,
+.. math::  x_{\\tau_{i-1}} = \\sqrt{\\bar\\alpha_{\\tau_{i-1}}}\\,
+           \\hat x_0
+           + \\sqrt{1 - \\bar\\alpha_{\\tau_{i-1}} - \\sigma_i^2}\\,
+           \\epsilon_\\theta(x_{\\tau_i}, \\tau_i) + \\sigma_i z,
            \\quad \\sigma_i = \\eta \\sqrt{\\frac{1-\\bar\\alpha_{\\tau_{i-1}}}{1-\\bar\\alpha_{\\tau_i}}}
            \\sqrt{1 - \\frac{\\bar\\alpha_{\\tau_i}}{\\bar\\alpha_{\\tau_{i-1}}}}
 

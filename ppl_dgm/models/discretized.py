@@ -8,11 +8,10 @@ bound in bits per dimension.
 
 from __future__ import annotations
 
+import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 from torch.special import log_ndtr
-
-import pyro.distributions as dist
 
 
 def to_grid(x: torch.Tensor, bins: int = 256) -> torch.Tensor:
@@ -62,9 +61,9 @@ class DiscretizedGaussian(dist.TorchDistribution):
         lo = torch.where(value < -1 + half, -inf, (value - half - self.loc) / self.scale)
         return _log_mass(lo, hi)
 
-    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape=()) -> torch.Tensor:
         with torch.no_grad():
-            shape = self._extended_shape(sample_shape)
+            shape = self._extended_shape(torch.Size(sample_shape))
             x = self.loc.expand(shape) + self.scale.expand(shape) * torch.randn(shape, device=self.loc.device,
                                                                                 dtype=self.loc.dtype)
             return to_grid((x + 1) / 2, self.bins)

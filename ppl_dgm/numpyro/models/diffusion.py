@@ -126,7 +126,6 @@ def chain_elbo(x0, tab, params, noise):
     x0, noise = jnp.asarray(x0, dtype=jnp.float64), jnp.asarray(noise, dtype=jnp.float64)
     T = noise.shape[0]
     ab = jnp.asarray(tab["alpha_bars"])
-    D = x0.shape[-1]
     L_T = 0.5 * jnp.mean(jnp.sum(ab[T] * x0**2 + (1 - ab[T]) - 1 - jnp.log(1 - ab[T]), -1))
     t = jnp.arange(1, T + 1)[:, None, None]
     x_t = jnp.sqrt(ab[t]) * x0 + jnp.sqrt(1 - ab[t]) * noise
