@@ -117,6 +117,14 @@ def evaluate(run_dir, dataset, data_path, data_dir, iwae_k, device, seed, as_jso
 
     if dataset and data_path:
         raise InputError(f"expected one of --dataset or --data; got both ({dataset!r} and {data_path!r})")
+    from .cli_em import em_family, evaluate_em
+
+    if em_family(run_dir):  # GMM / PPCA: exact log-likelihood, BIC
+        res = evaluate_em(run_dir, dataset, data_path, data_dir)
+        click.echo(json.dumps(res) if as_json else
+                   f"{res['family']} on {res['data']} (n={res['n']}): mean log-likelihood "
+                   f"{res['log_likelihood']:.4f} nats, BIC {res['bic']:.1f}")
+        return
     model, cfg = load_run(run_dir, device=device)
     x, y, name = load_eval_data(cfg, dataset, data_path, data_dir)
     if hasattr(model, "evaluate"):  # a family with its own bound (ddpm: the full-chain ELBO, bits/dim)
@@ -170,6 +178,20 @@ def sample(run_dir, n, out, mean, device, seed, label, sampler, steps, eta):
     if out.suffix not in (".npy", ".png"):
         raise InputError(f"--out: expected a file ending in .npy or .png; got {str(out)!r}")
     ensure_writable_dir(out.parent if str(out.parent) else Path("."))
+    from .cli_em import em_family, sample_em
+
+    if em_family(run_dir):
+        x = sample_em(run_dir, n, seed)
+        if out.suffix == ".npy":
+            import io
+
+            buf = io.BytesIO()
+            np.save(buf, x)
+            atomic_write_bytes(out, buf.getvalue())
+        else:
+            plot_samples(x, (x.shape[1],), out, f"{em_family(run_dir)}: {n} samples")
+        click.echo(f"wrote {n} samples of shape {(x.shape[1],)} to {out}")
+        return
     model, cfg = load_run(run_dir, device=device)
     shape = tuple(cfg["data"]["shape"])
     torch.manual_seed(seed)
@@ -237,6 +259,7 @@ def list_cmd():
 
 
 from . import cli_chain as _cli_chain  # noqa: E402,F401  (registers `fit ddpm|hvae`)
+from . import cli_em as _cli_em  # noqa: E402,F401  (registers `fit gmm|ppca`)
 from . import cli_vae as _cli_vae  # noqa: E402,F401  (registers `fit vae|cvae|ae` and `latent`)
 
 
