@@ -27,8 +27,8 @@ from ..errors import InputError, NonFiniteError, check_choice
 from ..utils import atomic_write_json, ensure_writable_dir, resolve_device, seed_everything
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model_state, save_checkpoint
 from .diagnostics import elbo_terms, find_nonfinite
-from .objectives import AnalyticELBO
 from .guides import check_guide
+from .objectives import AnalyticELBO
 
 OPTIMIZERS = ("adam", "clipped_adam")
 LR_SCHEDULES = ("constant", "cosine", "exponential")
