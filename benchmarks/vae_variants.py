@@ -134,14 +134,18 @@ def main() -> None:
                                   "samples_per_label": 100, **held_out_elbo(cvae.model, cvae.guide, x_te, y_te)}
     print("cvae", res["cvae_class_fidelity"], flush=True)
 
-    # 4. AE vs VAE: decode z ~ N(0, I) with each decoder
+    # 4. AE vs VAE: decode z ~ N(0, I) with each decoder.  "ae" is the notes' deterministic
+    #    autoencoder (beta = 0: reconstruction only); "ae_prior_term" keeps log p(z) (MAP codes).
     torch.manual_seed(0)
     ae = AE(784, latent_dim=16, hidden=[256], image_shape=(28, 28))
-    fit_svi(ae, x_tr, loss=make_objective("elbo"), **common)
+    fit_svi(ae, x_tr, loss=make_objective("elbo", beta=0.0), **common)
+    torch.manual_seed(0)
+    ae_map = AE(784, latent_dim=16, hidden=[256], image_shape=(28, 28))
+    fit_svi(ae_map, x_tr, loss=make_objective("elbo"), **common)
     comp = {}
     grids = {}
     ref = grey.x_test[:1000]
-    for name, m in (("vae", mean_field), ("ae", ae)):
+    for name, m in (("vae", mean_field), ("ae", ae), ("ae_prior_term", ae_map)):
         torch.manual_seed(2)
         xs = m.sample(1000, mean=True)
         prob = clf.predict_proba(xs.numpy())
@@ -157,8 +161,8 @@ def main() -> None:
     res["ae_vs_vae_prior_samples"] = comp
     print("ae/vae", comp, flush=True)
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
-    for ax, name in zip(axes, ("vae", "ae")):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
+    for ax, name in zip(axes, ("vae", "ae", "ae_prior_term")):
         ax.imshow(image_grid(grids[name], nrow=8), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"{name.upper()}: E[x | z], z ~ N(0, I)\nconfidence {comp[name]['classifier_confidence']:.2f}, "
                      f"MMD² {comp[name]['mmd2_to_test']:.4f}")
