@@ -241,6 +241,6 @@ def train_run(family: str, model_kwargs: dict[str, Any], data: DataSpec, train: 
     write_pictures(model, ds, result.history, out_path, seed=train.seed)
     if result.history:
         last = result.history[-1]
-        echo(f"done: epoch {last['epoch']}, train ELBO {last['train_elbo']:.3f}, held-out ELBO "
+        echo(f"done: epoch {last['epoch']}, train objective {last['train_elbo']:.3f}, held-out ELBO "
              f"{last.get('test_elbo', float('nan')):.3f} nats/example; run dir {out_path}")
     return out_path

@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass
 
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import site_is_subsample
 
 from ..errors import InputError
-from ..inference.diagnostics import DATA_PLATE, elbo_terms
+from ..inference.diagnostics import elbo_terms
+from ..inference.objectives import per_row_log_prob
 
 LN2 = math.log(2.0)
 
@@ -42,24 +42,6 @@ class Evaluation:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _per_example_log_prob(trace: poutine.Trace, n_rows: int, where: str) -> torch.Tensor:
-    """Sum of every sample site's log-density, per row of the ``data`` plate: shape (n_rows,)."""
-    total = torch.zeros(n_rows)
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        frames = [f for f in site["cond_indep_stack"] if f.name == DATA_PLATE]
-        lp = site["fn"].log_prob(site["value"])
-        if not frames:
-            raise InputError(f"the importance-weighted estimate needs every site inside the 'data' plate; "
-                             f"{where} site {name!r} is outside it")
-        dim = frames[0].dim
-        lp = lp.reshape((1,) * (-dim - lp.dim()) + tuple(lp.shape)) if lp.dim() < -dim else lp
-        lp = lp.movedim(dim, 0).reshape(n_rows, -1).sum(-1)
-        total = total.to(lp) + lp
-    return total
 
 
 @torch.no_grad()
@@ -93,7 +75,8 @@ def iwae_log_likelihood(model, guide, x: torch.Tensor, *rest: torch.Tensor, k: i
             rep = tuple(t.repeat((kk,) + (1,) * (t.dim() - 1)) for t in xs)
             g_tr = poutine.trace(guide).get_trace(*rep)
             m_tr = poutine.trace(poutine.replay(model, trace=g_tr)).get_trace(*rep)
-            lw = _per_example_log_prob(m_tr, kk * m, "model") - _per_example_log_prob(g_tr, kk * m, "guide")
+            lw = (per_row_log_prob(m_tr, kk * m, "model", require_rsample=False)
+                  - per_row_log_prob(g_tr, kk * m, "guide", require_rsample=False))
             log_w.append(lw.reshape(kk, m).double().cpu())
             done += kk
         lw = torch.cat(log_w, 0)

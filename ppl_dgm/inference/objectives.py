@@ -210,11 +210,15 @@ def _data_frame(site, where: str, objective: str):
                      f"{where} site {site['name']!r} is outside it")
 
 
-def _per_row(trace, n_rows: int, where: str) -> torch.Tensor:
-    """Scaled log-density of every sample site summed per row of the ``data`` plate: shape (n_rows,)."""
+def per_row_log_prob(trace, n_rows: int, where: str, *, require_rsample: bool = True) -> torch.Tensor:
+    """Scaled log-density of every sample site summed per row of the ``data`` plate: shape (n_rows,).
+
+    Shared by the IWAE objective (training: guide sites must be reparameterized) and the
+    IWAE evaluation (``require_rsample=False``).
+    """
     total = 0.0
     for name, site in _sample_sites(trace):
-        if where == "guide" and not site["fn"].has_rsample:
+        if where == "guide" and require_rsample and not site["fn"].has_rsample:
             raise InputError(f"IWAE needs reparameterized guide sites; guide site {name!r} "
                              f"({type(site['fn']).__name__}) has no rsample")
         dim = _data_frame(site, where, "IWAE").dim
@@ -243,7 +247,7 @@ class IWAE(Objective):
         k, n = self.num_particles, args[0].shape[0]
         rep = tuple(a.repeat((k,) + (1,) * (a.dim() - 1)) if isinstance(a, torch.Tensor) else a for a in args)
         g_tr, m_tr = _traces(model, guide, rep, kwargs)
-        log_w = (_per_row(m_tr, k * n, "model") - _per_row(g_tr, k * n, "guide")).reshape(k, n)
+        log_w = (per_row_log_prob(m_tr, k * n, "model") - per_row_log_prob(g_tr, k * n, "guide")).reshape(k, n)
         return -(torch.logsumexp(log_w, 0) - math.log(k)).sum()
 
 
