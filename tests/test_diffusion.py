@@ -206,8 +206,14 @@ def test_trained_network_elbo_within_margin_of_exact():
     x = torch.distributions.MultivariateNormal(MU.float(), SIGMA.float()).sample((20_000,))
     m = DDPM(2, timesteps=100, loss="elbo", t_per_step=16, hidden=(128, 128))
     fit_svi(m, x, epochs=30, batch_size=256, lr=2e-3, lr_schedule="cosine", progress=False)
-    elbo = m.chain_elbo(x[:5000], seed=0).elbo
-    assert exact_log_lik() - 0.15 < elbo < exact_log_lik() + 0.02, (elbo, exact_log_lik())
+    # chain_elbo draws x_t once per example and step: one 5,000-example estimate varies by ~0.05 nats
+    # between seeds, so score 20,000 fresh examples with 4 seeds (sd of the mean ~0.013 nats) and
+    # compare with the exact mean log-density of the same examples.
+    p = torch.distributions.MultivariateNormal(MU.float(), SIGMA.float())
+    fresh = p.sample((20_000,))
+    elbo = sum(m.chain_elbo(fresh, seed=s).elbo for s in range(4)) / 4
+    exact = float(p.log_prob(fresh).mean())
+    assert exact - 0.15 < elbo < exact + 0.05, (elbo, exact)
 
 
 @pytest.mark.slow
