@@ -173,7 +173,7 @@ def elbo_iwae_gap(model, guide, x: torch.Tensor, *rest: torch.Tensor, k: int = 1
 
     Every site must sit in the ``"data"`` plate (as for the IWAE estimate).
     """
-    from ..evaluation.likelihood import _per_example_log_prob
+    from .objectives import per_row_log_prob
 
     if not isinstance(k, int) or k < 1:
         raise InputError(f"k (importance samples) must be a positive integer; got {k!r}")
@@ -186,7 +186,8 @@ def elbo_iwae_gap(model, guide, x: torch.Tensor, *rest: torch.Tensor, k: int = 1
         rep = tuple(t.repeat((k,) + (1,) * (t.dim() - 1)) for t in xs)
         g_tr = poutine.trace(guide).get_trace(*rep)
         m_tr = poutine.trace(poutine.replay(model, trace=g_tr)).get_trace(*rep)
-        lw = _per_example_log_prob(m_tr, k * m, "model") - _per_example_log_prob(g_tr, k * m, "guide")
+        lw = (per_row_log_prob(m_tr, k * m, "model", require_rsample=False)
+              - per_row_log_prob(g_tr, k * m, "guide", require_rsample=False))
         lw = lw.reshape(k, m).double().cpu()
         elbo[i: i + m] = lw.mean(0)
         iwae[i: i + m] = torch.logsumexp(lw, 0) - math.log(k)
