@@ -90,6 +90,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="toy,hvae,digits")
+    ap.add_argument("--digits-epochs", type=int, default=60)
     a = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "diffusion.json"
@@ -102,7 +103,7 @@ def main() -> None:
     if "hvae" in jobs:
         results["hvae_digits"] = hvae(5 if a.quick else 200)
     if "digits" in jobs:
-        results["ddpm_digits"] = digits(2 if a.quick else 60)
+        results["ddpm_digits"] = digits(2 if a.quick else a.digits_epochs)
     path.write_text(json.dumps(results, indent=1))
     print("wrote", path)
 

@@ -47,9 +47,22 @@ def fit_ddpm(dataset, data_path, data_dir, binarize, out, epochs, batch_size, lr
         raise InputError(f"--t-per-step: expected at most --timesteps ({timesteps}); got {t_per_step}")
     if binarize not in (None, "none"):
         raise InputError(f"--binarize: a diffusion model takes grey levels; expected none; got {binarize!r}")
+    vector = _vector_data(dataset, data_path)
+    ctx = click.get_current_context()
+    if vector and not resume:
+        # Defaults measured on the 2-D toys (checkerboard, 16k points): 100 epochs at lr 2e-3 with a cosine
+        # decay put DDPM-1000 *and* DDIM-50 samples at the MMD noise floor of held-out data (about 95 s on
+        # one core); 50 epochs at a constant 1e-3 left DDIM-50 three times worse than DDPM-1000.
+        default = click.core.ParameterSource.DEFAULT
+        if ctx.get_parameter_source("lr") == default:
+            lr = 2e-3
+        if ctx.get_parameter_source("lr_schedule") == default:
+            lr_schedule = "cosine"
+        if epochs is None:
+            epochs = 100
     data, train = _specs(dataset, data_path, data_dir, "none", "gaussian", seed, epochs, batch_size, lr,
                          optimizer, lr_schedule, clip_norm, checkpoint_every)
-    if device == "cpu" and arch != "unet" and _vector_data(dataset, data_path):
+    if device == "cpu" and arch != "unet" and vector:
         # a small MLP: torch's intra-op threads cost more than they give (30x slower measured on a busy 2-core box)
         import torch
 
