@@ -178,7 +178,7 @@ def write_pictures(model, ds: Dataset, history: list[dict], out: Path, seed: int
         image = ds.kind == "image"
         n = 64 if image else 2000
         x = model.sample(n, mean=True) if image else model.sample(n)
-        what = "E[x | z], z ~ p(z)" if image else "x ~ p(x | z), z ~ p(z)"
+        what = getattr(model, "sample_title", None) or ("E[x | z], z ~ p(z)" if image else "x ~ p(x | z), z ~ p(z)")
         plot_samples(x.cpu().numpy(), ds.shape, out / "samples.png", f"{model.family} samples: {what}",
                      reference=None if image else ds.x_test.numpy())
         xs = ds.x_test[:16] if image else ds.x_test[:500]

@@ -107,6 +107,7 @@ class DDPM(GenerativeModel):
     """
 
     family = "ddpm"
+    sample_title = "x_0 of the reverse chain from x_T ~ N(0, I)"
 
     def __init__(self, x_dim: int, timesteps: int = 1000, schedule: Literal["linear", "cosine"] = "linear",
                  loss: Literal["simple", "elbo"] = "simple", t_per_step: int | None = 8,
