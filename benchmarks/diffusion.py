@@ -90,7 +90,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="toy,hvae,digits")
-    ap.add_argument("--digits-epochs", type=int, default=60)
+    ap.add_argument("--digits-epochs", type=int, default=400)
     a = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "diffusion.json"
