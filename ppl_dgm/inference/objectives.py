@@ -41,6 +41,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
 from ..errors import InputError
+from .diagnostics import site_kl
 
 DATA_PLATE = "data"
 OBJECTIVES = ("elbo", "analytic", "iwae")
@@ -177,18 +178,12 @@ class AnalyticELBO(Objective):
         total = 0.0
         for _ in range(self.num_particles):
             g_tr, m_tr = _traces(model, guide, args, kwargs)
-            latent = [n for n, s in _sample_sites(g_tr)]
-            if any(not s["fn"].has_rsample or s["infer"].get("enumerate") for _, s in _sample_sites(g_tr)) or \
-                    any(n not in m_tr.nodes for n in latent):
+            if any(not s["fn"].has_rsample or s["infer"].get("enumerate") for _, s in _sample_sites(g_tr)):
                 return self._elbo.differentiable_loss(model, guide, *args, **kwargs)
-            for name, site in _sample_sites(m_tr):
-                if name in g_tr.nodes:
-                    total = total + _site_kl(g_tr.nodes[name], site)
-                elif site["is_observed"]:
-                    total = total - scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"],
-                                                   site["mask"]).sum()
-                else:  # a model latent the guide does not sample: Pyro's estimator handles it
-                    return self._elbo.differentiable_loss(model, guide, *args, **kwargs)
+            loss = _negative_elbo(g_tr, m_tr, lambda name, q, p: site_kl(q, p)[0])
+            if loss is None:  # sites of one program missing from the other: Pyro's estimator handles it
+                return self._elbo.differentiable_loss(model, guide, *args, **kwargs)
+            total = total + loss
         return total / self.num_particles
 
 
@@ -266,16 +261,23 @@ def _per_dim_kl(q, p, name: str) -> tuple[torch.Tensor, int]:
                          f"{type(q).__name__} and p {type(p).__name__}") from None
 
 
-def _site_kl(q_site, p_site) -> torch.Tensor:
-    """KL(q || p) of one site summed over its batch (with the site's scale); analytic if possible."""
-    try:
-        kl = kl_divergence(q_site["fn"], p_site["fn"])
-        if kl.shape != q_site["fn"].batch_shape:
-            raise NotImplementedError
-    except NotImplementedError:
-        v = q_site["value"]
-        kl = q_site["fn"].log_prob(v) - p_site["fn"].log_prob(v)
-    return scale_and_mask(kl, p_site["scale"], p_site["mask"]).sum()
+def _negative_elbo(g_tr, m_tr, kl_of) -> torch.Tensor | None:
+    """-ELBO of one particle from a guide trace and the replayed model trace.
+
+    -sum_observed log p(x | .) + sum_latent kl_of(name, q_site, p_site); None when a guide
+    site has no model counterpart or a model latent no guide counterpart.
+    """
+    if any(name not in m_tr.nodes for name, _ in _sample_sites(g_tr)):
+        return None
+    loss = 0.0
+    for name, site in _sample_sites(m_tr):
+        if name in g_tr.nodes:
+            loss = loss + kl_of(name, g_tr.nodes[name], site)
+        elif site["is_observed"]:
+            loss = loss - scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"]).sum()
+        else:
+            return None
+    return loss
 
 
 class FreeBitsELBO(Objective):
@@ -301,26 +303,22 @@ class FreeBitsELBO(Objective):
             raise InputError(f"free bits must be a finite number > 0; got {free_bits!r}")
         self.free_bits = float(free_bits)
 
+    def _kl(self, name, q_site, p_site) -> torch.Tensor:
+        if name not in self.sites:
+            return site_kl(q_site, p_site)[0]
+        frame = _data_frame(p_site, "model", "free bits")
+        kl, event = _per_dim_kl(q_site["fn"], p_site["fn"], name)
+        per_dim = kl.mean(frame.dim - event).clamp(min=self.free_bits)
+        return per_dim.sum() * kl.shape[frame.dim - event] * p_site["scale"]
+
     def _loss(self, model, guide, *args, **kwargs):
         total = 0.0
         for _ in range(self.num_particles):
             g_tr, m_tr = _traces(model, guide, args, kwargs)
-            elbo = 0.0
-            for name, site in _sample_sites(m_tr):
-                if site["is_observed"]:
-                    elbo = elbo + scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"],
-                                                 site["mask"]).sum()
-                elif name in g_tr.nodes and name in self.sites:
-                    frame = _data_frame(site, "model", "free bits")
-                    kl, event = _per_dim_kl(g_tr.nodes[name]["fn"], site["fn"], name)
-                    per_dim = kl.mean(frame.dim - event).clamp(min=self.free_bits)
-                    elbo = elbo - per_dim.sum() * kl.shape[frame.dim - event] * site["scale"]
-                elif name in g_tr.nodes:
-                    elbo = elbo - _site_kl(g_tr.nodes[name], site)
-                else:
-                    elbo = elbo + scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"],
-                                                 site["mask"]).sum()
-            total = total - elbo
+            loss = _negative_elbo(g_tr, m_tr, self._kl)
+            if loss is None:
+                raise InputError("free bits needs the model's latent sites and the guide's sample sites to match")
+            total = total + loss
         return total / self.num_particles
 
     def __repr__(self) -> str:
