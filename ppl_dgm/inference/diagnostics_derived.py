@@ -173,24 +173,13 @@ def elbo_iwae_gap(model, guide, x: torch.Tensor, *rest: torch.Tensor, k: int = 1
 
     Every site must sit in the ``"data"`` plate (as for the IWAE estimate).
     """
-    from .objectives import per_row_log_prob
+    from ..evaluation.likelihood import importance_log_weights
 
-    if not isinstance(k, int) or k < 1:
-        raise InputError(f"k (importance samples) must be a positive integer; got {k!r}")
     n = x.shape[0]
-    m_chunk = max(1, min(n, max_rows // k))
     elbo, iwae = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
-    for i in range(0, n, m_chunk):
-        xs = (x[i: i + m_chunk], *(r[i: i + m_chunk] for r in rest))
-        m = xs[0].shape[0]
-        rep = tuple(t.repeat((k,) + (1,) * (t.dim() - 1)) for t in xs)
-        g_tr = poutine.trace(guide).get_trace(*rep)
-        m_tr = poutine.trace(poutine.replay(model, trace=g_tr)).get_trace(*rep)
-        lw = (per_row_log_prob(m_tr, k * m, "model", require_rsample=False)
-              - per_row_log_prob(g_tr, k * m, "guide", require_rsample=False))
-        lw = lw.reshape(k, m).double().cpu()
-        elbo[i: i + m] = lw.mean(0)
-        iwae[i: i + m] = torch.logsumexp(lw, 0) - math.log(k)
+    for i, lw in importance_log_weights(model, guide, x, *rest, k=k, max_rows=max_rows):
+        elbo[i: i + lw.shape[1]] = lw.mean(0)
+        iwae[i: i + lw.shape[1]] = torch.logsumexp(lw, 0) - math.log(k)
     gap = iwae - elbo
     se = float(gap.std() / math.sqrt(n)) if n > 1 else float("nan")
     return GapEstimate(float(elbo.mean()), float(iwae.mean()), float(gap.mean()), se, k, n,
