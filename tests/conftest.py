@@ -30,3 +30,21 @@ def fashion_available() -> bool:
 
 
 needs_fashion = pytest.mark.skipif(not fashion_available(), reason="Fashion-MNIST IDX files not installed")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn's digits, statically binarized (seed 0)."""
+    from ppl_dgm.data import load_dataset
+
+    return load_dataset("digits", binarize="static", seed=0)
+
+
+def run_cli(args, capsys):
+    """Run ``ppl-dgm ARGS`` in-process; returns (exit status, stdout, stderr)."""
+    from ppl_dgm.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return info.value.code, out, err

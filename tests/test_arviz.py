@@ -22,14 +22,6 @@ from ppl_dgm.models.vae import VAE
 SIGMA = 0.5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is fastest on a shared CPU
-    yield
-    torch.set_num_threads(n)
-
-
 def regression_model(X, y):
     """Bayesian linear regression: w ~ N(0, I_D), y_n ~ N(x_n . w, SIGMA^2); X (N, D), y (N,)."""
     w = pyro.sample("w", dist.Normal(torch.zeros(X.shape[-1]), 1.0).to_event(1))

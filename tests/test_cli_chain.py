@@ -7,12 +7,7 @@ import pytest
 
 from ppl_dgm.cli import main
 
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
+from .conftest import run_cli as run
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.mixture import GaussianMixture as SkGM
 
-from .test_cli import run
+from .conftest import run_cli as run
 
 
 @pytest.fixture(scope="module")

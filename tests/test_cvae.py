@@ -8,31 +8,11 @@ import pyro.poutine as poutine
 import pytest
 import torch
 
-from ppl_dgm import load_dataset
-from ppl_dgm.cli import main
 from ppl_dgm.errors import InputError
 from ppl_dgm.inference import elbo_terms, fit_svi
 from ppl_dgm.models import AE, CVAE, FAMILIES, VAE
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", binarize="static", seed=0)
-
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
+from .conftest import run_cli as run
 
 
 def test_families_registered():

@@ -15,7 +15,6 @@ from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 
 from ppl_dgm.cli import main
-from ppl_dgm.data import load_dataset
 from ppl_dgm.inference import fit_svi
 from ppl_dgm.inference.diagnostics import elbo_terms
 from ppl_dgm.inference.diagnostics_derived import (
@@ -29,14 +28,6 @@ from ppl_dgm.inference.diagnostics_derived import (
 from ppl_dgm.models.vae import VAE
 
 TAU0, SIGMA = 2.0, 1.5
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def normal_model(x):
@@ -142,11 +133,6 @@ def beta_loss(beta):
     def loss(model, guide, *args):
         return elbo.differentiable_loss(ScaleSite("z", beta)(model), ScaleSite("z", beta)(guide), *args)
     return loss
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", binarize="static", seed=0)
 
 
 def _train(ds, beta):

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from ppl_dgm import load_dataset
 from ppl_dgm.cli import main
 from ppl_dgm.errors import InputError
 from ppl_dgm.models import CVAE, VAE
@@ -16,11 +15,6 @@ from ppl_dgm.models.latent import (
     slerp,
     traverse,
 )
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", binarize="static", seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from ppl_dgm import load_dataset
 from ppl_dgm.errors import InputError
 from ppl_dgm.inference import (
     IWAE,
@@ -24,20 +23,6 @@ from ppl_dgm.inference import (
     make_objective,
 )
 from ppl_dgm.models import VAE
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The CI box is shared: one intra-op thread is ~10x faster than two fighting for cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", binarize="static", seed=0)
 
 
 @pytest.fixture
