@@ -64,33 +64,25 @@ def _fit(family, model_kwargs, dataset, data_path, data_dir, binarize, out, epoc
               echo=lambda m: click.echo(m, err=True))
 
 
-@fit.command("vae")
-@data_options
-@train_options
-@model_options
-@click.option("--arch", type=click.Choice(["auto", "mlp", "conv"]), default="auto", show_default=True,
-              help="auto: conv for 28x28 images, else mlp.")
-@objective_options
-def fit_vae(latent_dim, hidden, likelihood, x_scale, arch, **kw):
-    """Variational autoencoder: z ~ N(0, I), x | z ~ p(x|z), amortized Gaussian q(z|x)."""
-    if arch == "auto":
-        arch = "conv" if (kw["dataset"] or "") in ("fashion-mnist", "mnist") and not kw["data_path"] else "mlp"
-    _fit("vae", dict(latent_dim=latent_dim, hidden=_hidden(hidden), likelihood=likelihood, x_scale=x_scale,
-                     arch=arch), likelihood=likelihood, **kw)
+def _register_vae_like(family: str, doc: str) -> None:
+    """``fit vae`` and ``fit ae``: the same model and options, different guides."""
+
+    @fit.command(family, help=doc)
+    @data_options
+    @train_options
+    @model_options
+    @click.option("--arch", type=click.Choice(["auto", "mlp", "conv"]), default="auto", show_default=True,
+                  help="auto: conv for 28x28 images, else mlp.")
+    @objective_options
+    def command(latent_dim, hidden, likelihood, x_scale, arch, **kw):
+        if arch == "auto":
+            arch = "conv" if (kw["dataset"] or "") in ("fashion-mnist", "mnist") and not kw["data_path"] else "mlp"
+        _fit(family, dict(latent_dim=latent_dim, hidden=_hidden(hidden), likelihood=likelihood, x_scale=x_scale,
+                          arch=arch), likelihood=likelihood, **kw)
 
 
-@fit.command("ae")
-@data_options
-@train_options
-@model_options
-@click.option("--arch", type=click.Choice(["auto", "mlp", "conv"]), default="auto", show_default=True)
-@objective_options
-def fit_ae(latent_dim, hidden, likelihood, x_scale, arch, **kw):
-    """Autoencoder: the VAE's model with a point-mass guide q(z|x) = delta(z - g_mu(x))."""
-    if arch == "auto":
-        arch = "conv" if (kw["dataset"] or "") in ("fashion-mnist", "mnist") and not kw["data_path"] else "mlp"
-    _fit("ae", dict(latent_dim=latent_dim, hidden=_hidden(hidden), likelihood=likelihood, x_scale=x_scale,
-                    arch=arch), likelihood=likelihood, **kw)
+_register_vae_like("vae", "Variational autoencoder: z ~ N(0, I), x | z ~ p(x|z), amortized Gaussian q(z|x).")
+_register_vae_like("ae", "Autoencoder: the VAE's model with a point-mass guide q(z|x) = delta(z - g_mu(x)).")
 
 
 @fit.command("cvae")
