@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyro
-import pyro.poutine as poutine
 import torch
 from pyro.optim.clipped_adam import ClippedAdam
 
@@ -94,11 +93,9 @@ def _loss_fn(loss) -> Callable:
                      f"loss(model, guide, *args); got {type(loss).__name__}")
 
 
-def _collect_params(model, guide, batch, module) -> list[torch.Tensor]:
-    """Module parameters plus unconstrained leaves of ``pyro.param`` sites met in one trace."""
-    with torch.no_grad(), poutine.block():
-        g = poutine.trace(guide).get_trace(*batch)
-        poutine.trace(poutine.replay(model, trace=g)).get_trace(*batch)
+def _collect_params(module) -> list[torch.Tensor]:
+    """Module parameters plus the unconstrained leaves of ``pyro.param`` sites already created
+    (the first-batch traces of :func:`check_guide` create them)."""
     params = list(module.parameters())
     seen = {id(p) for p in params}
     for _, p in pyro.get_param_store().named_parameters():
@@ -223,8 +220,8 @@ def fit_svi(
     first = tuple(t[: min(batch_size, n)] for t in train_t)
     if transform is not None:
         first = (transform(first[0]), *first[1:])
-    check_guide(model_fn, guide, *first)
-    params = _collect_params(model_fn, guide, first, model)
+    check_guide(model_fn, guide, *first)  # also runs both programs once, creating any pyro.param sites
+    params = _collect_params(model)
     opt = (torch.optim.Adam(params, lr=lr) if optimizer == "adam"
            else ClippedAdam(params, lr=lr, clip_norm=clip_norm or 10.0))
 
