@@ -180,34 +180,31 @@ def sample(run_dir, n, out, mean, device, seed, label, sampler, steps, eta):
     ensure_writable_dir(out.parent if str(out.parent) else Path("."))
     from .cli_em import em_family, sample_em
 
-    if em_family(run_dir):
+    family = em_family(run_dir)
+    if family:  # GMM / PPCA
+        if label is not None or sampler is not None or steps is not None or eta is not None:
+            raise InputError(f"--label/--sampler/--steps/--eta: expected a cvae or ddpm run; {run_dir} is a "
+                             f"{family!r} run")
         x = sample_em(run_dir, n, seed)
-        if out.suffix == ".npy":
-            import io
-
-            buf = io.BytesIO()
-            np.save(buf, x)
-            atomic_write_bytes(out, buf.getvalue())
-        else:
-            plot_samples(x, (x.shape[1],), out, f"{em_family(run_dir)}: {n} samples")
-        click.echo(f"wrote {n} samples of shape {(x.shape[1],)} to {out}")
-        return
-    model, cfg = load_run(run_dir, device=device)
-    shape = tuple(cfg["data"]["shape"])
-    torch.manual_seed(seed)
-    if cfg["model"].get("conditional"):
-        x = model.sample(n, y=label, mean=mean).cpu().numpy().reshape(n, *shape)
-    elif label is not None:
-        raise InputError(f"--label: expected a conditional run (cvae); {run_dir} is a {cfg['family']!r} run")
-    elif cfg["family"] == "ddpm":
-        if sampler != "ddim" and (steps is not None or eta is not None):
-            raise InputError("--steps/--eta: expected --sampler ddim (ancestral DDPM runs all T steps)")
-        x = model.sample(n, sampler=sampler or "ddpm", steps=steps, eta=eta or 0.0).cpu().numpy().reshape(n, *shape)
-    elif sampler is not None or steps is not None or eta is not None:
-        raise InputError(f"--sampler/--steps/--eta: expected a diffusion (ddpm) run; {run_dir} is a "
-                         f"{cfg['family']!r} run")
+        shape = (x.shape[1],)
     else:
-        x = model.sample(n, mean=mean).cpu().numpy().reshape(n, *shape)
+        model, cfg = load_run(run_dir, device=device)
+        family, shape = cfg["family"], tuple(cfg["data"]["shape"])
+        torch.manual_seed(seed)
+        if cfg["model"].get("conditional"):
+            kw = {"y": label}
+        elif label is not None:
+            raise InputError(f"--label: expected a conditional run (cvae); {run_dir} is a {family!r} run")
+        elif family == "ddpm":
+            if sampler != "ddim" and (steps is not None or eta is not None):
+                raise InputError("--steps/--eta: expected --sampler ddim (ancestral DDPM runs all T steps)")
+            kw = {"sampler": sampler or "ddpm", "steps": steps, "eta": eta or 0.0}
+        elif sampler is not None or steps is not None or eta is not None:
+            raise InputError(f"--sampler/--steps/--eta: expected a diffusion (ddpm) run; {run_dir} is a "
+                             f"{family!r} run")
+        else:
+            kw = {}
+        x = model.sample(n, mean=mean, **kw).cpu().numpy().reshape(n, *shape)
     if out.suffix == ".npy":
         import io
 
@@ -215,7 +212,7 @@ def sample(run_dir, n, out, mean, device, seed, label, sampler, steps, eta):
         np.save(buf, x.astype(np.float32))
         atomic_write_bytes(out, buf.getvalue())
     else:
-        plot_samples(x.reshape(n, -1), shape, out, f"{cfg['family']}: {n} samples")
+        plot_samples(x.reshape(n, -1), shape, out, f"{family}: {n} samples")
     click.echo(f"wrote {n} samples of shape {shape} to {out}")
 
 
