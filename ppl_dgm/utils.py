@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import tempfile
@@ -15,6 +16,10 @@ import torch
 from .errors import InputError, check_choice
 
 Device = Literal["cpu", "cuda", "auto"]
+DATA_PLATE = "data"
+"""The name of the plate over examples in every model and guide (DESIGN: one plate name)."""
+LN2 = math.log(2.0)
+"""ln 2: nats per bit (bits/dim = -log p / (D ln 2))."""
 
 
 def seed_everything(seed: int) -> None:
