@@ -23,7 +23,7 @@ from ppl_dgm.evaluation import evaluate_model
 from ppl_dgm.evaluation.mmd import mmd2
 from ppl_dgm.inference import fit_svi
 from ppl_dgm.models import DDPM, HVAE
-from ppl_dgm.plots import plot_samples
+from ppl_dgm.plotting import plot_samples
 
 OUT = Path(__file__).parent / "results"
 

@@ -3,7 +3,7 @@
 N = 100,000, D = 16, K = 16, full covariance, float64, the same initial parameters,
 20 iterations (tol = 0).  Reports seconds per iteration (total / 20, so one-off
 set-up such as our feature preparation counts against us), total wall time (best
-of R), their ratios and both final log-likelihoods; then float32, the NumPyro
+of R), their ratios and both final log-likelihoods; then float32, the JAX
 backend, and a 1,000,000 x 64 run whose peak memory is bounded by the
 chunk size (peak RSS above the data itself, measured in fresh subprocesses).
 
@@ -138,7 +138,7 @@ def main() -> None:
 
     t_first, _ = timed(lambda: jax_fit(iters))  # includes jit compilation
     j_it, j_tot, j_res = per_iter(jax_fit, iters, args.repeat)
-    rows.append({"name": "ppl_dgm numpyro/JAX float64", "s_per_iter": j_it, "total_s": j_tot,
+    rows.append({"name": "ppl_dgm JAX float64", "s_per_iter": j_it, "total_s": j_tot,
                  "first_call_total_s": t_first, "final_loglik": j_res.history[-1],
                  "max_rel_diff_vs_sklearn": max(abs(a / b - 1) for a, b in
                                                 zip(j_res.history, sk_hist, strict=True))})

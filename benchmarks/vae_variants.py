@@ -24,7 +24,7 @@ from ppl_dgm import load_dataset
 from ppl_dgm.evaluation.likelihood import iwae_log_likelihood
 from ppl_dgm.inference import elbo_terms, fit_svi, make_objective
 from ppl_dgm.models import AE, CVAE, VAE
-from ppl_dgm.plots import _plt, _save, image_grid
+from ppl_dgm.plotting.core import image_grid, plt, save
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"
@@ -160,14 +160,13 @@ def main() -> None:
                                    "mmd2_to_test": mmd_rbf(grey.x_test[1000:2000], ref)}
     res["ae_vs_vae_prior_samples"] = comp
     print("ae/vae", comp, flush=True)
-    plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
+    fig, axes = plt().subplots(1, 3, figsize=(15, 5.4))
     for ax, name in zip(axes, ("vae", "ae", "ae_prior_term")):
         ax.imshow(image_grid(grids[name], nrow=8), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"{name.upper()}: E[x | z], z ~ N(0, I)\nconfidence {comp[name]['classifier_confidence']:.2f}, "
                      f"MMD² {comp[name]['mmd2_to_test']:.4f}")
         ax.axis("off")
-    _save(fig, OUT / "ae_vs_vae.png")
+    save(fig, OUT / "ae_vs_vae.png")
 
     res["total_seconds"] = time.time() - t_start
     OUT.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,8 @@
 
 The protocol (docs/custom_guides.md): the guide is any callable with the model's signature
 ``guide(x, y=None)`` that samples every latent site of the model (here ``"z"``, shape (N, K),
-event dim 1) inside the ``"data"`` plate, and registers its networks with ``pyro.module`` so
-``fit_svi`` trains and checkpoints them.  The decoder is the VAE's own.
+event dim 1) inside the ``"data"`` plate.  It is a ``torch.nn.Module``, so its parameters live on
+it and ``fit_svi`` trains and checkpoints them.  The decoder is the VAE's own.
 
     q(z | x):  z_0 ~ N(g_mu(x), diag g_sigma(x)^2),  z = f_L o ... o f_1 (z_0),
     log q(z | x) = log N(z_0) - sum_l log |det df_l / dz_{l-1}|
@@ -60,7 +60,6 @@ class FlowGuide(nn.Module):
         self.flows = nn.ModuleList(layers)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        pyro.module("flow_guide", self)  # registers the encoder and flow parameters with fit_svi
         h = self.encoder(x)
         loc, scale = h[..., : self.latent_dim], F.softplus(h[..., self.latent_dim:]) + 1e-4
         base = dist.Normal(loc, scale).to_event(1)

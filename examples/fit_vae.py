@@ -9,7 +9,7 @@ import torch
 
 from ppl_dgm import VAE, fit_svi, load_dataset
 from ppl_dgm.evaluation import evaluate_model
-from ppl_dgm.plots import plot_samples
+from ppl_dgm.plotting import plot_samples
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--dataset", default="digits")

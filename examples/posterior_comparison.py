@@ -23,10 +23,9 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import MCMC, NUTS, Trace_ELBO
 from pyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
-from torch import nn
 
+from ppl_dgm.export import to_inference_data
 from ppl_dgm.inference import fit_svi
-from ppl_dgm.inference.arviz import to_inference_data
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -50,14 +49,6 @@ def model(X, y):
         pyro.sample("y", dist.Normal((X * w.unsqueeze(-2)).sum(-1), SIGMA), obs=y)
 
 
-class Fit(nn.Module):
-    """What fit_svi expects: a module with .model and .guide (an autoguide is a submodule)."""
-
-    def __init__(self, guide_cls):
-        super().__init__()
-        self.model, self.guide = model, guide_cls(model)
-
-
 # data: D = 3 predictors with correlation 0.9
 g = torch.Generator().manual_seed(0)
 N, D = 40, 3
@@ -71,12 +62,11 @@ results = {}
 exact_draws = dist.MultivariateNormal(exact_mean, S).sample((draws,))
 results["exact"] = az.from_dict(posterior={"w": exact_draws.numpy()[None]}, dims={"w": ["w_dim"]})
 for name, guide_cls in (("mean-field SVI", AutoNormal), ("full-rank SVI", AutoMultivariateNormal)):
-    pyro.clear_param_store()
-    torch.manual_seed(0)
-    fit = Fit(guide_cls)
-    fit_svi(fit, (X, y), epochs=epochs, batch_size=N, lr=0.05, lr_schedule="cosine",
+    guide = guide_cls(model)  # an autoguide: its parameters are created on the first minibatch
+    fit_svi(model, (X, y), guide=guide, epochs=epochs, batch_size=N, lr=0.05, lr_schedule="cosine",
             loss=Trace_ELBO(num_particles=8), progress=False, seed=0)
-    results[name] = to_inference_data(fit, (X, y), num_samples=draws, config={"guide": guide_cls.__name__})
+    results[name] = to_inference_data(model, (X, y), guide=guide, num_samples=draws,
+                                      config={"guide": guide_cls.__name__})
 
 pyro.set_rng_seed(0)
 mcmc = MCMC(NUTS(model), num_samples=draws // 2, warmup_steps=warmup, num_chains=1, disable_progbar=True)

@@ -25,8 +25,8 @@ LN2 = math.log(2.0)
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy, torch and Pyro from one integer.
 
-    On the CPU the same seed gives the same numbers.  JAX code takes its key
-    from :func:`jax_key` with the same seed.
+    On the CPU the same seed gives the same numbers.  JAX code takes its key as
+    ``jax.random.PRNGKey(seed)`` with the same seed.
     """
     import pyro
 
@@ -36,13 +36,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     pyro.set_rng_seed(seed)
-
-
-def jax_key(seed: int):
-    """The JAX PRNG key for ``seed`` (imported lazily)."""
-    import jax
-
-    return jax.random.PRNGKey(seed)
 
 
 def resolve_device(device: str | torch.device = "cpu") -> torch.device:

@@ -15,8 +15,8 @@ from pyro.infer.autoguide import AutoMultivariateNormal
 from torch import nn
 
 from ppl_dgm.errors import InputError
+from ppl_dgm.export import numpyro_to_inference_data, to_inference_data
 from ppl_dgm.inference import fit_svi
-from ppl_dgm.inference.arviz import numpyro_to_inference_data, to_inference_data
 from ppl_dgm.models.vae import VAE
 
 SIGMA = 0.5

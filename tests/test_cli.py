@@ -102,7 +102,7 @@ def _bad(tmp_path):
     (["fit", "vae", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["fit", "transformer"], "unknown model 'transformer'; expected one of"),
     (["fit", "vae", "--likelihood", "poisson"], "Invalid value for '--likelihood'"),
-    (["fit", "vae", "--hidden", "a,b"], "--hidden: expected a width"),
+    (["fit", "vae", "--hidden", "a,b"], "--hidden: expected a size or comma-separated sizes"),
     (["fit", "vae", "--dataset", "digits", "--data", "{t}/wide.npy"], "expected one of --dataset or --data"),
     (["fit", "vae", "--epochs", "1", "--out", "{t}/afile"], "expected a directory"),
     (["evaluate", "{t}/nowhere"], "expected a run directory"),

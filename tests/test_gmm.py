@@ -1,8 +1,7 @@
-"""GMM: EM against scikit-learn, enumeration vs vectorized responsibilities, facade, bad input."""
+"""GMM: EM against scikit-learn, enumeration vs vectorized responsibilities, the estimator, bad input."""
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import numpy as np
@@ -11,9 +10,11 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO, infer_discrete
+from sklearn.exceptions import NotFittedError
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
+from sklearn.utils._param_validation import InvalidParameterError
 
-from ppl_dgm import GaussianMixture
+from ppl_dgm import PPCA, GaussianMixture
 from ppl_dgm.errors import InputError
 from ppl_dgm.inference.em import fit_em
 from ppl_dgm.models.gmm import GMM
@@ -63,7 +64,7 @@ def test_per_iteration_loglik_matches_sklearn(ct):
 
 
 @pytest.mark.parametrize("ct", COV_TYPES)
-def test_facade_matches_sklearn_given_init(ct):
+def test_estimator_matches_sklearn_given_init(ct):
     x = blobs(seed=1)
     w, m, p = sk_init(x, ct)
     kw = dict(covariance_type=ct, max_iter=500, tol=1e-6, weights_init=w, means_init=m,
@@ -148,37 +149,63 @@ def test_sample_predict_shapes_and_float32():
 def test_model_module_sample_roundtrip():
     x = torch.tensor(blobs(n=600))
     g = GaussianMixture(3, random_state=0).fit(x.numpy())
-    xs, _ = g.model_.sample(20000, generator=torch.Generator().manual_seed(0))
+    xs, cs = g.model_.sample_joint(20000, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(xs.mean(0), x.mean(0), atol=0.1, rtol=0)
+    freq = torch.bincount(cs, minlength=3).double() / 20000
+    torch.testing.assert_close(freq, torch.tensor(g.weights_), atol=0.015, rtol=0)
+    again, _ = g.sample(5)
+    np.testing.assert_array_equal(again, g.sample(5)[0])  # seeded by random_state
 
 
 @pytest.mark.parametrize(
     "kwargs, data, match",
     [
         ({"n_components": 5}, np.zeros((3, 2)), "expected n_components <= n_samples; got 5 > 3"),
-        ({"covariance_type": "blah"}, None, "covariance_type must be one of"),
-        ({"init_params": "best"}, None, "init_params must be one of"),
-        ({"reg_covar": -1.0}, None, "expected reg_covar as a finite number >= 0; got -1.0"),
-        ({"n_components": 0}, None, "expected n_components as a positive integer; got 0"),
-        ({}, np.array([[0.0, np.nan], [1.0, 2.0]]), "expected finite values in X; got NaN"),
+        ({}, np.array([[0.0, np.nan], [1.0, 2.0]]), "expected finite values in X; got NaN or inf in 1 row"),
         ({}, np.array([[0.0, np.inf], [1.0, 2.0]]), "expected finite values in X"),
-        ({}, np.zeros(5), "expected X with 2 dimensions"),
-        ({"backend": "tf"}, None, "backend must be one of"),
+        ({}, np.zeros(5), "Expected 2D array, got 1D array instead"),
+        ({}, np.zeros((1, 3)), "Found array with 1 sample.* a minimum of 2 is required"),
+        ({"means_init": np.zeros((3, 3))}, None, r"expected means_init of shape \(2, 3\); got \(3, 3\)"),
+        ({"backend": "svi", "covariance_type": "diag"}, None,
+         "expected covariance_type='full' with backend='svi'; got 'diag'"),
     ],
 )
-def test_bad_input_raises_input_error(kwargs, data, match):
+def test_bad_data_raises_input_error_on_one_line(kwargs, data, match):
     x = blobs(n=30) if data is None else data
-    with pytest.raises(InputError, match=match):
+    with pytest.raises(InputError, match=match) as info:
         GaussianMixture(**{"n_components": 2, **kwargs}).fit(x)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"covariance_type": "blah"}, "'covariance_type' parameter of GaussianMixture must be a str among"),
+        ({"init_params": "best"}, "'init_params' parameter .* Got 'best' instead"),
+        ({"reg_covar": -1.0}, r"'reg_covar' parameter .* in the range \[0.0, inf\)\. Got -1.0 instead"),
+        ({"n_components": 0}, "'n_components' parameter .* Got 0 instead"),
+        ({"backend": "pyro"}, r"'backend' parameter .* among \{.*'jax'.*\}\. Got 'pyro' instead"),
+    ],
+)
+def test_bad_arguments_raise_value_error_at_fit(kwargs, match):
+    g = GaussianMixture(**{"n_components": 2, **kwargs})  # __init__ only stores
+    with pytest.raises(InvalidParameterError, match=match) as info:
+        g.fit(blobs(n=30))
+    assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
 
 
 def test_dimension_mismatch_and_unfitted():
     g = GaussianMixture(2, random_state=0)
-    with pytest.raises(InputError, match="expected a fitted GaussianMixture"):
-        g.score(blobs(n=30))
+    for method in (g.score, g.predict, g.predict_proba, g.bic):
+        with pytest.raises(NotFittedError, match="expected a fitted GaussianMixture"):
+            method(blobs(n=30))
+    with pytest.raises(NotFittedError, match="call fit first"):
+        g.sample(3)
     g.fit(blobs(n=30))
-    with pytest.raises(InputError, match="expected X with 3 features \\(as at fit\\); got 2"):
+    with pytest.raises(InputError, match="X has 2 features, but GaussianMixture is expecting 3"):
         g.score(np.zeros((4, 2)))
+    with pytest.raises(InputError, match="expected n_samples as a positive integer; got 0"):
+        g.sample(0)
 
 
 def test_collapsed_component_gives_clear_message():
@@ -206,23 +233,36 @@ def test_map_by_svi_with_enumeration_reaches_em_solution():
     assert res.losses[-1] < res.losses[0]
 
 
-def test_save_load_evaluate_run_and_plots(tmp_path):
-    from ppl_dgm.em_runs import evaluate_run, fit_estimator, load_run, save_run
+def test_svi_backend_recovers_separated_clusters():
+    # the MAP-SVI backend has to move every mean 2 units and grow the covariances from I
+    rng = np.random.default_rng(5)
+    centers = np.array([[0.0, 0.0], [6.0, 6.0], [-6.0, 5.0]])
+    labels = np.repeat(np.arange(3), 60)
+    x = centers[labels] + rng.normal(size=(180, 2)) * np.array([1.0, 0.5, 0.7])[labels, None]
+    start = dict(means_init=centers + [1.5, -1.5], precisions_init=np.stack([np.eye(2)] * 3))
+    svi = GaussianMixture(3, backend="svi", max_iter=200, tol=1e-6, **start).fit(x)
+    em = GaussianMixture(3, tol=1e-12, max_iter=1000, **start).fit(x)
+    assert svi.converged_ and svi.n_iter_ == 200 and len(svi.lower_bounds_) == 200
+    assert svi.lower_bounds_[-1] > svi.lower_bounds_[0] + 1.0  # the MAP objective per sample rose
+    np.testing.assert_array_equal(svi.predict(centers), [0, 1, 2])
+    np.testing.assert_array_equal(svi.predict(x), labels)
+    np.testing.assert_allclose(svi.means_, em.means_, atol=1e-3)  # MAP with weak priors ~ ML
+    assert svi.score(x) == pytest.approx(em.score(x), abs=1e-5)
+    assert len(pyro.get_param_store()) == 0
+
+
+def test_fitted_model_saved_as_run_and_evaluated(tmp_path):
+    from ppl_dgm.runs import evaluate_run, load_run, save_run
 
     x = blobs(n=300)[:, :2]
-    est = fit_estimator("gmm", x, n_components=3, covariance_type="diag", random_state=0)
-    run = save_run(est, tmp_path / "run", {"seed": 0}, x=x)
-    cfg = json.loads((run / "config.json").read_text())
-    assert cfg["family"] == "gmm" and cfg["seed"] == 0 and cfg["n_features"] == 2
-    assert (run / "loglik.png").stat().st_size > 1000 and (run / "ellipses.png").exists()
-    assert isinstance(torch.load(run / "params.pt", weights_only=True)["means_"], torch.Tensor)
-    again = load_run(run)
-    np.testing.assert_allclose(again.score_samples(x), est.score_samples(x), rtol=1e-12)
-    out = evaluate_run(run, x)
-    assert out == {"log_likelihood": pytest.approx(est.score(x)), "bic": pytest.approx(est.bic(x)),
-                   "n": 300}
-    with pytest.raises(InputError, match="expected X with 2 features"):
-        evaluate_run(run, np.zeros((4, 3)))
-    ppca = fit_estimator("ppca", blobs(n=60), n_components=1)
-    again = load_run(save_run(ppca, tmp_path / "p"))
-    assert again.score(blobs(n=60)) == pytest.approx(ppca.score(blobs(n=60)), rel=1e-12)
+    est = GaussianMixture(3, covariance_type="diag", random_state=0).fit(x)
+    run = load_run(save_run(est.model_, tmp_path / "run"))
+    xt = torch.tensor(x)
+    np.testing.assert_allclose(run.model.log_prob(xt).numpy(), est.score_samples(x), rtol=1e-12)
+    out = evaluate_run(run, xt)
+    assert out["log_likelihood"] == pytest.approx(est.score(x), rel=1e-12)
+    assert out["bic"] == pytest.approx(est.bic(x), rel=1e-12) and out["n"] == 300
+    ppca = PPCA(1).fit(blobs(n=60))
+    again = load_run(save_run(ppca.model_, tmp_path / "p"))
+    np.testing.assert_allclose(again.model.log_prob(torch.tensor(blobs(n=60))).numpy(),
+                               ppca.score_samples(blobs(n=60)), rtol=1e-12)

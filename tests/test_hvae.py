@@ -9,7 +9,7 @@ from ppl_dgm.errors import InputError
 from ppl_dgm.evaluation import evaluate_model
 from ppl_dgm.inference import fit_svi
 from ppl_dgm.inference.diagnostics import elbo_terms
-from ppl_dgm.models import FAMILIES
+from ppl_dgm.models import REGISTRY
 from ppl_dgm.models.hvae import HVAE
 
 
@@ -23,7 +23,7 @@ def test_sites_shapes_and_per_layer_terms():
     assert set(t.kl_sites) == {"z_1", "z_2", "z_3"} and not any(t.analytic.values())   # Monte Carlo per layer
     assert t.elbo == pytest.approx(t.reconstruction - sum(t.kl_sites.values()))
     assert m.sample(7).shape == (7, 10) and m.reconstruct(x).shape == (5, 10)
-    assert FAMILIES["hvae"] is HVAE
+    assert REGISTRY["hvae"].model is HVAE
 
 
 def test_per_layer_terms_average_to_the_monte_carlo_elbo():
@@ -39,8 +39,9 @@ def test_one_layer_is_a_vae_with_analytic_kl_and_errors():
     m = HVAE(6, layers=1, latent_dims=(3,), hidden=(8,))
     t = elbo_terms(m.model, m.guide, torch.rand(4, 6))
     assert t.analytic == {"z_1": True}
+    assert HVAE(6, layers=3, latent_dims=(3,)).dims == [3, 3, 3]  # one size for every layer
     with pytest.raises(InputError, match="one positive latent size per layer"):
-        HVAE(6, layers=2, latent_dims=(3,))
+        HVAE(6, layers=2, latent_dims=(3, 2, 1))
     with pytest.raises(InputError, match="likelihood must be one of"):
         HVAE(6, likelihood="poisson")
 

@@ -11,7 +11,6 @@ from ppl_dgm.models.latent import (
     attribute_vector,
     encode_mean,
     interpolate,
-    reconstructions,
     slerp,
     traverse,
 )
@@ -37,14 +36,14 @@ def test_slerp_endpoints_norm_and_angle():
 
 def test_interpolation_endpoints_are_reconstructions(vae, digits):
     x = digits.x_test[:2]
-    rec = reconstructions(vae, x)
+    rec = vae.reconstruct(x)
     for method in ("linear", "slerp"):
         path = interpolate(vae, x[0], x[1], steps=7, method=method)
         assert path.shape == (7, 64)
         assert torch.allclose(path[0], rec[0], atol=1e-5) and torch.allclose(path[-1], rec[1], atol=1e-5)
     z = encode_mean(vae, x)
     mid = interpolate(vae, x[0], x[1], steps=3, method="linear")[1]
-    assert torch.allclose(mid, vae.decode((z[0] + z[1]) / 2), atol=1e-5)
+    assert torch.allclose(mid, vae.decode_mean((z[0] + z[1]) / 2), atol=1e-5)
     with pytest.raises(InputError, match="method must be"):
         interpolate(vae, x[0], x[1], method="cubic")
 
@@ -57,7 +56,7 @@ def test_traverse_changes_only_one_dimension(vae, digits):
     z = encode_mean(vae, x[None])[0]
     z1 = z.clone()
     z1[1] = 2.0
-    assert torch.allclose(grid[1, 2], vae.decode(z1[None])[0], atol=1e-5)
+    assert torch.allclose(grid[1, 2], vae.decode_mean(z1[None])[0], atol=1e-5)
     with pytest.raises(InputError, match="latent dimensions"):
         traverse(vae, x, vals, dims=[5])
 
@@ -70,8 +69,8 @@ def test_attribute_vector_is_difference_of_means_and_s0_is_reconstruction(vae, d
     assert torch.allclose(delta, z[has].mean(0) - z[~has].mean(0), atol=1e-6)
     out = arithmetic(vae, x[:4], delta, range(-4, 5))
     assert out.shape == (4, 9, 64)
-    assert torch.allclose(out[:, 4], reconstructions(vae, x[:4]), atol=1e-5)
-    assert torch.allclose(out[0, 8], vae.decode(z[:1] + 4 * delta)[0], atol=1e-5)
+    assert torch.allclose(out[:, 4], vae.reconstruct(x[:4]), atol=1e-5)
+    assert torch.allclose(out[0, 8], vae.decode_mean(z[:1] + 4 * delta)[0], atol=1e-5)
     with pytest.raises(InputError, match="both with and without"):
         attribute_vector(vae, x, torch.ones(len(x), dtype=torch.bool))
 
@@ -79,7 +78,7 @@ def test_attribute_vector_is_difference_of_means_and_s0_is_reconstruction(vae, d
 def test_conditional_tools_take_labels(digits):
     m = CVAE(digits.dim, latent_dim=3, hidden=[16]).eval()
     x, y = digits.x_test[:4], digits.y_test[:4]
-    assert reconstructions(m, x, y).shape == (4, 64)
+    assert m.reconstruct(x, y).shape == (4, 64)
     assert interpolate(m, x[0], x[1], 4, "slerp", y[0], y[1]).shape == (4, 64)
     assert traverse(m, x[0], [0.0, 1.0], y=y[0]).shape == (3, 2, 64)
 

@@ -58,7 +58,7 @@ def test_monte_carlo_loss_changes_by_beta_minus_one_times_log_ratio(vae_batch, c
     pyro.set_rng_seed(1)
     tr = pyro.poutine.trace(vae.guide).get_trace(x)
     z = tr.nodes["z"]["value"]
-    log_ratio = float((tr.nodes["z"]["fn"].log_prob(z) - vae.prior(len(x), x).log_prob(z)).sum())
+    log_ratio = float((tr.nodes["z"]["fn"].log_prob(z) - vae.prior(len(x), x).log_prob(z)).sum().detach())
     base, weighted = loss_at(cls(), vae, x), loss_at(cls(beta=3.0), vae, x)
     assert abs(log_ratio) > 1.0
     assert weighted - base == pytest.approx(2.0 * log_ratio, rel=1e-4, abs=1e-3)
@@ -218,6 +218,52 @@ def test_extra_guide_site_is_refused(vae_batch):
     with pytest.raises(InputError, match="guide site 'extra' is not a site of the model"):
         check_guide(vae.model, guide, x)
     check_guide(vae.model, vae.guide, x)  # the family's own guide passes
+
+
+def _linear_model(D_out):
+    """z_n ~ N(0, I_2), x_n ~ N(W z_n, I) with W of shape (D_out, 2)."""
+    W = torch.ones(D_out, 2)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W.T, 1.0).to_event(1), obs=x)
+    return model
+
+
+def _param_guide(extra_rows=0):
+    def guide(x):
+        loc = pyro.param("loc", torch.zeros(x.shape[0] + extra_rows, 2))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+    return guide
+
+
+@pytest.mark.parametrize("model, guide, message", [
+    # a guide drawing N + 1 rows inside pyro.plate("data", N)
+    (_linear_model(3), _param_guide(extra_rows=1),
+     r"^shape problem at guide site 'z' inside plate 'data': expected size 10 .* at dim -1; got 11$"),
+    # an observed value with 4 columns where the likelihood has event shape (3,)
+    (_linear_model(3), _param_guide(), r"^shape problem at model site 'x': expected a value of shape \(10, 3\) "
+                                       r"\(batch shape \(10,\), event shape \(3,\)\); got \(10, 4\)$"),
+])
+def test_shape_problem_is_refused_naming_the_site(model, guide, message):
+    x = torch.randn(10, 4)
+    with pytest.raises(InputError, match=message):
+        fit_svi(model, x, guide=guide, epochs=1, batch_size=10, progress=False)
+
+
+def test_observed_site_without_event_dims_is_a_shape_problem(vae_batch):
+    """x ~ Normal(loc of shape (N, D)) inside plate("data", N) without .to_event(1): D where N belongs."""
+    vae, x = vae_batch
+
+    def model(x, y=None):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 4), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=vae.decoder(z)), obs=x)
+
+    with pytest.raises(InputError, match=r"shape problem at model site 'x' inside plate 'data': expected size 50"):
+        check_guide(model, vae.guide, x)
 
 
 def test_lean_analytic_elbo_equals_pyro_trace_mean_field():

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 from sklearn.decomposition import PCA
+from sklearn.exceptions import NotFittedError
+from sklearn.utils._param_validation import InvalidParameterError
 
 from ppl_dgm import PPCA
 from ppl_dgm.errors import InputError
@@ -63,29 +65,53 @@ def test_elbo_with_exact_posterior_guide_is_the_loglik():
     assert elbo == pytest.approx(float(m.log_prob(x).sum()), rel=1e-10)
 
 
-def test_facade_closed_form_and_em_agree():
+def test_estimator_closed_form_and_em_agree():
     x = synthetic()
     a = PPCA(2).fit(x)
     b = PPCA(2, method="em", tol=1e-9, max_iter=5000).fit(x)
     assert a.score(x) == pytest.approx(b.score(x), abs=1e-7)
     assert a.noise_variance_ == pytest.approx(b.noise_variance_, rel=1e-4)
+    assert a.n_iter_ == len(a.lower_bounds_) == 1 and b.n_iter_ == len(b.lower_bounds_) > 10
+    assert a.lower_bound_ == pytest.approx(a.score(x), rel=1e-12)  # the closed form's log-likelihood
     assert a.transform(x).shape == (2000, 2) and a.sample(5).shape == (5, 6)
-    assert a.bic(x) > -2 * a.score(x) * 2000
+    n_par = 6 * 2 - 1 + 6 + 1  # W up to rotation, mu, sigma^2
+    assert a.bic(x) == pytest.approx(-2 * a.score(x) * 2000 + n_par * np.log(2000), rel=1e-12)
+    assert a.aic(x) == pytest.approx(-2 * a.score(x) * 2000 + 2 * n_par, rel=1e-12)
+
+
+def test_transform_is_the_posterior_mean_and_inverse_transform_decodes():
+    x = synthetic(n=500)
+    p = PPCA(2).fit(x)
+    w, mu, s2 = p.components_, p.mean_, p.noise_variance_
+    m = w.T @ w + s2 * np.eye(2)
+    np.testing.assert_allclose(p.transform(x), np.linalg.solve(m, w.T @ (x - mu).T).T, rtol=1e-10)
+    z = np.random.default_rng(1).normal(size=(7, 2))
+    np.testing.assert_allclose(p.inverse_transform(z), z @ w.T + mu, rtol=1e-12)
+    np.testing.assert_allclose(p.fit_transform(x), p.transform(x), rtol=1e-12)
+    assert list(p.get_feature_names_out()) == ["ppca0", "ppca1"]
+    with pytest.raises(InputError, match="expected Z with 2 columns \\(n_components\\); got 3"):
+        p.inverse_transform(np.zeros((4, 3)))
 
 
 @pytest.mark.parametrize(
-    "kwargs, data, match",
+    "kwargs, data, error, match",
     [
-        ({"n_components": 6}, None, "expected n_components < n_features=6; got 6"),
-        ({"method": "svd"}, None, "method must be one of"),
-        ({}, np.full((4, 3), np.nan), "expected finite values in X"),
+        ({"n_components": 6}, None, InputError, "expected n_components < n_features=6; got 6"),
+        ({"method": "svd"}, None, InvalidParameterError, "'method' parameter of PPCA must be a str among"),
+        ({"max_iter": 0}, None, InvalidParameterError, "'max_iter' parameter of PPCA .* Got 0 instead"),
+        ({}, np.full((4, 3), np.nan), InputError, "expected finite values in X"),
     ],
 )
-def test_bad_input(kwargs, data, match):
-    with pytest.raises(InputError, match=match):
+def test_bad_input(kwargs, data, error, match):
+    with pytest.raises(error, match=match):
         PPCA(**{"n_components": 2, **kwargs}).fit(synthetic(n=50) if data is None else data)
+
+
+def test_unfitted_and_feature_mismatch():
+    with pytest.raises(NotFittedError, match="expected a fitted PPCA"):
+        PPCA(2).transform(synthetic(n=50))
     fitted = PPCA(2).fit(synthetic(n=50))
-    with pytest.raises(InputError, match="expected X with 6 features"):
+    with pytest.raises(InputError, match="X has 5 features, but PPCA is expecting 6 features"):
         fitted.score(np.zeros((3, 5)))
 
 

@@ -225,6 +225,37 @@ def test_fits_do_not_share_param_store_state():
     assert [h["train_elbo"] for h in r1.history] == [h["train_elbo"] for h in r2.history]
 
 
+def test_callback_hooks_run_in_order_and_see_complete_records(tmp_path):
+    from ppl_dgm.inference import Callback
+
+    class Recorder(Callback):
+        def __init__(self):
+            self.calls = []
+
+        def on_fit_start(self, run):
+            self.calls.append("fit_start")
+
+        def on_epoch_start(self, run):
+            self.calls.append(f"epoch_start {run.epoch}")
+
+        def on_step_end(self, run, step, loss):
+            self.calls.append("step")
+            assert math.isfinite(loss)
+
+        def on_epoch_end(self, run, record):
+            self.calls.append(f"epoch_end {record['epoch']}")
+            # held-out terms, the clock and the checkpoint ran first
+            assert {"test_elbo", "seconds"} <= set(record) and run.checkpoint is not None
+
+        def on_fit_end(self, run):
+            self.calls.append(f"fit_end {run.stopped}")
+
+    rec = Recorder()
+    _small_fit(tmp_path, 2, callbacks=[rec])  # 300 examples in minibatches of 50: 6 steps per epoch
+    assert rec.calls == (["fit_start"] + ["epoch_start 0"] + ["step"] * 6 + ["epoch_end 1"]
+                         + ["epoch_start 1"] + ["step"] * 6 + ["epoch_end 2", "fit_end None"])
+
+
 def test_non_finite_stops_names_site_and_keeps_checkpoint(tmp_path):
     def poison(epoch, record, model):
         if epoch == 2:

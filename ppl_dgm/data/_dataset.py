@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -45,7 +45,6 @@ class Dataset:
     shape: tuple[int, ...]
     kind: Literal["image", "vector"]
     binarize: str = "none"
-    info: dict = field(default_factory=dict)
 
     @property
     def dim(self) -> int:

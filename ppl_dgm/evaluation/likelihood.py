@@ -13,14 +13,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import pyro.poutine as poutine
 import torch
 
 from ..errors import InputError
 from ..inference.diagnostics import elbo_terms
-from ..inference.objectives import per_row_log_prob
-
-LN2 = math.log(2.0)
+from ..inference.traces import importance_log_weights
+from ..utils import LN2
 
 
 @dataclass
@@ -63,34 +61,6 @@ def iwae_log_likelihood(model, guide, x: torch.Tensor, *rest: torch.Tensor, k: i
     for i, lw in importance_log_weights(model, guide, x, *rest, k=k, max_rows=max_rows):
         out[i: i + lw.shape[1]] = torch.logsumexp(lw, 0) - math.log(k)
     return out
-
-
-@torch.no_grad()
-def importance_log_weights(model, guide, x: torch.Tensor, *rest: torch.Tensor, k: int, max_rows: int = 65_536):
-    """Yield ``(start, log_w)`` per chunk of examples: log_w[i, n] = log p(x_n, z_i) - log q(z_i | x_n),
-    z_i ~ q(z | x_n), shape (k, m) in float64 for examples ``start .. start + m``.
-
-    The k samples are drawn by repeating each example in the ``"data"`` plate, at most
-    ``max_rows`` rows per pass.  Shared by :func:`iwae_log_likelihood` and the ELBO-IWAE gap.
-    """
-    if not isinstance(k, int) or k < 1:
-        raise InputError(f"k (importance samples) must be a positive integer; got {k!r}")
-    n = x.shape[0]
-    k_chunk = min(k, max(1, max_rows // max(1, min(n, 256))))
-    n_chunk = max(1, min(n, max_rows // k_chunk))
-    for i in range(0, n, n_chunk):
-        xs = (x[i: i + n_chunk], *(r[i: i + n_chunk] for r in rest))
-        m = xs[0].shape[0]
-        log_w = []
-        for done in range(0, k, k_chunk):
-            kk = min(k_chunk, k - done)
-            rep = tuple(t.repeat((kk,) + (1,) * (t.dim() - 1)) for t in xs)
-            g_tr = poutine.trace(guide).get_trace(*rep)
-            m_tr = poutine.trace(poutine.replay(model, trace=g_tr)).get_trace(*rep)
-            lw = (per_row_log_prob(m_tr, kk * m, "model", require_rsample=False)
-                  - per_row_log_prob(g_tr, kk * m, "guide", require_rsample=False))
-            log_w.append(lw.reshape(kk, m).double().cpu())
-        yield i, torch.cat(log_w, 0)
 
 
 @torch.no_grad()

@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 
 import pyro
 import pyro.distributions.kl  # noqa: F401  (registers Pyro's KL pairs, e.g. Independent)
-import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import site_is_subsample
+from pyro.distributions.util import scale_and_mask
 from torch.distributions import Independent, kl_divergence
 
-DATA_PLATE = "data"
+from .traces import plate_size, sample_sites, scaled_log_prob, trace_pair
 
 
 @dataclass
@@ -68,22 +67,6 @@ class ElboTerms:
                 "kl_analytic": self.analytic, "n": self.n, "kl_per_dim": self.kl_per_dim}
 
 
-def _plate_size(trace: poutine.Trace) -> int:
-    for site in trace.nodes.values():
-        if site["type"] == "sample":
-            for frame in site["cond_indep_stack"]:
-                if frame.name == DATA_PLATE:
-                    return int(frame.size)
-    return 1
-
-
-def _scaled_sum(t: torch.Tensor, site) -> torch.Tensor:
-    scale = site["scale"]
-    if site["mask"] is not None and site["mask"] is not False:
-        t = t * site["mask"] if site["mask"] is not True else t
-    return (t * scale).sum() if isinstance(scale, torch.Tensor) else t.sum() * scale
-
-
 def site_kl(q_site, p_site) -> tuple[torch.Tensor, bool]:
     """KL(q || p) of one latent site, summed over its batch (and plate scale); analytic if possible.
 
@@ -96,10 +79,11 @@ def site_kl(q_site, p_site) -> tuple[torch.Tensor, bool]:
         kl = kl_divergence(q_site["fn"], p_site["fn"])
         if kl.shape != q_site["fn"].batch_shape:
             raise NotImplementedError
-        return _scaled_sum(kl, p_site), True
+        return scale_and_mask(kl, p_site["scale"], p_site["mask"]).sum(), True
     except NotImplementedError:
         value = q_site["value"]
-        return _scaled_sum(q_site["fn"].log_prob(value) - p_site["fn"].log_prob(value), p_site), False
+        log_ratio = q_site["fn"].log_prob(value) - p_site["fn"].log_prob(value)
+        return scale_and_mask(log_ratio, p_site["scale"], p_site["mask"]).sum(), False
 
 
 def site_kl_per_dim(q_site, p_site) -> torch.Tensor | None:
@@ -154,15 +138,11 @@ def elbo_terms(model, guide, *args, num_particles: int = 1, **kwargs) -> ElboTer
     per_dim: dict[str, torch.Tensor] = {}
     n = 1
     for _ in range(num_particles):
-        g_tr = poutine.trace(guide).get_trace(*args, **kwargs)
-        m_tr = poutine.trace(poutine.replay(model, trace=g_tr)).get_trace(*args, **kwargs)
-        n = _plate_size(m_tr)
-        for name, site in m_tr.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
+        g_tr, m_tr = trace_pair(model, guide, *args, **kwargs)
+        n = plate_size(m_tr)
+        for name, site in sample_sites(m_tr):
             if site["is_observed"]:
-                v = _scaled_sum(site["fn"].log_prob(site["value"]), site)
-                rec[name] = rec.get(name, 0.0) + float(v) / num_particles
+                rec[name] = rec.get(name, 0.0) + float(scaled_log_prob(site).sum()) / num_particles
             elif name in g_tr.nodes:
                 v, exact = site_kl(g_tr.nodes[name], site)
                 kls[name] = kls.get(name, 0.0) + float(v) / num_particles
@@ -188,14 +168,11 @@ def find_nonfinite(model, guide, *args, module: torch.nn.Module | None = None, *
         found += [f"param {n}" for n, p in module.named_parameters() if not torch.isfinite(p).all()]
     try:
         with pyro.validation_enabled(False):
-            g_tr = poutine.trace(guide).get_trace(*args, **kwargs)
-            m_tr = poutine.trace(poutine.replay(model, trace=g_tr)).get_trace(*args, **kwargs)
+            traces = trace_pair(model, guide, *args, **kwargs)
     except Exception as e:  # a distribution refusing NaN parameters is itself the finding
         return found + [f"trace failed: {str(e).splitlines()[0][:200]}"]
-    for where, tr in (("guide", g_tr), ("model", m_tr)):
-        for name, site in tr.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
+    for where, tr in zip(traces._fields, traces):
+        for name, site in sample_sites(tr):
             v = site["value"]
             if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
                 found.append(f"{where} {name} (value)")

@@ -22,10 +22,9 @@ import numpy as np
 import pyro.poutine as poutine
 import torch
 from pyro.infer import TraceMeanField_ELBO
-from pyro.poutine.util import site_is_subsample
 
 from ..errors import InputError
-from .diagnostics import DATA_PLATE
+from .traces import data_frame, importance_log_weights, sample_sites
 
 AU_THRESHOLD = 0.01
 
@@ -58,13 +57,6 @@ class ActiveUnits:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _data_frame_dim(site) -> int | None:
-    for frame in site["cond_indep_stack"]:
-        if frame.name == DATA_PLATE:
-            return frame.dim
-    return None
 
 
 def _per_row(t: torch.Tensor, dim: int, event_dim: int) -> torch.Tensor:
@@ -100,11 +92,9 @@ def active_units(guide, x: torch.Tensor, *rest: torch.Tensor, sites: list[str] |
     for i in range(0, x.shape[0], batch_size):
         b = (x[i: i + batch_size], *(r[i: i + batch_size] for r in rest))
         tr = poutine.trace(guide).get_trace(*b)
-        for name, site in tr.nodes.items():
-            if site["type"] != "sample" or site_is_subsample(site) or site["is_observed"]:
-                continue
-            dim = _data_frame_dim(site)
-            if dim is None or (sites is not None and name not in sites):
+        for name, site in sample_sites(tr):
+            frame = data_frame(site)
+            if site["is_observed"] or frame is None or (sites is not None and name not in sites):
                 continue
             fn = site["fn"]
             try:
@@ -113,7 +103,7 @@ def active_units(guide, x: torch.Tensor, *rest: torch.Tensor, sites: list[str] |
                     raise NotImplementedError
             except NotImplementedError:
                 mean = fn.sample((num_samples,)).mean(0)
-            means.setdefault(name, []).append(_per_row(mean, dim, fn.event_dim).double().cpu())
+            means.setdefault(name, []).append(_per_row(mean, frame.dim, fn.event_dim).double().cpu())
     if sites is not None and (missing := [s for s in sites if s not in means]):
         raise InputError(f"expected latent sites of the guide inside the 'data' plate; got {missing}")
     out = {}
@@ -173,8 +163,6 @@ def elbo_iwae_gap(model, guide, x: torch.Tensor, *rest: torch.Tensor, k: int = 1
 
     Every site must sit in the ``"data"`` plate (as for the IWAE estimate).
     """
-    from ..evaluation.likelihood import importance_log_weights
-
     n = x.shape[0]
     elbo, iwae = torch.empty(n, dtype=torch.float64), torch.empty(n, dtype=torch.float64)
     for i, lw in importance_log_weights(model, guide, x, *rest, k=k, max_rows=max_rows):

@@ -32,32 +32,18 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import pyro
 import torch
 from torch import Tensor
 
 from ..errors import InputError
+from ..models.base import EStep
 
 
 class ConvergenceWarning(UserWarning):
     """EM stopped at ``max_iter`` before the change in log-likelihood fell below ``tol``."""
-
-
-class EStep(NamedTuple):
-    """Output of an E-step.
-
-    Attributes
-    ----------
-    log_likelihood : float
-        ``(1/N) sum_n log p(x_n | theta)`` under the parameters of this E-step.
-    stats : Any
-        Expected complete-data sufficient statistics (family-specific).
-    """
-
-    log_likelihood: float
-    stats: Any
 
 
 class EMFamily(Protocol):
@@ -118,9 +104,10 @@ def fit_em(
     check_monotone: bool = True,
     elbo_check: Callable[[Any], float] | None = None,
     warn: bool = True,
-    callback: Callable[[int, float, Any], None] | None = None,
 ) -> EMResult:
     """Fit ``family`` to ``x`` by EM with restarts.
+
+    (Longer than 60 lines only through this docstring; one restart's iterations are in ``_em_restart``.)
 
     Parameters
     ----------
@@ -146,8 +133,6 @@ def fit_em(
         (e.g. ``GMMFamily.elbo_gap``, built on :func:`pyro_elbo`); recorded in ``elbo_gaps``.
     warn : bool
         Emit :class:`ConvergenceWarning` if the kept restart did not converge.
-    callback : callable, optional
-        ``callback(iteration, log_likelihood, params)`` after every iteration.
 
     Returns
     -------
@@ -165,34 +150,13 @@ def fit_em(
     histories: list[list[float]] = []
     for restart in range(1 if init is not None else n_init):
         params = init if init is not None else family.initialize(data, generator)
-        history: list[float] = []
-        gaps: list[float] | None = [] if elbo_check is not None else None
-        converged = False
-        for it in range(1, max_iter + 1):
-            estep = family.e_step(params, data)
-            ll = float(estep.log_likelihood)
-            if gaps is not None:
-                gaps.append(float(elbo_check(params)))
-            if check_monotone and history:
-                slack = family.monotone_slack(params)
-                if ll < history[-1] - slack:
-                    raise RuntimeError(
-                        f"EM log-likelihood decreased at iteration {it}: {history[-1]!r} -> "
-                        f"{ll!r} (allowed round-off {slack:.3g}); this is a bug, please report"
-                    )
-            params = family.m_step(estep, data)
-            change = ll - history[-1] if history else float("inf")
-            history.append(ll)
-            if callback is not None:
-                callback(it, ll, params)
-            if abs(change) < tol:
-                converged = True
-                break
-        histories.append(history)
-        if best is None or history[-1] > best.lower_bound:
-            best = EMResult(params, history[-1], history, converged, len(history), restart,
-                            histories, gaps)
+        result = _em_restart(family, data, params, tol, max_iter, check_monotone, elbo_check)
+        histories.append(result.history)
+        if best is None or result.lower_bound > best.lower_bound:
+            best = result
+            best.best_init = restart
     assert best is not None  # n_init >= 1 checked above
+    best.histories = histories
     if warn and not best.converged:
         warnings.warn(
             f"EM did not converge in max_iter={max_iter} iterations (last change "
@@ -202,6 +166,33 @@ def fit_em(
             stacklevel=2,
         )
     return best
+
+
+def _em_restart(family: EMFamily, data: Any, params: Any, tol: float, max_iter: int, check_monotone: bool,
+                elbo_check: Callable[[Any], float] | None) -> EMResult:
+    """EM iterations from ``params`` until the log-likelihood changes by less than ``tol`` (one restart)."""
+    history: list[float] = []
+    gaps: list[float] | None = [] if elbo_check is not None else None
+    converged = False
+    for it in range(1, max_iter + 1):
+        estep = family.e_step(params, data)
+        ll = float(estep.log_likelihood)
+        if gaps is not None:
+            gaps.append(float(elbo_check(params)))
+        if check_monotone and history:
+            slack = family.monotone_slack(params)
+            if ll < history[-1] - slack:
+                raise RuntimeError(
+                    f"EM log-likelihood decreased at iteration {it}: {history[-1]!r} -> "
+                    f"{ll!r} (allowed round-off {slack:.3g}); this is a bug, please report"
+                )
+        params = family.m_step(estep, data)
+        change = ll - history[-1] if history else float("inf")
+        history.append(ll)
+        if abs(change) < tol:
+            converged = True
+            break
+    return EMResult(params, history[-1], history, converged, len(history), elbo_gaps=gaps)
 
 
 def pyro_elbo(model: Callable, guide: Callable, x: Tensor, *, enumerate_guide: bool = True,

@@ -31,19 +31,16 @@ import math
 from collections.abc import Callable, Sequence
 
 import pyro.distributions.kl  # noqa: F401  (registers Pyro's KL pairs, e.g. Independent)
-import pyro.poutine as poutine
 import torch
 from pyro.distributions import Independent
-from pyro.distributions.util import scale_and_mask
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
-from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
 from ..errors import InputError
 from .diagnostics import site_kl
+from .traces import data_frame, log_weights, sample_sites, scaled_log_prob, trace_pair
 
-DATA_PLATE = "data"
 OBJECTIVES = ("elbo", "analytic", "iwae")
 
 
@@ -177,52 +174,14 @@ class AnalyticELBO(Objective):
     def _loss(self, model, guide, *args, **kwargs):
         total = 0.0
         for _ in range(self.num_particles):
-            g_tr, m_tr = _traces(model, guide, args, kwargs)
-            if any(not s["fn"].has_rsample or s["infer"].get("enumerate") for _, s in _sample_sites(g_tr)):
+            g_tr, m_tr = trace_pair(model, guide, *args, **kwargs)
+            if any(not s["fn"].has_rsample or s["infer"].get("enumerate") for _, s in sample_sites(g_tr)):
                 return self._elbo.differentiable_loss(model, guide, *args, **kwargs)
             loss = _negative_elbo(g_tr, m_tr, lambda name, q, p: site_kl(q, p)[0])
             if loss is None:  # sites of one program missing from the other: Pyro's estimator handles it
                 return self._elbo.differentiable_loss(model, guide, *args, **kwargs)
             total = total + loss
         return total / self.num_particles
-
-
-def _traces(model, guide, args, kwargs):
-    g_tr = poutine.trace(guide).get_trace(*args, **kwargs)
-    m_tr = poutine.trace(poutine.replay(model, trace=g_tr)).get_trace(*args, **kwargs)
-    return g_tr, m_tr
-
-
-def _sample_sites(trace):
-    return [(n, s) for n, s in trace.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)]
-
-
-def _data_frame(site, where: str, objective: str):
-    for f in site["cond_indep_stack"]:
-        if f.name == DATA_PLATE:
-            return f
-    raise InputError(f"{objective} needs every sample site inside the {DATA_PLATE!r} plate; "
-                     f"{where} site {site['name']!r} is outside it")
-
-
-def per_row_log_prob(trace, n_rows: int, where: str, *, require_rsample: bool = True) -> torch.Tensor:
-    """Scaled log-density of every sample site summed per row of the ``data`` plate: shape (n_rows,).
-
-    Shared by the IWAE objective (training: guide sites must be reparameterized) and the
-    IWAE evaluation (``require_rsample=False``).
-    """
-    total = 0.0
-    for name, site in _sample_sites(trace):
-        if where == "guide" and require_rsample and not site["fn"].has_rsample:
-            raise InputError(f"IWAE needs reparameterized guide sites; guide site {name!r} "
-                             f"({type(site['fn']).__name__}) has no rsample")
-        dim = _data_frame(site, where, "IWAE").dim
-        lp = scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
-        if lp.dim() < -dim:
-            lp = lp.reshape((1,) * (-dim - lp.dim()) + tuple(lp.shape))
-        lp = lp.movedim(dim, 0).reshape(n_rows, -1).sum(-1)
-        total = total + lp
-    return total
 
 
 class IWAE(Objective):
@@ -237,13 +196,8 @@ class IWAE(Objective):
     name = "iwae"
 
     def _loss(self, model, guide, *args, **kwargs):
-        if not args or not isinstance(args[0], torch.Tensor):
-            raise InputError("IWAE expects per-example tensors as positional arguments; got none")
-        k, n = self.num_particles, args[0].shape[0]
-        rep = tuple(a.repeat((k,) + (1,) * (a.dim() - 1)) if isinstance(a, torch.Tensor) else a for a in args)
-        g_tr, m_tr = _traces(model, guide, rep, kwargs)
-        log_w = (per_row_log_prob(m_tr, k * n, "model") - per_row_log_prob(g_tr, k * n, "guide")).reshape(k, n)
-        return -(torch.logsumexp(log_w, 0) - math.log(k)).sum()
+        log_w = log_weights(model, guide, args, self.num_particles, **kwargs)
+        return -(torch.logsumexp(log_w, 0) - math.log(self.num_particles)).sum()
 
 
 def _per_dim_kl(q, p, name: str) -> tuple[torch.Tensor, int]:
@@ -267,14 +221,14 @@ def _negative_elbo(g_tr, m_tr, kl_of) -> torch.Tensor | None:
     -sum_observed log p(x | .) + sum_latent kl_of(name, q_site, p_site); None when a guide
     site has no model counterpart or a model latent no guide counterpart.
     """
-    if any(name not in m_tr.nodes for name, _ in _sample_sites(g_tr)):
+    if any(name not in m_tr.nodes for name, _ in sample_sites(g_tr)):
         return None
     loss = 0.0
-    for name, site in _sample_sites(m_tr):
+    for name, site in sample_sites(m_tr):
         if name in g_tr.nodes:
             loss = loss + kl_of(name, g_tr.nodes[name], site)
         elif site["is_observed"]:
-            loss = loss - scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"]).sum()
+            loss = loss - scaled_log_prob(site).sum()
         else:
             return None
     return loss
@@ -306,7 +260,7 @@ class FreeBitsELBO(Objective):
     def _kl(self, name, q_site, p_site) -> torch.Tensor:
         if name not in self.sites:
             return site_kl(q_site, p_site)[0]
-        frame = _data_frame(p_site, "model", "free bits")
+        frame = data_frame(p_site, required_by="free bits")
         kl, event = _per_dim_kl(q_site["fn"], p_site["fn"], name)
         per_dim = kl.mean(frame.dim - event).clamp(min=self.free_bits)
         return per_dim.sum() * kl.shape[frame.dim - event] * p_site["scale"]
@@ -314,7 +268,7 @@ class FreeBitsELBO(Objective):
     def _loss(self, model, guide, *args, **kwargs):
         total = 0.0
         for _ in range(self.num_particles):
-            g_tr, m_tr = _traces(model, guide, args, kwargs)
+            g_tr, m_tr = trace_pair(model, guide, *args, **kwargs)
             loss = _negative_elbo(g_tr, m_tr, self._kl)
             if loss is None:
                 raise InputError("free bits needs the model's latent sites and the guide's sample sites to match")

@@ -1,18 +1,23 @@
 """``fit_svi``: the one stochastic-variational-inference loop every family uses.
 
-Each step draws a minibatch, evaluates the objective's differentiable loss
-(-ELBO by default, with analytic KL for Gaussian guides) and takes an
-optimizer step on the module's parameters (plus any ``pyro.param`` sites a
-user's guide creates).  Parameters live on the module; Pyro's global param
-store is cleared at the start of each fit, so fits never share state.
+Two layers.  :class:`SVIState` is the small core: a model–guide pair, the tensors it
+trains, an optimizer and an objective; :meth:`SVIState.step` takes one gradient step
+on a minibatch (-ELBO by default, with analytic KL for Gaussian guides) and
+:meth:`SVIState.evaluate` gives held-out ELBO terms.  :class:`SVILoop` is the loop over
+epochs and minibatches; checkpoints, held-out evaluation, timing and the progress
+bar are callbacks (:mod:`.callbacks`).
+
+The model and guide may be a family (a module with ``.model`` and ``.guide``), or plain
+Pyro callables whose parameters are ``pyro.param`` / ``pyro.module`` sites, or a Pyro
+autoguide.  Pyro's global param store is cleared at the start of each fit, so fits
+never share state; the parameters that ``pyro.param`` sites and autoguides create
+lazily are collected after the first traces (:func:`~.guides.check_guide`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,20 +26,19 @@ from typing import Any, Literal
 import pyro
 import torch
 from pyro.optim.clipped_adam import ClippedAdam
+from torch import nn
 
 from ..errors import InputError, NonFiniteError, check_choice
-from ..utils import atomic_write_json, ensure_writable_dir, resolve_device, seed_everything
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model_state, save_checkpoint
+from ..utils import ensure_writable_dir, resolve_device, seed_everything
+from .callbacks import Callback, Checkpoint, Clock, EpochFunction, HeldOutELBO, ProgressBar, StopTraining
+from .checkpoint import load_model_state
 from .diagnostics import elbo_terms, find_nonfinite
 from .guides import check_guide
 from .objectives import AnalyticELBO
 
 OPTIMIZERS = ("adam", "clipped_adam")
 LR_SCHEDULES = ("constant", "cosine", "exponential")
-
-
-class StopTraining(Exception):
-    """Raise from a callback to end training after the current epoch (checkpoint kept)."""
+__all__ = ["fit_svi", "FitResult", "SVIState", "SVILoop", "StopTraining", "Callback"]
 
 
 @dataclass
@@ -43,7 +47,7 @@ class FitResult:
 
     Attributes
     ----------
-    model : torch.nn.Module
+    model : torch.nn.Module or callable
         The fitted model (same object as passed in).
     history : list of dict
         One record per epoch: ``epoch``, ``train_elbo`` (mean objective per example,
@@ -55,10 +59,238 @@ class FitResult:
         Why training ended early (``"callback"``, ``"interrupted"``), else None.
     """
 
-    model: torch.nn.Module
+    model: Any
     history: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: Path | None = None
     stopped: str | None = None
+
+
+@dataclass
+class SVIState:
+    """The small core of SVI: what one gradient step needs, nothing about epochs, files or progress.
+
+    Attributes
+    ----------
+    model, guide : callables
+        The Pyro programs, called with the minibatch's tensors.
+    loss : callable
+        ``loss(model, guide, *batch) -> scalar tensor`` (e.g. an ELBO's ``differentiable_loss``).
+    params : dict[str, Tensor]
+        The trained tensors by name (:func:`collect_params`).
+    optimizer : torch.optim.Optimizer
+        Over ``params.values()``.
+    modules : dict[str, nn.Module]
+        ``"model"`` and/or ``"guide"``: the modules holding the parameters (train/eval mode, checkpoints).
+    clip_norm : float, optional
+        Clip the global gradient norm before each step.
+    """
+
+    model: Callable
+    guide: Callable
+    loss: Callable
+    params: dict[str, torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+    clip_norm: float | None = None
+
+    def step(self, *batch: torch.Tensor) -> float:
+        """One optimizer step on ``loss(model, guide, *batch)``; returns the loss.
+
+        Raises
+        ------
+        NonFiniteError
+            If the loss is not finite, naming the parameters and sites that are not (no step taken).
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            loss = self.loss(self.model, self.guide, *batch)
+            value = float(loss.detach())
+        except ValueError:  # Pyro's validation refusing NaN parameters of a distribution
+            if not self.nonfinite(*batch):
+                raise
+            value = math.nan
+        if not math.isfinite(value):
+            sites = self.nonfinite(*batch)
+            raise NonFiniteError(f"non-finite loss ({value}) from {', '.join(sites) or 'the objective itself'}",
+                                 sites=sites)
+        loss.backward()
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.clip_norm)
+        self.optimizer.step()
+        return value
+
+    def nonfinite(self, *batch: torch.Tensor) -> list[str]:
+        """Non-finite parameters (``param NAME``) and sites (``guide z (value)``, ``model x (log_prob)``)."""
+        bad = [f"param {name}" for name, p in self.params.items() if not torch.isfinite(p).all()]
+        return bad + find_nonfinite(self.model, self.guide, *batch)
+
+    @torch.no_grad()
+    def evaluate(self, *data: torch.Tensor, batch_size: int = 512, particles: int = 1) -> dict[str, Any]:
+        """ELBO terms per example on ``data`` (tensors of N rows), in chunks of ``batch_size``.
+
+        Returns
+        -------
+        dict
+            ``elbo``, ``reconstruction``, ``kl`` (nats per example) and ``kl_sites`` (KL per latent site),
+            from :func:`~.diagnostics.elbo_terms` with ``particles`` draws of z per example.
+        """
+        self.train(False)
+        n = data[0].shape[0]
+        sums = {"elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}
+        kl_sites: dict[str, float] = {}
+        for i in range(0, n, batch_size):
+            terms = elbo_terms(self.model, self.guide, *(t[i: i + batch_size] for t in data), num_particles=particles)
+            for key in sums:
+                sums[key] += getattr(terms, key) * terms.n
+            for site, v in terms.kl_sites.items():
+                kl_sites[site] = kl_sites.get(site, 0.0) + v * terms.n
+        out: dict[str, Any] = {k: v / n for k, v in sums.items()}
+        if kl_sites:
+            out["kl_sites"] = {k: v / n for k, v in kl_sites.items()}
+        return out
+
+    def train(self, mode: bool = True) -> None:
+        """Training (or evaluation) mode of the modules."""
+        for m in self.modules.values():
+            m.train(mode)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpoint entries: ``model`` (its module's state, {} for a function), ``guide`` (a separate
+        guide module's), ``param_store`` (``pyro.param`` values) and ``optimizer``."""
+        state = {"model": self.modules["model"].state_dict() if "model" in self.modules else {},
+                 "param_store": {k: v.detach() for k, v in pyro.get_param_store().named_parameters()},
+                 "optimizer": self.optimizer.state_dict()}
+        if "guide" in self.modules:
+            state["guide"] = self.modules["guide"].state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], where: str) -> None:
+        """Restore what :meth:`state_dict` wrote (after the first traces created every parameter)."""
+        for key, module in self.modules.items():
+            load_model_state(module, state.get(key, {}), where)
+        store = dict(pyro.get_param_store().named_parameters())
+        for name, value in state.get("param_store", {}).items():
+            if name in store:
+                store[name].data.copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def collect_params(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Every tensor a fit trains, by name: the model module's parameters, a separate guide module's
+    (``guide.`` prefix), then the unconstrained values of trainable ``pyro.param`` sites not among them.
+
+    Call it after the first traces: ``pyro.param`` sites and autoguides create their parameters then.
+    """
+    named = [(("guide." if key == "guide" else "") + n, p) for key, m in modules.items()
+             for n, p in m.named_parameters()]
+    named += [(n, p) for n, p in pyro.get_param_store().named_parameters() if p.requires_grad]
+    params: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, p in named:
+        if id(p) not in seen:
+            params[name] = p
+            seen.add(id(p))
+    return params
+
+
+@dataclass
+class SVILoop:
+    """The SVI loop: epochs of shuffled minibatches through :meth:`SVIState.step`, with callbacks.
+
+    Attributes
+    ----------
+    state : SVIState
+    model : module or callable
+        What the user passed as the model (handed to user callbacks).
+    data : tuple of Tensor
+        Training tensors of N rows; minibatch ``b`` passes ``data[0][b], data[1][b], ...``.
+    epochs, batch_size, seed : int
+        The minibatch order of epoch e is drawn from (seed, e), so resume is exact.
+    lr_at : callable
+        ``lr_at(epoch) -> float``, the learning rate of each (0-based) epoch.
+    set_epoch : callable, optional
+        ``set_epoch(epoch, epochs)`` of the objective (e.g. KL warm-up), at each epoch start.
+    transform : callable, optional
+        Applied to each minibatch's first tensor.
+    history, start_epoch, epoch, checkpoint, stopped
+        The run so far (the checkpoint callback restores them on resume).
+    """
+
+    state: SVIState
+    model: Any
+    data: tuple[torch.Tensor, ...]
+    epochs: int
+    batch_size: int
+    seed: int
+    lr_at: Callable[[int], float]
+    set_epoch: Callable[[int, int], None] | None = None
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    epoch: int = -1
+    checkpoint: Path | None = None
+    stopped: str | None = None
+
+    @property
+    def n(self) -> int:
+        return self.data[0].shape[0]
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.data[0].device
+
+    def fit(self, callbacks: Sequence[Callback] = ()) -> None:
+        """Train from ``start_epoch`` to ``epochs``; a :class:`StopTraining` from a hook ends it early."""
+
+        def hook(name: str, *args) -> None:
+            for cb in callbacks:
+                getattr(cb, name)(self, *args)
+
+        try:
+            hook("on_fit_start")
+            self.epoch = self.start_epoch - 1
+            for epoch in range(self.start_epoch, self.epochs):
+                self.epoch = epoch
+                hook("on_epoch_start")
+                record = self.train_epoch(lambda step, loss: hook("on_step_end", step, loss))
+                self.history.append(record)
+                hook("on_epoch_end", record)
+        except StopTraining:
+            self.stopped = "callback"
+        except KeyboardInterrupt:
+            self.stopped = "interrupted"
+            raise
+        finally:
+            hook("on_fit_end")
+            self.state.train(False)
+
+    def train_epoch(self, on_step: Callable[[int, float], None]) -> dict[str, Any]:
+        """One pass over the data in the order of (seed, epoch); returns the epoch's history record."""
+        epoch = self.epoch
+        if callable(self.set_epoch):
+            self.set_epoch(epoch, self.epochs)
+        lr = self.lr_at(epoch)
+        for group in self.state.optimizer.param_groups:
+            group["lr"] = lr
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        perm = perm.to(self.device)
+        self.state.train(True)
+        total = 0.0
+        for step in range(self.steps):
+            batch = _minibatch(self.data, perm[step * self.batch_size: (step + 1) * self.batch_size], self.transform)
+            try:
+                loss = self.state.step(*batch)
+            except NonFiniteError as e:
+                raise NonFiniteError(f"epoch {epoch + 1}, step {step + 1}: {e}; last good checkpoint: "
+                                     f"{self.checkpoint or 'none written'}", step=epoch * self.steps + step,
+                                     sites=e.sites) from None
+            total += loss
+            on_step(step, loss)
+        return {"epoch": epoch + 1, "train_elbo": -total / self.n, "lr": lr}
 
 
 def _as_tuple(data) -> tuple[torch.Tensor, ...]:
@@ -76,12 +308,18 @@ def _as_tuple(data) -> tuple[torch.Tensor, ...]:
     return data
 
 
-def _lr_at(schedule: str, lr: float, epoch: int, epochs: int, gamma: float) -> float:
+def _minibatch(data: tuple[torch.Tensor, ...], idx, transform) -> tuple[torch.Tensor, ...]:
+    """The rows ``idx`` (an index tensor or a slice) of every tensor; ``transform`` applied to the first."""
+    batch = tuple(t[idx] for t in data)
+    return batch if transform is None else (transform(batch[0]), *batch[1:])
+
+
+def _lr_at(schedule: str, lr: float, epochs: int, gamma: float) -> Callable[[int], float]:
     if schedule == "cosine":
-        return lr * 0.5 * (1 + math.cos(math.pi * epoch / max(epochs, 1)))
+        return lambda epoch: lr * 0.5 * (1 + math.cos(math.pi * epoch / max(epochs, 1)))
     if schedule == "exponential":
-        return lr * gamma**epoch
-    return lr
+        return lambda epoch: lr * gamma**epoch
+    return lambda epoch: lr
 
 
 def _loss_fn(loss) -> Callable:
@@ -93,20 +331,37 @@ def _loss_fn(loss) -> Callable:
                      f"loss(model, guide, *args); got {type(loss).__name__}")
 
 
-def _collect_params(module) -> list[torch.Tensor]:
-    """Module parameters plus the unconstrained leaves of ``pyro.param`` sites already created
-    (the first-batch traces of :func:`check_guide` create them)."""
-    params = list(module.parameters())
-    seen = {id(p) for p in params}
-    for _, p in pyro.get_param_store().named_parameters():
-        if id(p) not in seen and p.requires_grad:
-            params.append(p)
-            seen.add(id(p))
-    return params
+def _model_guide(model, guide) -> tuple[Callable, Callable, dict[str, nn.Module], str]:
+    """(model callable, guide callable, the modules holding parameters, the family name) of what was passed."""
+    if callable(getattr(model, "model", None)):  # a family: a module with .model and .guide
+        model_fn, guide = model.model, guide if guide is not None else getattr(model, "guide", None)
+    elif callable(model):  # a Pyro model function (or a PyroModule whose forward is the model)
+        model_fn = model
+    else:
+        raise InputError(f"expected a module with .model and .guide methods, or a model callable; "
+                         f"got {type(model).__name__}")
+    if not callable(guide):
+        raise InputError(f"expected a guide: a module with .guide, or guide= (a callable or a Pyro autoguide); "
+                         f"got {type(guide).__name__}")
+    modules = {"model": model} if isinstance(model, nn.Module) else {}
+    if isinstance(guide, nn.Module) and not any(guide is m for mod in modules.values() for m in mod.modules()):
+        modules["guide"] = guide
+    family = getattr(model, "family", None) or getattr(model, "__name__", type(model).__name__)
+    return model_fn, guide, modules, family
+
+
+def _check_options(optimizer, lr_schedule, lr, **positive_ints) -> None:
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
+    for name, v in positive_ints.items():
+        if not isinstance(v, int) or v < 1:
+            raise InputError(f"{name} must be a positive integer; got {v!r}")
+    if not lr > 0:
+        raise InputError(f"lr must be > 0; got {lr}")
 
 
 def fit_svi(
-    model: torch.nn.Module,
+    model,
     train,
     *,
     test=None,
@@ -131,12 +386,16 @@ def fit_svi(
     test_particles: int = 1,
     validate: bool = False,
 ) -> FitResult:
-    """Fit ``model.model`` / ``guide`` (default ``model.guide``) by SVI.
+    """Fit a model–guide pair by SVI.
+
+    (Longer than 60 lines only through its signature and this docstring; the work is done by
+    :class:`SVIState`, :class:`SVILoop` and the callbacks of :mod:`.callbacks`.)
 
     Parameters
     ----------
-    model : torch.nn.Module
-        Holds the parameters and defines ``model(*batch)`` (and ``guide(*batch)``).
+    model : module with ``.model`` and ``.guide``, or a model callable
+        A family (``model.model(*batch)``, ``model.guide(*batch)``; its parameters live on it),
+        or a Pyro model function (or ``PyroModule``) taking ``*batch``: then pass ``guide=``.
     train : Tensor (N, ...) or tuple of tensors
         Training data; each minibatch passes ``batch[0], batch[1], ...`` positionally.
     test : Tensor or tuple of tensors, optional
@@ -148,7 +407,10 @@ def fit_svi(
         the same value as Pyro's ``TraceMeanField_ELBO``, computed with less overhead).
         If it has ``set_epoch(epoch, epochs)`` (see :mod:`ppl_dgm.inference.objectives`:
         beta warm-up) that is called at each epoch start.
-        The guide is checked against the model first (:func:`~ppl_dgm.inference.guides.check_guide`).
+    guide : callable, optional
+        Default ``model.guide``.  A function whose parameters are ``pyro.param`` /
+        ``pyro.module`` sites, a module, or a Pyro autoguide (``AutoNormal(model_fn)``, ...).
+        It is checked against the model first (:func:`~ppl_dgm.inference.guides.check_guide`).
     epochs, batch_size, lr : training length, minibatch size, learning rate.
     optimizer : {"adam", "clipped_adam"}
     lr_schedule : {"constant", "cosine", "exponential"}
@@ -160,14 +422,14 @@ def fit_svi(
     checkpoint_every : int
         Save every that many epochs (and always at the end).
     resume : bool
-        Continue from ``out_dir/checkpoint.pt``: parameters, optimizer, RNG and
-        history are restored, so the resumed run ends where an uninterrupted one would.
+        Continue from ``out_dir/checkpoint.pt``: parameters (module, autoguide and ``pyro.param``),
+        optimizer, RNG and history are restored, so the resumed run ends where an uninterrupted one would.
     device : {"cpu", "cuda", "auto"} or torch.device
     seed : int
         Seeds torch, NumPy, Pyro; the minibatch order of epoch e is drawn from (seed, e).
     transform : callable, optional
         Applied to each minibatch's first tensor (e.g. dynamic binarization).
-    callbacks : sequence of callables ``cb(epoch, record, model)``
+    callbacks : sequence of callables ``cb(epoch, record, model)`` or :class:`~.callbacks.Callback`
         Called after each epoch's checkpoint; raise :class:`StopTraining` to stop.
     config : dict, optional
         JSON-able run configuration stored in the checkpoint.
@@ -184,188 +446,45 @@ def fit_svi(
 
     Raises
     ------
+    InputError
+        Bad options or data, a guide that does not match the model, a shape problem at a site.
     NonFiniteError
         When the loss stops being finite; names the sites and the step; the last
         good checkpoint is kept.
     """
-    guide = guide if guide is not None else getattr(model, "guide", None)
-    model_fn = getattr(model, "model", None)
-    if not callable(model_fn) or not callable(guide):
-        raise InputError(f"expected a module with .model and .guide methods; got {type(model).__name__}")
-    check_choice("optimizer", optimizer, OPTIMIZERS)
-    check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
-    for name, v in (("epochs", epochs), ("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
-        if not isinstance(v, int) or v < 1:
-            raise InputError(f"{name} must be a positive integer; got {v!r}")
-    if not lr > 0:
-        raise InputError(f"lr must be > 0; got {lr}")
+    model_fn, guide_fn, modules, family = _model_guide(model, guide)
+    _check_options(optimizer, lr_schedule, lr, epochs=epochs, batch_size=batch_size,
+                   checkpoint_every=checkpoint_every)
     dev = resolve_device(device)
-    train_t = tuple(t.to(dev) for t in _as_tuple(train))
-    test_t = tuple(t.to(dev) for t in _as_tuple(test))
+    train_t, test_t = (tuple(t.to(dev) for t in _as_tuple(d)) for d in (train, test))
     if not train_t or train_t[0].shape[0] == 0:
         raise InputError("expected at least one training example; got none")
-    loss_obj = loss if loss is not None else AnalyticELBO()
-    objective = _loss_fn(loss_obj)
-    set_epoch = getattr(loss_obj, "set_epoch", None)  # e.g. a KL warm-up: a function of the epoch only
-    out = ensure_writable_dir(out_dir) if out_dir is not None else None
-    ckpt_path = out / CHECKPOINT_NAME if out is not None else None
-    family = getattr(model, "family", type(model).__name__)
+    loss = loss if loss is not None else AnalyticELBO()
+    objective = _loss_fn(loss)
+    hooks = [HeldOutELBO(test_t, test_particles)] if test_t else []
+    hooks.append(Clock())
+    if out_dir is not None:
+        hooks.append(Checkpoint(ensure_writable_dir(out_dir), family, every=checkpoint_every, resume=resume,
+                                config=config))
+    hooks += [ProgressBar(f"fit {family}")] if progress else []
+    hooks += [cb if isinstance(cb, Callback) else EpochFunction(cb) for cb in callbacks]
 
     seed_everything(seed)
     pyro.clear_param_store()
-    model.to(dev)
-    n = train_t[0].shape[0]
-    steps = math.ceil(n / batch_size)
-
-    first = tuple(t[: min(batch_size, n)] for t in train_t)
-    if transform is not None:
-        first = (transform(first[0]), *first[1:])
-    check_guide(model_fn, guide, *first)  # also runs both programs once, creating any pyro.param sites
-    params = _collect_params(model)
-    opt = (torch.optim.Adam(params, lr=lr) if optimizer == "adam"
-           else ClippedAdam(params, lr=lr, clip_norm=clip_norm or 10.0))
-
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    if ckpt_path is not None and ckpt_path.exists() and not resume:
-        raise InputError(f"{out} already holds a checkpoint; pass resume=True (--resume) to continue it "
-                         f"or choose another output directory")
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, family=family, map_location=dev)
-        load_model_state(model, state["model"], str(ckpt_path))
-        store = dict(pyro.get_param_store().named_parameters())
-        for name, value in state.get("param_store", {}).items():
-            if name in store:
-                store[name].data.copy_(value)
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_torch"].cpu())
-        if dev.type == "cuda" and state.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(state["rng_cuda"].cpu(), dev)
-        history = json.loads(state["history"])
-        start_epoch = int(state["epoch"])
-
-    def save(epoch: int) -> None:
-        if ckpt_path is None:
-            return
-        save_checkpoint(ckpt_path, {
-            "family": family,
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "param_store": {k: v.detach() for k, v in pyro.get_param_store().named_parameters()},
-            "rng_torch": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
-            "history": json.dumps(history),
-            "config": json.dumps(config or {}),
-        })
-        atomic_write_json(out / "history.json", history)
-
-    bar = None
-    if progress and start_epoch < epochs:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=(epochs - start_epoch) * steps, desc=f"fit {family}", unit="step",
-                   dynamic_ncols=True, leave=True, mininterval=0.5)
-    result = FitResult(model, history, ckpt_path if ckpt_path and ckpt_path.exists() else None)
-    # The first trace (above) ran with Pyro's argument validation on, catching model bugs early;
-    # the loop runs without it (it costs about 5% per step), and non-finite values are caught below.
-    validation = pyro.validation_enabled(validate)
-    validation.__enter__()
-    try:
-        for epoch in range(start_epoch, epochs):
-            t0 = time.perf_counter()
-            if callable(set_epoch):
-                set_epoch(epoch, epochs)
-            cur_lr = _lr_at(lr_schedule, lr, epoch, epochs, lr_gamma)
-            for group in opt.param_groups:
-                group["lr"] = cur_lr
-            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            perm = torch.randperm(n, generator=g).to(dev)
-            model.train()
-            total = 0.0
-            for step in range(steps):
-                idx = perm[step * batch_size: (step + 1) * batch_size]
-                batch = tuple(t[idx] for t in train_t)
-                if transform is not None:
-                    batch = (transform(batch[0]), *batch[1:])
-                opt.zero_grad(set_to_none=True)
-                try:
-                    loss_value = objective(model_fn, guide, *batch)
-                    value = float(loss_value.detach())
-                except ValueError:  # Pyro's validation refusing NaN parameters of a distribution
-                    if not find_nonfinite(model_fn, guide, *batch, module=model):
-                        raise
-                    value = math.nan
-                if not math.isfinite(value):
-                    sites = find_nonfinite(model_fn, guide, *batch, module=model)
-                    where = ", ".join(sites) or "no site (the objective itself)"
-                    raise NonFiniteError(
-                        f"non-finite loss ({value}) at epoch {epoch + 1}, step {step + 1}: {where}; "
-                        f"last good checkpoint: {result.checkpoint or 'none written'}",
-                        step=epoch * steps + step, sites=sites)
-                loss_value.backward()
-                if clip_norm is not None and optimizer == "adam":
-                    torch.nn.utils.clip_grad_norm_(params, clip_norm)
-                opt.step()
-                total += value
-                if bar is not None:
-                    bar.update(1)
-                    if step % 10 == 0 or step == steps - 1:
-                        running = -total / min(n, (step + 1) * batch_size)
-                        bar.set_postfix_str(f"epoch {epoch + 1}/{epochs} elbo {running:.3f}", refresh=False)
-            record: dict[str, Any] = {"epoch": epoch + 1, "train_elbo": -total / n, "lr": cur_lr}
-            if test_t:
-                record.update(_held_out(model_fn, guide, test_t, batch_size, seed, epoch, dev, test_particles, model))
-            record["seconds"] = time.perf_counter() - t0
-            history.append(record)
-            if bar is not None:
-                msg = f"epoch {epoch + 1}/{epochs} elbo {record['train_elbo']:.3f}"
-                if "test_elbo" in record:
-                    msg += f" test {record['test_elbo']:.3f}"
-                bar.set_postfix_str(msg)
-            if (epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs:
-                save(epoch + 1)
-                result.checkpoint = ckpt_path
-            try:
-                for cb in callbacks:
-                    cb(epoch + 1, record, model)
-            except StopTraining:
-                if (epoch + 1) % checkpoint_every:
-                    save(epoch + 1)
-                    result.checkpoint = ckpt_path
-                result.stopped = "callback"
-                break
-    except KeyboardInterrupt:
-        result.stopped = "interrupted"
-        raise
-    finally:
-        validation.__exit__(None, None, None)
-        if bar is not None:
-            bar.close()
-        model.eval()
-    return result
-
-
-@torch.no_grad()
-def _held_out(model_fn, guide, test_t, batch_size, seed, epoch, dev, particles, module) -> dict[str, Any]:
-    """Held-out ELBO terms per example, with an RNG stream of its own (training is not perturbed)."""
-    module.eval()
-    n = test_t[0].shape[0]
-    sums = {"test_elbo": 0.0, "test_reconstruction": 0.0, "test_kl": 0.0}
-    kl_sites: dict[str, float] = {}
-    devices = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed * 7_919 + epoch + 1)
-        for i in range(0, n, max(batch_size, 512)):
-            batch = tuple(t[i: i + max(batch_size, 512)] for t in test_t)
-            terms = elbo_terms(model_fn, guide, *batch, num_particles=particles)
-            w = terms.n
-            sums["test_elbo"] += terms.elbo * w
-            sums["test_reconstruction"] += terms.reconstruction * w
-            sums["test_kl"] += terms.kl * w
-            for site, v in terms.kl_sites.items():
-                kl_sites[site] = kl_sites.get(site, 0.0) + v * w
-    out: dict[str, Any] = {k: v / n for k, v in sums.items()}
-    if kl_sites:
-        out["test_kl_sites"] = {k: v / n for k, v in kl_sites.items()}
-    return out
+    for m in modules.values():
+        m.to(dev)
+    check_guide(model_fn, guide_fn, *_minibatch(train_t, slice(0, batch_size), transform))  # creates lazy params
+    params = collect_params(modules)
+    if not params:
+        raise InputError("expected parameters to fit (module parameters, pyro.param / pyro.module sites "
+                         "or an autoguide's); got none")
+    opt = (torch.optim.Adam(params.values(), lr=lr) if optimizer == "adam"
+           else ClippedAdam(params.values(), lr=lr, clip_norm=clip_norm or 10.0))
+    state = SVIState(model_fn, guide_fn, objective, params, opt, modules, clip_norm if optimizer == "adam" else None)
+    run = SVILoop(state, model, train_t, epochs, batch_size, seed, _lr_at(lr_schedule, lr, epochs, lr_gamma),
+              getattr(loss, "set_epoch", None), transform)
+    # The first traces (check_guide) ran with Pyro's argument validation on, catching model bugs early;
+    # the loop runs without it (it costs about 5% per step); non-finite values are still caught and named.
+    with pyro.validation_enabled(validate):
+        run.fit(hooks)
+    return FitResult(model, run.history, run.checkpoint, run.stopped)

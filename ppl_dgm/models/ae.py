@@ -31,6 +31,6 @@ class AE(VAE):
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """q_phi(z | x) = delta(z - g_mu(x)); x of shape (N, D), z of shape (N, K)."""
-        loc, _ = self.encode(x)
+        loc, _ = self.encode(x, y)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Delta(loc).to_event(1))

@@ -1,14 +1,23 @@
-"""The base class of every family: a torch module with a Pyro ``model`` and ``guide``.
+"""The contract every family keeps: a torch module with a Pyro ``model``, a ``guide`` and ``sample``.
 
-Parameters live on the module (never in Pyro's global param store), so two
-fits in one process never share state.  ``config`` holds the constructor
-arguments as JSON, which is all a run directory needs to rebuild the model.
+Parameters live on the module (never in Pyro's global param store), so two fits in
+one process never share state.  ``config`` holds the constructor arguments as JSON,
+which is all a run directory needs to rebuild the model (:meth:`GenerativeModel.from_config`).
+
+What a family can do beyond the contract is declared once, in its registry entry
+(:mod:`ppl_dgm.models.registry`), never discovered with ``hasattr``:
+
+- ``encoder=True``: :meth:`encode_mean` and :meth:`decode_mean` (latent tools, reconstructions);
+- ``bound="exact"``: :meth:`log_prob` and :attr:`n_parameters`;
+- ``bound="chain"``: ``chain_elbo(x)`` (the diffusion families);
+- ``samplers``: the ``sampler=`` values :meth:`sample` accepts.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar
+from abc import ABCMeta, abstractmethod
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -16,23 +25,64 @@ from torch import nn
 from ..errors import CheckpointError
 
 
-class GenerativeModel(nn.Module):
-    """A model–guide pair.
+class EStep(NamedTuple):
+    """What an EM family's E-step returns to :func:`ppl_dgm.inference.em.fit_em` (course notes, EM section).
 
-    Subclasses define ``model(x, y=None)``, ``guide(x, y=None)`` and
-    ``sample(n)``, and call ``self._store_config(locals())`` in ``__init__``.
+    Attributes
+    ----------
+    log_likelihood : float
+        ``(1/N) sum_n log p(x_n | theta)`` under the parameters of this E-step.
+    stats : Any
+        Expected complete-data sufficient statistics (family-specific).
+    """
+
+    log_likelihood: float
+    stats: Any
+
+
+class GenerativeModel(nn.Module, metaclass=ABCMeta):
+    """A model–guide pair (the DESIGN contract: site names ``z``, ``z_1..z_L``, ``x_1..x_T``, ``c``, ``x``, ``y``).
+
+    Subclasses define :meth:`model`, :meth:`guide` and :meth:`sample`, and call
+    ``self._store_config(locals())`` in ``__init__``.
     """
 
     family: ClassVar[str] = ""
+    latent_sites: ClassVar[tuple[str, ...]] = ("z",)
+    """The latent sites a KL weight (beta, warm-up, free bits) applies to."""
 
+    # -- the contract ----------------------------------------------------------------
+    @abstractmethod
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """p(x, latents): data in ``pyro.plate("data", N)``, observed site ``"x"``; x of shape (N, D)."""
+
+    @abstractmethod
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """q(latents | x) with the model's latent site names; x of shape (N, D)."""
+
+    @abstractmethod
+    def sample(self, n: int, **kwargs: Any) -> torch.Tensor:
+        """n new examples, shape (n, D)."""
+
+    # -- declared by capability (see the module docstring) ------------------------------
+    def encode_mean(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Posterior mean of the latent code, shape (N, K) (families with ``encoder=True``)."""
+        raise NotImplementedError(f"family {self.family!r} has no encoder")
+
+    def decode_mean(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x | z], shape (N, D) (families with ``encoder=True``)."""
+        raise NotImplementedError(f"family {self.family!r} has no decoder")
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x | z = E q(z | x)], shape (N, D)."""
+        return self.decode_mean(self.encode_mean(x, y), y)
+
+    # -- configuration -----------------------------------------------------------------
     def _store_config(self, local_vars: dict[str, Any]) -> None:
         # names missing from local_vars belong to a subclass, which stores its config after super().__init__
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self" and p in local_vars]
-        cfg = {}
-        for k in names:
-            v = local_vars[k]
-            cfg[k] = list(v) if isinstance(v, tuple) else v
-        self.config = cfg
+        self.config = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, local_vars[k]) for k in names)}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> GenerativeModel:

@@ -12,15 +12,33 @@ decodes prior draws with the label fixed: conditional generation.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
-import pyro
-import pyro.distributions as dist
 import torch
 from torch.nn import functional as F
 
+from ..data import Dataset
 from ..errors import InputError
 from ..nn import MLP
-from .vae import VAE
+from .options import option
+from .vae import VAE, Likelihood, VAEConfig
+
+
+@dataclass
+class CVAEConfig(VAEConfig):
+    """Fit options of ``cvae``: the VAE's, with an MLP encoder and decoder and a label count."""
+
+    arch: Literal["mlp"] = option("mlp", "Encoder/decoder: a CVAE is an MLP.")
+    n_classes: int | None = option(None, "Number of labels (default: 1 + the largest training label).", min=2)
+
+    def model_kwargs(self, ds: Dataset) -> dict:
+        kw = super().model_kwargs(ds)
+        if ds.y_train is None or ds.y_test is None:
+            raise InputError(f"a conditional model needs labelled data (y and y_test); {ds.name} has none")
+        if kw["n_classes"] is None:
+            kw["n_classes"] = max(2, int(max(ds.y_train.max(), ds.y_test.max())) + 1)
+        return kw
 
 
 class CVAE(VAE):
@@ -33,21 +51,21 @@ class CVAE(VAE):
     n_classes : int
         C, the number of labels; y takes values 0 .. C-1.
     latent_dim, hidden, likelihood, x_scale, image_shape
-        As for :class:`~ppl_dgm.models.vae.VAE` (the architecture is an MLP).
-    conditional : bool
-        Always True; stored in the config so runs pass labels to ``model`` / ``guide``.
+        As for :class:`~ppl_dgm.models.vae.VAE`.
+    arch : {"mlp"}
+        The only architecture (kept so every VAE config fits).
     """
 
     family = "cvae"
 
-    def __init__(self, x_dim: int, n_classes: int = 10, latent_dim: int = 16, hidden: Sequence[int] = (256,),
-                 likelihood: str = "bernoulli", x_scale: float = 0.1, image_shape: Sequence[int] | None = None,
-                 conditional: bool = True):
+    def __init__(self, x_dim: int, n_classes: int = 10, latent_dim: int = VAEConfig.latent_dim,
+                 hidden: Sequence[int] = VAEConfig.hidden, likelihood: Likelihood = VAEConfig.likelihood,
+                 x_scale: float = VAEConfig.x_scale, image_shape: Sequence[int] | None = None, arch: str = "mlp"):
+        if arch != "mlp":
+            raise InputError(f"a CVAE has an MLP encoder and decoder; expected arch 'mlp'; got {arch!r}")
         super().__init__(x_dim, latent_dim, hidden, likelihood, "mlp", x_scale, image_shape)
         if not isinstance(n_classes, int) or n_classes < 2:
             raise InputError(f"n_classes must be an integer >= 2; got {n_classes!r}")
-        if conditional is not True:
-            raise InputError(f"a CVAE is conditional; got conditional={conditional!r}")
         self._store_config(locals())
         self.n_classes = n_classes
         hidden = tuple(int(h) for h in hidden)
@@ -70,49 +88,16 @@ class CVAE(VAE):
                              f"{int(y.min())}..{int(y.max())}")
         return F.one_hot(y, self.n_classes).to(like.dtype)
 
-    # -- networks -------------------------------------------------------------------
-    def encode(self, x: torch.Tensor, y=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """g_mu([x, e(y)]), g_sigma([x, e(y)]): each (N, K) for x of shape (N, D) and y of shape (N,)."""
-        h = self.encoder(torch.cat([x, self.one_hot(y, x.shape[0], x)], -1))
-        loc, raw = h[..., : self.latent_dim], h[..., self.latent_dim:]
-        return loc, F.softplus(raw) + 1e-4
-
-    def decode(self, z: torch.Tensor, y=None) -> torch.Tensor:
-        """E[x | z, y], shape (N, D)."""
-        return self._mean(self.decoder(torch.cat([z, self.one_hot(y, z.shape[0], z)], -1)))
-
-    def likelihood_dist(self, z: torch.Tensor, y=None) -> dist.Distribution:
-        """p_theta(x | z, y) with event shape (D,)."""
-        return self._out_dist(self.decoder(torch.cat([z, self.one_hot(y, z.shape[0], z)], -1)))
-
-    # -- the model-guide pair ---------------------------------------------------------
-    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        """p(x, z | y) = p(z) p_theta(x | z, y); x (N, D), y (N,)."""
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior(x.shape[0], x))
-            pyro.sample("x", self.likelihood_dist(z, y), obs=x)
-
-    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        """q_phi(z | x, y) = N(g_mu, diag g_sigma^2); x (N, D), y (N,)."""
-        loc, scale = self.encode(x, y)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
-
-    # -- tools ------------------------------------------------------------------------
-    @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, y=None) -> torch.Tensor:
-        """E[x | z = g_mu(x, y), y], shape (N, D)."""
-        return self.decode(self.encode(x, y)[0], y)
+    def _net_input(self, t: torch.Tensor, y) -> torch.Tensor:
+        """[t, e(y)]: the encoder reads [x, e(y)], the decoder [z, e(y)]."""
+        e = self.one_hot(y, t.shape[0], t)
+        if e.shape[0] != t.shape[0]:
+            raise InputError(f"expected {t.shape[0]} labels (or one int); got {e.shape[0]}")
+        return torch.cat([t, e], -1)
 
     @torch.no_grad()
     def sample(self, n: int, *, y=None, mean: bool = False) -> torch.Tensor:
         """n examples of shape (n, D) with label ``y`` (an int or (n,) labels; default 0,1,..,C-1,0,..)."""
-        like = next(self.parameters())
         if y is None:
-            y = torch.arange(n, device=like.device) % self.n_classes
-        e = self.one_hot(y, n, like)
-        if e.shape[0] != n:
-            raise InputError(f"expected {n} labels (or one int); got {e.shape[0]}")
-        z = self.prior(n, like).sample()
-        out = self.decoder(torch.cat([z, e], -1))
-        return self._mean(out) if mean else self._out_dist(out).sample()
+            y = torch.arange(n) % self.n_classes
+        return super().sample(n, y=y, mean=mean)

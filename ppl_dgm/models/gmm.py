@@ -23,17 +23,35 @@ spherical     (K,)                    (K,)
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 import pyro
 import pyro.distributions as dist
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import InputError, check_choice
+from .base import GenerativeModel
+from .options import EMOptions, option
 
 CovarianceType = Literal["full", "tied", "diag", "spherical"]
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+
+
+@dataclass
+class GMMConfig(EMOptions):
+    """Fit options of ``gmm``: the parameters of :class:`ppl_dgm.GaussianMixture`."""
+
+    n_components: int = option(3, "K, the number of components.", role="train", flags=("--components", "-k"), min=1)
+    covariance_type: CovarianceType = option("full", "Shape of the covariances.", role="train",
+                                             flags=("--covariance",))
+    n_init: int = option(1, "Restarts; the best is kept.", role="train", min=1)
+    init_params: Literal["kmeans", "k-means++", "random_from_data", "random"] = option(
+        "kmeans", "Initial responsibilities.", role="train", flags=("--init",))
+    reg_covar: float = option(1e-6, "Added to the covariance diagonals.", role="train", min=0)
+    backend: Literal["torch", "jax", "svi"] = option(
+        "torch", "torch: EM; jax: jit-compiled EM; svi: MAP by SVI with the assignments summed out.", role="train")
 
 COLLAPSE_MESSAGE = (
     "expected every mixture component to keep a positive-definite covariance; got an "
@@ -146,8 +164,8 @@ def log_gaussian_prob(x: Tensor, means: Tensor, prec_chol: Tensor, covariance_ty
     return -0.5 * (n_features * math.log(2 * math.pi) + maha) + log_det
 
 
-class GMM(nn.Module):
-    """Gaussian mixture as a Pyro model–guide pair, parameters held as buffers.
+class GMM(GenerativeModel):
+    """Gaussian mixture fitted by EM: c ~ Categorical(pi), x | c ~ N(mu_c, Sigma_c); exact posterior guide.
 
     Parameters
     ----------
@@ -160,6 +178,9 @@ class GMM(nn.Module):
         Rows per chunk in :meth:`log_resp` / :meth:`log_prob` (memory O(chunk K D)).
     """
 
+    family = "gmm"
+    latent_sites = ("c",)
+
     def __init__(
         self,
         weights: Tensor,
@@ -170,6 +191,8 @@ class GMM(nn.Module):
     ) -> None:
         super().__init__()
         self.covariance_type = check_choice("covariance_type", covariance_type, COVARIANCE_TYPES)
+        self.config = {"n_components": int(weights.shape[0]), "n_features": int(means.shape[1]),
+                       "covariance_type": covariance_type}
         self.chunk_size = int(chunk_size)
         self.register_buffer("weights", weights)
         self.register_buffer("means", means)
@@ -182,6 +205,26 @@ class GMM(nn.Module):
         gmm = cls(params.weights, params.means, params.covariances, covariance_type)
         gmm.precisions_cholesky = params.precisions_cholesky
         return gmm
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> GMM:
+        """Placeholder parameters of the configured shapes (float64), to be filled by ``load_state_dict``."""
+        try:
+            k, d, ct = int(config["n_components"]), int(config["n_features"]), config["covariance_type"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"expected a gmm config with n_components, n_features, covariance_type; got {e}") from None
+        eye = torch.eye(d, dtype=torch.float64)
+        cov = {"full": eye.expand(k, d, d).clone(), "tied": eye, "diag": torch.ones(k, d, dtype=torch.float64),
+               "spherical": torch.ones(k, dtype=torch.float64)}[check_choice("covariance_type", ct, COVARIANCE_TYPES)]
+        return cls(torch.full((k,), 1.0 / k, dtype=torch.float64), torch.zeros(k, d, dtype=torch.float64), cov, ct)
+
+    @property
+    def n_parameters(self) -> int:
+        """Free parameters: K - 1 weights, K D means and the covariances (for BIC)."""
+        k, d = self.means.shape
+        cov = {"full": k * d * (d + 1) // 2, "diag": k * d, "tied": d * (d + 1) // 2,
+               "spherical": k}[self.covariance_type]
+        return int(cov + k * d + k - 1)
 
     @property
     def params(self) -> GMMParams:
@@ -214,7 +257,7 @@ class GMM(nn.Module):
         return dist.Normal(loc, scale).to_event(1)
 
     # --- Pyro programs -------------------------------------------------------------------
-    def model(self, x: Tensor) -> None:
+    def model(self, x: Tensor, y: Tensor | None = None) -> None:
         """``p(x, c) = prod_n pi_{c_n} N(x_n | mu_{c_n}, Sigma_{c_n})``; x shape (N, D)."""
         with pyro.plate("data", x.shape[0]):
             c = pyro.sample(
@@ -222,7 +265,7 @@ class GMM(nn.Module):
             )
             pyro.sample("x", self.component_dist(c), obs=x)
 
-    def guide(self, x: Tensor) -> None:
+    def guide(self, x: Tensor, y: Tensor | None = None) -> None:
         """Exact posterior ``q(c_n = k) = gamma(z_nk)`` (E-step responsibilities)."""
         with pyro.plate("data", x.shape[0]):
             pyro.sample(
@@ -253,8 +296,12 @@ class GMM(nn.Module):
         wlp = self.weighted_log_prob(x)
         return wlp - torch.logsumexp(wlp, dim=1, keepdim=True)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Draw ``n`` points; returns ``(x, c)`` with shapes (n, D) and (n,)."""
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``n`` points, shape (n, D)."""
+        return self.sample_joint(n, generator)[0]
+
+    def sample_joint(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Draw ``n`` points and their components: ``(x, c)`` with shapes (n, D) and (n,)."""
         c = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.n_features, generator=generator, dtype=self.means.dtype)
         eps = eps.to(self.means.device)

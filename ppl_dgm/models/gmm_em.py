@@ -31,11 +31,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import pyro
 import torch
 from torch import Tensor
 
 from ..errors import InputError, check_choice
-from ..inference.em import EStep
+from .base import EStep
 from .gmm import (
     COVARIANCE_TYPES,
     GMMParams,
@@ -221,13 +222,14 @@ class GMMFamily:
     def elbo_gap(self, params: GMMParams, x: Tensor) -> float:
         """``ELBO/N - log-likelihood/N`` with the exact-posterior guide, via Pyro traces.
 
-        Zero up to round-off right after an E-step (course notes, EM section).
+        ``TraceEnum_ELBO`` sums over every value of the enumerated ``c``, so the ELBO is
+        exact; it is zero up to round-off right after an E-step (course notes, EM section).
         """
-        from ..inference.em import pyro_elbo
         from .gmm import GMM
 
         gmm = GMM.from_params(params, self.covariance_type)
-        elbo = pyro_elbo(gmm.model, gmm.guide, x, enumerate_guide=True)
+        with torch.no_grad():
+            elbo = -float(pyro.infer.TraceEnum_ELBO(max_plate_nesting=1).loss(gmm.model, gmm.guide, x))
         return (elbo - float(gmm.log_prob(x).double().sum())) / x.shape[0]
 
     # --- initialisation --------------------------------------------------------------------

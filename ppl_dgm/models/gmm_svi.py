@@ -85,6 +85,8 @@ class GMMMap(nn.Module):
 
     def map_assignments(self, x: Tensor) -> Tensor:
         """MAP ``c`` per point by ``infer_discrete(temperature=0)``, shape (N,)."""
+        if self.locs.shape[0] == 1:  # one component: nothing to enumerate (Pyro would warn)
+            return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         guide_tr = poutine.trace(self.guide).get_trace(x)
         model = infer_discrete(poutine.replay(self.model, trace=guide_tr), first_available_dim=-2,
                                temperature=0)
@@ -92,8 +94,7 @@ class GMMMap(nn.Module):
             return poutine.trace(model).get_trace(x).nodes["c"]["value"]
 
 
-def fit_gmm_map_svi(x: Tensor, init: GMMParams, *, steps: int = 300, lr: float = 0.05,
-                    seed: int = 0) -> GMMMapResult:
+def fit_gmm_map_svi(x: Tensor, init: GMMParams, *, steps: int = 300, lr: float = 0.05) -> GMMMapResult:
     """MAP-by-SVI for a full-covariance GMM from ``init`` (course notes' model, EM's start).
 
     Parameters
@@ -106,8 +107,12 @@ def fit_gmm_map_svi(x: Tensor, init: GMMParams, *, steps: int = 300, lr: float =
     Returns
     -------
     GMMMapResult
+
+    Notes
+    -----
+    Deterministic: ``c`` is summed out exactly and the guides are point masses,
+    so no random draw is made (and no global seed is touched).
     """
-    pyro.set_rng_seed(seed)
     module = GMMMap(init, x.mean(0), 10.0 * float(x.std()))
     elbo = TraceEnum_ELBO(max_plate_nesting=1)
     opt = torch.optim.Adam(module.parameters(), lr=lr)

@@ -20,6 +20,7 @@ guide sites say so (``infer={"analytic_kl": False}``, honoured by
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import pyro
@@ -31,6 +32,22 @@ from torch.nn import functional as F
 from ..errors import InputError, check_choice
 from ..nn import MLP
 from .base import GenerativeModel
+from .options import ObjectiveOptions, SVIOptions, option
+
+
+@dataclass
+class HVAEConfig(ObjectiveOptions, SVIOptions):
+    """Fit options of ``hvae``: the Monte Carlo ELBO by default (each layer's KL is a log-ratio, see above)."""
+
+    objective: Literal["analytic", "elbo", "iwae"] = option(
+        "elbo", "Monte Carlo ELBO, analytic-KL ELBO (falls back to Monte Carlo per layer), or IWAE.",
+        role="objective")
+    layers: int = option(2, "L, the number of stochastic layers.", min=1)
+    latent_dims: tuple[int, ...] = option((16,), "Size of every z_l, or one size per layer (z_1 first).",
+                                          flags=("--latent-dim",))
+    hidden: tuple[int, ...] = option((256,), "Hidden width(s) of each conditional's MLP.")
+    likelihood: Literal["bernoulli", "gaussian"] = option("bernoulli", "p(x | z_1).")
+    x_scale: float = option(0.1, "sigma of the Gaussian likelihood.", min=0, min_open=True)
 
 
 class GaussianLayer(nn.Module):
@@ -67,12 +84,16 @@ class HVAE(GenerativeModel):
 
     family = "hvae"
 
-    def __init__(self, x_dim: int, layers: int = 2, latent_dims: Sequence[int] = (16, 16),
-                 hidden: Sequence[int] = (256,), likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
-                 x_scale: float = 0.1, image_shape: Sequence[int] | None = None):
+    def __init__(self, x_dim: int, layers: int = HVAEConfig.layers, latent_dims: Sequence[int] = HVAEConfig.latent_dims,
+                 hidden: Sequence[int] = HVAEConfig.hidden,
+                 likelihood: Literal["bernoulli", "gaussian"] = HVAEConfig.likelihood,
+                 x_scale: float = HVAEConfig.x_scale, image_shape: Sequence[int] | None = None):
         super().__init__()
         check_choice("likelihood", likelihood, ("bernoulli", "gaussian"))
         dims = [int(d) for d in latent_dims]
+        if len(dims) == 1 and isinstance(layers, int) and layers > 1:
+            dims = dims * layers  # one size for every layer
+        latent_dims = dims
         if not isinstance(layers, int) or layers < 1 or len(dims) != layers or any(d < 1 for d in dims):
             raise InputError(f"expected layers >= 1 and one positive latent size per layer; "
                              f"got layers={layers!r}, latent_dims={list(latent_dims)}")
@@ -110,19 +131,19 @@ class HVAE(GenerativeModel):
             for l in range(1, self.layers + 1):
                 z = pyro.sample(f"z_{l}", self.q_layers[l - 1](z), infer={"analytic_kl": self.layers == 1})
 
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Means of the guide's chain: [E q(z_1|x), E q(z_2|z_1 = mean), ...], each (N, d_l)."""
-        out, z = [], x
-        for layer in self.q_layers:
-            z = layer(z).mean
-            out.append(z)
-        return out
+    @property
+    def latent_sites(self) -> tuple[str, ...]:
+        return tuple(f"z_{l}" for l in range(1, self.layers + 1))
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """E[x | z_1 = mean of q(z_1|x)], shape (N, D)."""
-        return self.likelihood_dist(self.encode(x)[0]).mean
+    def encode_mean(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean of q(z_1 | x), the layer next to x: shape (N, d_1).  Latent tools work in z_1."""
+        return self.q_layers[0](x).mean
+
+    @torch.no_grad()
+    def decode_mean(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x | z_1], shape (N, D)."""
+        return self.likelihood_dist(z).mean
 
     @torch.no_grad()
     def sample(self, n: int, *, mean: bool = False) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Latent-space tools for the VAE families (notes 000, "Why the latent space is crucial").
 
-All of them work on the posterior means z = g_mu(x) of an amortized encoder and decode
+All of them work on the posterior means z = g_mu(x) of a family with an encoder
+(``encode_mean`` / ``decode_mean``, declared by ``encoder=True`` in the registry) and decode
 with E[x | z]; a conditional model (CVAE) also takes the labels y.
 
-- :func:`reconstructions`: E[x | z = g_mu(x)].
+- ``model.reconstruct(x, y)``: E[x | z = g_mu(x)].
 - :func:`interpolate`: decode z(t) for t in [0, 1] on the straight line (``linear``) or the great
   circle (``slerp``): z(t) = sin((1-t) w) / sin w z_a + sin(t w) / sin w z_b, cos w = <z_a, z_b> / |z_a||z_b|
   (slerp keeps |z| near the shell where N(0, I) puts its mass).
@@ -14,7 +15,6 @@ with E[x | z]; a conditional model (CVAE) also takes the labels y.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,29 +23,16 @@ import torch
 from ..errors import InputError
 
 
-def _conditional(model) -> bool:
-    return bool(getattr(model, "config", {}).get("conditional"))
-
-
 @torch.no_grad()
 def encode_mean(model, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    """g_mu(x) (or g_mu(x, y)), shape (N, K)."""
-    if not hasattr(model, "encode"):
-        raise InputError(f"latent tools need a model with an encoder; family {getattr(model, 'family', '?')!r} "
-                         f"has none")
-    x = x.to(model.device)
-    return model.encode(x, y)[0] if _conditional(model) else model.encode(x)[0]
+    """g_mu(x) (or g_mu(x, y)), shape (N, K), on the model's device."""
+    return model.encode_mean(x.to(model.device), y)
 
 
 @torch.no_grad()
 def decode_mean(model, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     """E[x | z] (or E[x | z, y]), shape (N, D)."""
-    return model.decode(z, y) if _conditional(model) else model.decode(z)
-
-
-def reconstructions(model, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    """E[x | z = g_mu(x)], shape (N, D)."""
-    return decode_mean(model, encode_mean(model, x, y), y)
+    return model.decode_mean(z, y)
 
 
 def slerp(z_a: torch.Tensor, z_b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -122,31 +109,3 @@ def arithmetic(model, x: torch.Tensor, delta: torch.Tensor, scales: Sequence[flo
     zs = z[:, None, :] + s[None, :, None] * delta.to(z)[None, None, :]
     ys = None if y is None else y.to(z.device).repeat_interleave(len(s))
     return decode_mean(model, zs.reshape(-1, z.shape[-1]), ys).reshape(z.shape[0], len(s), -1)
-
-
-def plot_rows(rows: torch.Tensor | np.ndarray, shape: Sequence[int], path: str | os.PathLike, title: str,
-              row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None) -> None:
-    """A PNG grid of images: ``rows`` of shape (R, C, D) (each D reshaped to ``shape``)."""
-    from ..plots import _as_images, _plt, _save, image_grid
-
-    rows = np.asarray(rows.detach().cpu() if isinstance(rows, torch.Tensor) else rows, dtype=np.float32)
-    if len(shape) < 2:
-        raise InputError(f"latent image grids need image data; got examples of shape {tuple(shape)}")
-    r, c = rows.shape[:2]
-    imgs = _as_images(rows.reshape(r * c, -1), shape)
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(3.0, 0.75 * c + 1), max(2.0, 0.75 * r + 0.6)))
-    ax.imshow(image_grid(imgs, nrow=c), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    h, w = imgs.shape[1:3]
-    if col_labels is not None:
-        ax.set_xticks([1 + j * (w + 1) + w / 2 for j in range(c)], list(col_labels), fontsize=7)
-    else:
-        ax.set_xticks([])
-    if row_labels is not None:
-        ax.set_yticks([1 + i * (h + 1) + h / 2 for i in range(r)], list(row_labels), fontsize=7)
-    else:
-        ax.set_yticks([])
-    for side in ax.spines.values():
-        side.set_visible(False)
-    ax.set_title(title, fontsize=9)
-    _save(fig, path)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -33,7 +33,22 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from ..inference.em import EStep
+from .base import EStep, GenerativeModel
+from .options import EMOptions, option
+
+
+@dataclass
+class PPCAConfig(EMOptions):
+    """Fit options of ``ppca``: the parameters of :class:`ppl_dgm.PPCA`."""
+
+    latent_dim: int = option(2, "q, the latent size.", role="train", min=1)
+    method: Literal["closed_form", "em"] = option("closed_form", "Maximum likelihood in closed form, or by EM.",
+                                                  role="train")
+
+    def estimator_params(self) -> dict[str, Any]:
+        params = self.values("train")
+        params["n_components"] = params.pop("latent_dim")
+        return params
 
 
 class PPCAParams(NamedTuple):
@@ -129,8 +144,10 @@ class PPCAFamily:
         return 1e4 * torch.finfo(torch.float64).eps * (1.0 + float(params.W.double().abs().max()))
 
 
-class PPCA(nn.Module):
-    """PPCA as a Pyro model–guide pair; ``W``, ``mu``, ``sigma2`` held as buffers.
+class PPCA(GenerativeModel):
+    """Probabilistic PCA: z ~ N(0, I), x | z ~ N(W z + mu, sigma^2 I); exact posterior guide.
+
+    ``W``, ``mu``, ``sigma2`` are held as buffers.
 
     Parameters
     ----------
@@ -139,15 +156,34 @@ class PPCA(nn.Module):
     sigma2 : Tensor, scalar
     """
 
+    family = "ppca"
+
     def __init__(self, W: Tensor, mu: Tensor, sigma2: Tensor) -> None:
         super().__init__()
         self.register_buffer("W", W)
         self.register_buffer("mu", mu)
         self.register_buffer("sigma2", torch.as_tensor(sigma2, dtype=W.dtype))
+        self.config = {"n_features": int(W.shape[0]), "latent_dim": int(W.shape[1])}
 
     @classmethod
     def from_params(cls, p: PPCAParams) -> PPCA:
         return cls(p.W, p.mu, p.sigma2)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> PPCA:
+        """Placeholder parameters of the configured shapes (float64), to be filled by ``load_state_dict``."""
+        try:
+            d, q = int(config["n_features"]), int(config["latent_dim"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"expected a ppca config with n_features and latent_dim; got {e}") from None
+        return cls(torch.zeros(d, q, dtype=torch.float64), torch.zeros(d, dtype=torch.float64),
+                   torch.ones((), dtype=torch.float64))
+
+    @property
+    def n_parameters(self) -> int:
+        """Free parameters of W (up to rotation), mu and sigma^2 (for BIC)."""
+        d, q = self.W.shape
+        return int(d * q - q * (q - 1) / 2 + d + 1)
 
     @property
     def params(self) -> PPCAParams:
@@ -155,12 +191,12 @@ class PPCA(nn.Module):
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Exact ``q(z|x)``: mean (N, q) and covariance ``sigma^2 M^{-1}`` (q, q)."""
-        q = self.W.shape[1]
+        x, q = x.to(self.W), self.W.shape[1]
         m = self.W.T @ self.W + self.sigma2 * torch.eye(q, dtype=self.W.dtype, device=self.W.device)
         m_inv = torch.linalg.inv(m)
         return (x - self.mu) @ self.W @ m_inv, self.sigma2 * m_inv
 
-    def model(self, x: Tensor) -> None:
+    def model(self, x: Tensor, y: Tensor | None = None) -> None:
         """``z ~ N(0, I)``, ``x ~ N(W z + mu, sigma^2 I)``; x shape (N, D)."""
         n, q = x.shape[0], self.W.shape[1]
         with pyro.plate("data", n):
@@ -168,7 +204,7 @@ class PPCA(nn.Module):
             pyro.sample("x", dist.Normal(z @ self.W.T + self.mu, self.sigma2.sqrt()).to_event(1),
                         obs=x)
 
-    def guide(self, x: Tensor) -> None:
+    def guide(self, x: Tensor, y: Tensor | None = None) -> None:
         """The exact posterior, so ``ELBO = log p(x)`` for every draw of ``z``."""
         loc, cov = self.posterior(x)
         with pyro.plate("data", x.shape[0]):
@@ -178,22 +214,22 @@ class PPCA(nn.Module):
         """Exact ``log N(x_n | mu, W W^T + sigma^2 I)``, shape (N,)."""
         d = self.W.shape[0]
         c = self.W @ self.W.T + self.sigma2 * torch.eye(d, dtype=self.W.dtype, device=self.W.device)
-        return dist.MultivariateNormal(self.mu, covariance_matrix=c).log_prob(x)
+        return dist.MultivariateNormal(self.mu, covariance_matrix=c).log_prob(x.to(self.W))
 
-    def encode(self, x: Tensor) -> Tensor:
+    def encode_mean(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """Posterior mean ``M^{-1} W^T (x - mu)``, shape (N, q)."""
         return self.posterior(x)[0]
 
-    def decode(self, z: Tensor) -> Tensor:
+    def decode_mean(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """``W z + mu``, shape (N, D)."""
-        return z @ self.W.T + self.mu
+        return z.to(self.W) @ self.W.T + self.mu
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` draws from the marginal, shape (n, D)."""
+    def sample(self, n: int, generator: torch.Generator | None = None, *, mean: bool = False) -> Tensor:
+        """``n`` draws from the marginal, shape (n, D) (``W z + mu`` without the noise if ``mean``)."""
         d, q = self.W.shape
         z = torch.randn(n, q, generator=generator, dtype=self.W.dtype).to(self.W.device)
         eps = torch.randn(n, d, generator=generator, dtype=self.W.dtype).to(self.W.device)
-        return self.decode(z) + self.sigma2.sqrt() * eps
+        return self.decode_mean(z) + (0.0 if mean else self.sigma2.sqrt() * eps)
 
 
 class LinearVAE(nn.Module):

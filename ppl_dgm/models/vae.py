@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import pyro
@@ -28,12 +29,33 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..data import Dataset
 from ..errors import InputError, check_choice
 from ..nn import MLP, ConvDecoder28, ConvEncoder28
 from .base import GenerativeModel
+from .options import ObjectiveOptions, SVIOptions, option
 
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned", "continuous-bernoulli")
 ARCHS = ("mlp", "conv")
+Likelihood = Literal["bernoulli", "gaussian", "gaussian-learned", "continuous-bernoulli"]
+
+
+@dataclass
+class VAEConfig(ObjectiveOptions, SVIOptions):
+    """Fit options of ``vae`` and ``ae`` (and, with a label count, ``cvae``)."""
+
+    latent_dim: int = option(8, "K, the size of z.", min=1)
+    hidden: tuple[int, ...] = option((256,), "Hidden width(s) of the encoder and (mirrored) decoder, e.g. 512,256.")
+    likelihood: Likelihood = option("bernoulli", "p(x | z); Bernoulli and continuous Bernoulli take data in [0, 1].")
+    arch: Literal["auto", "mlp", "conv"] = option("auto", "Encoder/decoder: auto is conv for 28x28 images, else mlp.")
+    x_scale: float = option(0.1, "sigma of the Gaussian likelihood (initial value for gaussian-learned).", min=0,
+                            min_open=True)
+
+    def resolve(self, ds: Dataset) -> VAEConfig:
+        out = super().resolve(ds)
+        if out.arch == "auto":
+            out.arch = "conv" if tuple(ds.shape) in ((28, 28), (1, 28, 28)) else "mlp"
+        return out
 
 
 class VAE(GenerativeModel):
@@ -65,11 +87,11 @@ class VAE(GenerativeModel):
     def __init__(
         self,
         x_dim: int,
-        latent_dim: int = 16,
-        hidden: Sequence[int] = (256,),
-        likelihood: Literal["bernoulli", "gaussian", "gaussian-learned", "continuous-bernoulli"] = "bernoulli",
+        latent_dim: int = VAEConfig.latent_dim,
+        hidden: Sequence[int] = VAEConfig.hidden,
+        likelihood: Likelihood = VAEConfig.likelihood,
         arch: Literal["mlp", "conv"] = "mlp",
-        x_scale: float = 0.1,
+        x_scale: float = VAEConfig.x_scale,
         image_shape: Sequence[int] | None = None,
     ):
         super().__init__()
@@ -97,19 +119,27 @@ class VAE(GenerativeModel):
             self.x_log_scale = nn.Parameter(torch.full((x_dim,), math.log(x_scale)))
 
     # -- networks -------------------------------------------------------------------
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _net_input(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """What the encoder (t = x) or decoder (t = z) network reads; the CVAE appends the label."""
+        return t
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """g_mu(x), g_sigma(x): each of shape (N, K) for x of shape (N, D)."""
-        h = self.encoder(x)
+        h = self.encoder(self._net_input(x, y))
         loc, raw = h[..., : self.latent_dim], h[..., self.latent_dim:]
         return loc, F.softplus(raw) + 1e-4
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """E[x | z]: probabilities (Bernoulli), means (Gaussian, continuous Bernoulli), shape (..., D)."""
-        return self._mean(self.decoder(z))
+    def encode_mean(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """g_mu(x), shape (N, K)."""
+        return self.encode(x, y)[0]
 
-    def likelihood_dist(self, z: torch.Tensor) -> dist.Distribution:
+    def decode_mean(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x | z]: probabilities (Bernoulli), means (Gaussian, continuous Bernoulli), shape (..., D)."""
+        return self._mean(self.decoder(self._net_input(z, y)))
+
+    def likelihood_dist(self, z: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
         """p_theta(x | z) with event shape (D,)."""
-        return self._out_dist(self.decoder(z))
+        return self._out_dist(self.decoder(self._net_input(z, y)))
 
     def _mean(self, out: torch.Tensor) -> torch.Tensor:
         if self.likelihood == "bernoulli":
@@ -139,23 +169,16 @@ class VAE(GenerativeModel):
         """p(x, z) = p(z) p_theta(x | z); x of shape (N, D)."""
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior(x.shape[0], x))
-            pyro.sample("x", self.likelihood_dist(z), obs=x)
+            pyro.sample("x", self.likelihood_dist(z, y), obs=x)
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """q_phi(z | x) = N(g_mu(x), diag g_sigma(x)^2); x of shape (N, D)."""
-        loc, scale = self.encode(x)
+        loc, scale = self.encode(x, y)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
-    # -- tools ------------------------------------------------------------------------
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """E[x | z = g_mu(x)], shape (N, D)."""
-        return self.decode(self.encode(x)[0])
-
-    @torch.no_grad()
-    def sample(self, n: int, *, mean: bool = False) -> torch.Tensor:
+    def sample(self, n: int, *, y=None, mean: bool = False) -> torch.Tensor:
         """n new examples, shape (n, D): z ~ p(z), then x ~ p(x|z) (or E[x|z] if ``mean``)."""
-        like = next(self.parameters())
-        z = self.prior(n, like).sample()
-        return self.decode(z) if mean else self.likelihood_dist(z).sample()
+        z = self.prior(n, next(self.parameters())).sample()
+        return self.decode_mean(z, y) if mean else self.likelihood_dist(z, y).sample()

@@ -1,36 +1,58 @@
-"""JAX twin of the Gaussian-mixture EM (:mod:`ppl_dgm.models.gmm_em`), jit-compiled.
+"""Gaussian-mixture EM with every iteration one jit-compiled JAX call (plain JAX, no NumPyro).
 
-Same maths as the torch version (course notes, EM section): feature rows
-``phi(x)`` prepared once, E-step ``log p = Phi W`` and M-step statistics
-``S = gamma^T Phi`` accumulated over chunks with ``lax.scan``, closed-form
-M-step with ``reg_covar``.  The per-iteration mean log-likelihood is the one of
-the parameters *before* the M-step, as in scikit-learn and :func:`fit_em`.
+The JAX twin of :class:`ppl_dgm.models.gmm_em.GMMFamily` (course notes, EM
+section): feature rows ``phi(x)`` prepared once, E-step ``log p = Phi W`` and
+M-step statistics ``S = gamma^T Phi`` accumulated over chunks with ``lax.scan``,
+closed-form M-step with ``reg_covar``, all fused into one compiled call.
 
-Float64 runs call ``jax.config.update("jax_enable_x64", True)``: a process-wide
+:class:`JaxGMMFamily` plugs that call into the one EM loop,
+:func:`ppl_dgm.inference.em.fit_em`, so restarts (``n_init``, from the same
+seeded initialisations as the torch backend), the monotone log-likelihood check,
+convergence and warnings are the torch backend's own.  Parameters cross the
+boundary as :class:`~ppl_dgm.models.gmm.GMMParams` of torch tensors (K x D x D
+numbers per iteration); only the passes over the data run in JAX.
+
+Float64 data call ``jax.config.update("jax_enable_x64", True)``: a process-wide
 JAX switch, turned on only when float64 is asked for.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
-import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from ...errors import InputError
-from ...inference.em import ConvergenceWarning
-from ...models.gmm import COLLAPSE_MESSAGE
+from ...inference.em import EMResult, fit_em
+from ...models.base import EStep
+from ...models.gmm import COLLAPSE_MESSAGE, GMMParams
+from ...models.gmm_em import GMMData, GMMFamily
 
 
-class JaxEMResult(NamedTuple):
-    """``params`` = (weights, means, covariances, precisions_cholesky) as NumPy arrays."""
+class JaxGMMData(NamedTuple):
+    """Prepared data: centred feature rows in chunks and what the initialisations need.
 
-    params: tuple
-    lower_bound: float
-    history: list
-    converged: bool
-    n_iter: int
+    Attributes
+    ----------
+    features : jax.Array, shape (n_chunks, chunk, F)
+        ``phi(x - shift)``, zero rows padding the last chunk.
+    mask : jax.Array, shape (n_chunks, chunk)
+        1 for real rows, 0 for padding.
+    shift : jax.Array, shape (D,)
+        The data mean (centring for numerical safety).
+    init_data : GMMData
+        The torch data the seeded initialisations are drawn from.
+    """
+
+    features: Any
+    mask: Any
+    shift: Any
+    init_data: GMMData
 
 
 def _features(jnp, xc, covariance_type):
@@ -73,7 +95,7 @@ def _weight_matrix(jnp, weights, means_c, prec_chol, covariance_type):
 
 
 def _m_step(jax, jnp, stats, n_dim, covariance_type, reg_covar, eps):
-    """Closed-form parameters from ``stats`` (F, K) (course notes, M-step)."""
+    """Closed-form parameters from ``stats`` (F, K) (course notes, M-step); centred means."""
     d, ct = n_dim, covariance_type
     nq = stats.shape[0] - d - 1
     nk = stats[-1] + 10 * eps
@@ -100,14 +122,16 @@ def _m_step(jax, jnp, stats, n_dim, covariance_type, reg_covar, eps):
     return nk / nk.sum(), mu, cov, prec_chol
 
 
+@functools.lru_cache(maxsize=32)
 def _make_step(covariance_type: str, reg_covar: float, n_dim: int, n: int, eps: float):
+    """The compiled EM iteration ``(params, shift, features, mask) -> (new params, mean log-lik)``."""
     import jax
     import jax.numpy as jnp
 
     @jax.jit
-    def step(params, feats_chunks, mask_chunks):
-        weights, means_c, _, prec_chol = params
-        w = _weight_matrix(jnp, weights, means_c, prec_chol, covariance_type)
+    def step(params, shift, feats_chunks, mask_chunks):
+        weights, means, _, prec_chol = params
+        w = _weight_matrix(jnp, weights, means - shift, prec_chol, covariance_type)
 
         def body(carry, inp):
             stats, total = carry
@@ -119,68 +143,106 @@ def _make_step(covariance_type: str, reg_covar: float, n_dim: int, n: int, eps: 
 
         init = (jnp.zeros(w.shape[::-1], w.dtype), jnp.zeros((), w.dtype))
         (stats, total), _ = jax.lax.scan(body, init, (feats_chunks, mask_chunks))
-        new = _m_step(jax, jnp, stats.T, n_dim, covariance_type, reg_covar, eps)
-        return new, total / n
+        weights, mu, cov, prec_chol = _m_step(jax, jnp, stats.T, n_dim, covariance_type, reg_covar, eps)
+        return (weights, mu + shift, cov, prec_chol), total / n
 
     return step
 
 
-def fit_em_gmm(x: Any, init: Any, *, covariance_type: str = "full", tol: float = 1e-3,
-               reg_covar: float = 1e-6, max_iter: int = 100, chunk_size: int = 4096,
-               warn: bool = True) -> JaxEMResult:
-    """EM for a Gaussian mixture in JAX from given initial parameters.
+class JaxGMMFamily:
+    """Gaussian-mixture hooks for :func:`~ppl_dgm.inference.em.fit_em`, iterations run in JAX.
 
     Parameters
     ----------
-    x : array, shape (N, D)
-        float64 data turn on ``jax_enable_x64``; float32 data run in float32.
-    init : sequence
-        ``(weights (K,), means (K, D), covariances, precisions_cholesky)`` in
-        scikit-learn's shapes (a :class:`~ppl_dgm.models.gmm.GMMParams` works).
-    covariance_type, tol, reg_covar, max_iter
+    family : GMMFamily
+        Supplies ``covariance_type``, ``reg_covar``, the seeded initialisations
+        (``init_params``) and the monotone-check slack; copied, never changed.
+    chunk_size : int, optional
+        Rows per ``lax.scan`` step (memory O(chunk x F)); 4096 by default.
+    """
+
+    def __init__(self, family: GMMFamily, chunk_size: int | None = None) -> None:
+        self.family = copy.copy(family)
+        self.family.precompute_bytes = 0  # the torch features are only read once, to initialise
+        self.chunk_size = int(chunk_size or 4096)
+
+    def prepare(self, x: Tensor) -> JaxGMMData:
+        """Feature rows of ``x`` (N, D) in chunks; float64 turns on ``jax_enable_x64``."""
+        import jax
+
+        if x.dtype == torch.float64:
+            jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+
+        x_np = x.detach().cpu().numpy()
+        n, d = x_np.shape
+        shift = x_np.mean(0, dtype=np.float64).astype(x_np.dtype)
+        chunk = min(self.chunk_size, n)
+        n_chunks = -(-n // chunk)
+        xc = np.concatenate([x_np - shift, np.zeros((n_chunks * chunk - n, d), x_np.dtype)])
+        feats = _features(jnp, jnp.asarray(xc), self.family.covariance_type).reshape(n_chunks, chunk, -1)
+        mask = jnp.asarray(np.arange(n_chunks * chunk) < n, dtype=x_np.dtype).reshape(n_chunks, chunk)
+        return JaxGMMData(feats, mask, jnp.asarray(shift), self.family.prepare(x))
+
+    def initialize(self, data: JaxGMMData, generator: torch.Generator) -> GMMParams:
+        """The torch backend's initialisation (same generator, same draws)."""
+        return self.family.initialize(data.init_data, generator)
+
+    def e_step(self, params: GMMParams, data: JaxGMMData) -> EStep:
+        """One compiled iteration: the mean log-likelihood under ``params``; the M-step's
+        closed-form parameters (computed in the same call) are the statistics."""
+        import jax.numpy as jnp
+
+        n, d = data.init_data.x.shape
+        eps = float(np.finfo(data.features.dtype).eps)
+        step = _make_step(self.family.covariance_type, self.family.reg_covar, d, n, eps)
+        jparams = tuple(jnp.asarray(p.detach().cpu().numpy()) for p in params)
+        new, ll = step(jparams, data.shift, data.features, data.mask)
+        if not bool(jnp.isfinite(new[3]).all()):
+            raise InputError(COLLAPSE_MESSAGE.format(reg=self.family.reg_covar))
+        return EStep(float(ll), new)
+
+    def m_step(self, estep: EStep, data: JaxGMMData) -> GMMParams:
+        """The parameters computed by :meth:`e_step`, as torch tensors on the data's device."""
+        x = data.init_data.x
+        return GMMParams(*(torch.as_tensor(np.array(p), dtype=x.dtype, device=x.device)
+                           for p in estep.stats))
+
+    def monotone_slack(self, params: GMMParams) -> float:
+        return self.family.monotone_slack(params)
+
+
+def fit_em_gmm(x: Any, init: Any = None, *, n_components: int | None = None,
+               covariance_type: str = "full", reg_covar: float = 1e-6, init_params: str = "kmeans",
+               chunk_size: int | None = None, **loop: Any) -> EMResult:
+    """EM for a Gaussian mixture in JAX: :func:`fit_em` with :class:`JaxGMMFamily`.
+
+    Parameters
+    ----------
+    x : array-like, shape (N, D)
+        NumPy, torch or JAX; float32 runs in float32, anything else in float64.
+    init : GMMParams, optional
+        Given initial parameters in scikit-learn's shapes (then one run); otherwise
+        ``n_init`` seeded initialisations of kind ``init_params``.
+    n_components : int, optional
+        K; taken from ``init`` if omitted.
+    covariance_type, reg_covar, init_params
         As in :class:`ppl_dgm.GaussianMixture`.
-    chunk_size : int
-        Rows per ``lax.scan`` step (memory O(chunk x F)).
+    chunk_size : int, optional
+        Rows per ``lax.scan`` step.
+    **loop
+        ``n_init``, ``tol``, ``max_iter``, ``seed``, ``warn``, ... of :func:`fit_em`.
 
     Returns
     -------
-    JaxEMResult
+    EMResult
+        ``params`` a :class:`GMMParams` of torch tensors of ``x``'s dtype.
     """
-    import jax
-    import jax.numpy as jnp
-
-    x_np = np.asarray(x)
-    if x_np.dtype == np.float64:
-        jax.config.update("jax_enable_x64", True)
-    dtype = x_np.dtype if x_np.dtype in (np.float32, np.float64) else np.float64
-    x_np = x_np.astype(dtype)
-    n, d = x_np.shape
-    shift = x_np.mean(0, dtype=np.float64).astype(dtype)
-    chunk = int(min(chunk_size, n))
-    n_chunks = -(-n // chunk)
-    pad = n_chunks * chunk - n
-    xc = jnp.asarray(np.concatenate([x_np - shift, np.zeros((pad, d), dtype)]))
-    feats = _features(jnp, xc, covariance_type).reshape(n_chunks, chunk, -1)
-    mask = jnp.asarray(np.arange(n_chunks * chunk) < n, dtype=dtype).reshape(n_chunks, chunk)
-    as_np = [np.asarray(p.detach().cpu() if hasattr(p, "detach") else p, dtype=dtype) for p in init]
-    params = (as_np[0], as_np[1] - shift, as_np[2], as_np[3])
-    params = tuple(jnp.asarray(p) for p in params)
-    step = _make_step(covariance_type, float(reg_covar), d, n, float(np.finfo(dtype).eps))
-    history: list[float] = []
-    converged = False
-    for _ in range(max_iter):
-        params, ll = step(params, feats, mask)
-        ll = float(ll)
-        change = ll - history[-1] if history else math.inf
-        history.append(ll)
-        if not bool(jnp.isfinite(params[3]).all()):
-            raise InputError(COLLAPSE_MESSAGE.format(reg=reg_covar))
-        if abs(change) < tol:
-            converged = True
-            break
-    if warn and not converged:
-        warnings.warn(f"EM (numpyro backend) did not converge in max_iter={max_iter} iterations",
-                      ConvergenceWarning, stacklevel=2)
-    w, m, c, u = (np.asarray(p) for p in params)
-    return JaxEMResult((w, m + shift, c, u), history[-1], history, converged, len(history))
-
+    if n_components is None and init is None:
+        raise InputError("expected n_components or init; got neither")
+    xt = torch.as_tensor(np.asarray(x))
+    if xt.dtype != torch.float32:
+        xt = xt.double()
+    k = n_components if n_components is not None else len(init[0])
+    family = GMMFamily(k, covariance_type, reg_covar, init_params, chunk_size=chunk_size)
+    return fit_em(JaxGMMFamily(family, chunk_size), xt, init=init, **loop)

@@ -7,14 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from .core import plt, save
 
 
 def plot_loglik(history: Sequence[float], path: str | os.PathLike, *,
@@ -27,8 +20,7 @@ def plot_loglik(history: Sequence[float], path: str | os.PathLike, *,
         ``lower_bounds_`` of a fit (never decreasing).
     path : path of the PNG.
     """
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=110)
+    fig, ax = plt().subplots(figsize=(5, 3.5), dpi=110)
     it = np.arange(1, len(history) + 1)
     ax.plot(it, history, marker="o", ms=3)
     from matplotlib.ticker import MaxNLocator
@@ -39,8 +31,7 @@ def plot_loglik(history: Sequence[float], path: str | os.PathLike, *,
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, path)
 
 
 def full_covariances(covariances: np.ndarray, covariance_type: str, n_components: int,
@@ -70,25 +61,23 @@ def plot_ellipses(x: np.ndarray, weights: np.ndarray, means: np.ndarray, covaria
     """
     from matplotlib.patches import Ellipse
 
-    plt = _plt()
     k = len(weights)
     covs = full_covariances(covariances, covariance_type, k, 2)
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
-    colors = plt.get_cmap("tab10")
+    fig, ax = plt().subplots(figsize=(5, 5), dpi=110)
+    colors = plt().get_cmap("tab10")
     point_colors = "0.5" if labels is None else [colors(int(j) % 10) for j in labels]
-    ax.scatter(x[:, 0], x[:, 1], s=4, c=point_colors, alpha=0.5, linewidths=0)
+    ax.scatter(x[:, 0], x[:, 1], s=4, c=point_colors, alpha=0.25, linewidths=0)
     for j in range(k):
         evals, evecs = np.linalg.eigh(covs[j])
         angle = np.degrees(np.arctan2(evecs[1, -1], evecs[0, -1]))
         for n_std in (1, 2):
             w, h = 2 * n_std * np.sqrt(np.maximum(evals[::-1], 0))
-            ax.add_patch(Ellipse(means[j], w, h, angle=angle, fill=False, lw=1.5,
-                                 color=colors(j % 10), alpha=0.9 if n_std == 1 else 0.5))
+            ax.add_patch(Ellipse(means[j], w, h, angle=angle, fill=False, lw=1.5, zorder=3,
+                                 color="k", ls="-" if n_std == 1 else "--", alpha=0.9))
         ax.plot(*means[j], "x", color="k", ms=6)
         ax.annotate(f"{weights[j]:.2f}", means[j], textcoords="offset points", xytext=(4, 4),
                     fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.set_aspect("equal", adjustable="datalim")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, path)

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .diagnostics import DATA_PLATE
+from ..inference.traces import trace_pair
+from ..utils import DATA_PLATE
 
 
 def _import_arviz():
@@ -100,7 +101,7 @@ def _build(posterior, predictive, loglik, info, attrs, sites):
 
 
 def _attrs(config, inference: str) -> dict[str, str]:
-    from .. import __version__
+    from .._version import __version__
 
     try:
         cfg = json.dumps(config or {}, default=str)
@@ -109,18 +110,59 @@ def _attrs(config, inference: str) -> dict[str, str]:
     return {"config": cfg, "inference": inference, "created_by": f"ppl_dgm {__version__}"}
 
 
-def _guide_draws(Predictive, model_fn, guide, num_samples, latent, args, parallel):
-    """Draws of the latent sites from the guide via ``pyro.infer.Predictive``: {site: (S, ...)}."""
+def _guide_draws(model_fn, guide, num_samples, args, parallel):
+    """Draws of the model's latent sites from the guide via ``pyro.infer.Predictive``: {site: (1, S, ...)}."""
+    from pyro.infer import Predictive
+
+    if not callable(guide):
+        raise InputError("expected a guide (or a module with .guide, or mcmc=); got none")
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise InputError(f"num_samples must be a positive integer; got {num_samples!r}")
+    info = _site_info(trace_pair(model_fn, guide, *args).model)
+    latent = [n for n, i in info.items() if not i["observed"]]
+    out = None
     if parallel is not False:
         try:
             out = Predictive(model_fn, guide=guide, num_samples=num_samples, return_sites=latent,
                              parallel=True)(*args)
-            if all(out[n].shape[0] == num_samples for n in latent):
-                return out
+            if any(out[n].shape[0] != num_samples for n in latent):
+                out = None
         except (RuntimeError, ValueError, IndexError):
             if parallel:
                 raise
-    return Predictive(model_fn, guide=guide, num_samples=num_samples, return_sites=latent)(*args)
+    if out is None:
+        out = Predictive(model_fn, guide=guide, num_samples=num_samples, return_sites=latent)(*args)
+    return {n: out[n].reshape((1, num_samples) + info[n]["shape"]) for n in latent}
+
+
+def _replay_draws(model_fn, draws, args, posterior_predictive: bool, log_likelihood: bool):
+    """Condition the model on each draw: site info, x ~ p(x | z) and log p(x_n | z) per observed site.
+
+    Returns ``(info, predictive, loglik)``; the last two map site -> array (chain, draw, ...).
+    """
+    import pyro.poutine as poutine
+
+    c, s = next(iter(draws.values())).shape[:2]
+    flat = {k: v.reshape((c * s,) + v.shape[2:]) for k, v in draws.items()}
+    pp: dict[str, list] = {}
+    ll: dict[str, list] = {}
+    info = None
+    for i in range(c * s):
+        tr = poutine.trace(poutine.condition(model_fn, data={k: v[i] for k, v in flat.items()})).get_trace(*args)
+        if info is None:
+            info = _site_info(tr)
+            for name in draws:  # conditioning marks the latents observed; they are not data
+                if name in info:
+                    info[name]["observed"] = False
+        for name, site in tr.nodes.items():
+            if name in info and info[name]["observed"]:
+                if posterior_predictive:
+                    pp.setdefault(name, []).append(site["fn"].sample().cpu().numpy())
+                if log_likelihood:
+                    ll.setdefault(name, []).append(site["fn"].log_prob(site["value"]).cpu().numpy())
+    pp = {k: np.stack(v).reshape((c, s) + v[0].shape) for k, v in pp.items()}
+    ll = {k: np.stack(v).reshape((c, s) + v[0].shape) for k, v in ll.items()}
+    return info, pp, ll
 
 
 def to_inference_data(model, x, *, num_samples: int = 100, guide=None, sites: Sequence[str] | None = None,
@@ -156,9 +198,7 @@ def to_inference_data(model, x, *, num_samples: int = 100, guide=None, sites: Se
         (chain, draw, obs, z_dim); ``log_likelihood[x]`` (chain, draw, obs).
     """
     import pyro
-    import pyro.poutine as poutine
     import torch
-    from pyro.infer import Predictive
 
     model_fn = getattr(model, "model", model)
     args = (x,) if isinstance(x, torch.Tensor) else tuple(x)
@@ -171,38 +211,10 @@ def to_inference_data(model, x, *, num_samples: int = 100, guide=None, sites: Se
             inference = f"mcmc {type(getattr(mcmc, 'kernel', mcmc)).__name__}"
         else:
             guide = guide if guide is not None else getattr(model, "guide", None)
-            if not callable(guide):
-                raise InputError("expected a guide (or a module with .guide, or mcmc=); got none")
-            if not isinstance(num_samples, int) or num_samples < 1:
-                raise InputError(f"num_samples must be a positive integer; got {num_samples!r}")
-            g_tr = poutine.trace(guide).get_trace(*args)
-            m_tr = poutine.trace(poutine.replay(model_fn, trace=g_tr)).get_trace(*args)
-            info = _site_info(m_tr)
-            latent = [n for n, i in info.items() if not i["observed"]]
-            out = _guide_draws(Predictive, model_fn, guide, num_samples, latent, args, parallel)
-            draws = {n: out[n].reshape((1, num_samples) + info[n]["shape"]) for n in latent}
+            draws = _guide_draws(model_fn, guide, num_samples, args, parallel)
             inference = f"svi guide {getattr(guide, '__qualname__', type(guide).__name__)}"
-        c, s = next(iter(draws.values())).shape[:2]
-        flat = {k: v.reshape((c * s,) + v.shape[2:]) for k, v in draws.items()}
-        pp: dict[str, list] = {}
-        ll: dict[str, list] = {}
-        info = None
-        for i in range(c * s):
-            tr = poutine.trace(poutine.condition(model_fn, data={k: v[i] for k, v in flat.items()})).get_trace(*args)
-            if info is None:
-                info = _site_info(tr)
-                for name in draws:  # conditioning marks the latents observed; they are not data
-                    if name in info:
-                        info[name]["observed"] = False
-            for name, site in tr.nodes.items():
-                if name in info and info[name]["observed"]:
-                    if posterior_predictive:
-                        pp.setdefault(name, []).append(site["fn"].sample().cpu().numpy())
-                    if log_likelihood:
-                        ll.setdefault(name, []).append(site["fn"].log_prob(site["value"]).cpu().numpy())
+        info, pp, ll = _replay_draws(model_fn, draws, args, posterior_predictive, log_likelihood)
     post = {k: v.cpu().numpy() for k, v in draws.items() if k in info}
-    pp = {k: np.stack(v).reshape((c, s) + v[0].shape) for k, v in pp.items()}
-    ll = {k: np.stack(v).reshape((c, s) + v[0].shape) for k, v in ll.items()}
     return _build(post, pp, ll, info, _attrs(config, inference), sites)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .plots import _as_images, _plt, _save, image_grid
+from .core import as_images, image_grid, plt, save
 
 
 def plot_trajectory(xs: np.ndarray, steps: Sequence[int], shape: Sequence[int], path: str | os.PathLike,
@@ -16,19 +16,18 @@ def plot_trajectory(xs: np.ndarray, steps: Sequence[int], shape: Sequence[int], 
 
     xs : (S, n, D) snapshots at ``steps`` (T first, 0 last).
     """
-    plt = _plt()
     xs = np.asarray(xs)
     if len(shape) >= 2:
         k = min(n_images, xs.shape[1])
-        tiles = np.concatenate([_as_images(xs[:, i], shape) for i in range(k)])   # rows: examples; cols: steps
-        fig, ax = plt.subplots(figsize=(1.0 * len(steps), 1.0 * k + 0.6))
+        tiles = np.concatenate([as_images(xs[:, i], shape) for i in range(k)])   # rows: examples; cols: steps
+        fig, ax = plt().subplots(figsize=(1.0 * len(steps), 1.0 * k + 0.6))
         ax.imshow(image_grid(tiles, nrow=len(steps)), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_xticks([(i + 0.5) * (shape[-1] + 1) for i in range(len(steps))], [f"t={s}" for s in steps],
                       fontsize=7)
         ax.set_yticks([])
     else:
         cols = len(steps)
-        fig, axes = plt.subplots(1, cols, figsize=(2.0 * cols, 2.2), sharex=True, sharey=True)
+        fig, axes = plt().subplots(1, cols, figsize=(2.0 * cols, 2.2), sharex=True, sharey=True)
         lim = np.abs(xs[-1]).max() * 1.3 + 1e-9
         for ax, s, x in zip(np.atleast_1d(axes), steps, xs):
             if reference is not None:
@@ -40,15 +39,14 @@ def plot_trajectory(xs: np.ndarray, steps: Sequence[int], shape: Sequence[int], 
             ax.set_aspect("equal")
             ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=9)
-    _save(fig, path)
+    save(fig, path)
 
 
 def plot_loss_per_t(L: np.ndarray, path: str | os.PathLike, title: str = "chain ELBO terms per step",
                     L_T: float | None = None) -> None:
     """L_{t-1} (nats per example) against t = 1..T on a symlog axis; L_0 is the decoder term."""
-    plt = _plt()
     L = np.asarray(L)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt().subplots(figsize=(6, 4))
     t = np.arange(1, len(L) + 1)
     ax.plot(t[1:], L[1:], lw=1, label="L_{t-1} = E KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t))")
     ax.scatter([1], [L[0]], c="tab:red", s=12, zorder=3, label=f"L_0 = -E log p(x_0|x_1) = {L[0]:.2f}")
@@ -60,4 +58,4 @@ def plot_loss_per_t(L: np.ndarray, path: str | os.PathLike, title: str = "chain 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    _save(fig, path)
+    save(fig, path)

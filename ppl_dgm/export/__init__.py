@@ -1,0 +1,8 @@
+"""Export: posterior draws as ArviZ ``InferenceData`` (Pyro guides, Pyro MCMC, NumPyro).
+
+ArviZ and xarray are imported only when a function is called.
+"""
+
+from .arviz import numpyro_to_inference_data, to_inference_data
+
+__all__ = ["to_inference_data", "numpyro_to_inference_data"]

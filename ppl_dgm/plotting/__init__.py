@@ -1,0 +1,107 @@
+"""Every figure of the package, each written as a PNG through one atomic save (:func:`.core.save`).
+
+:func:`write_run_figures` draws the pictures a family declares in the registry (its ``figures``)
+into its run directory; :func:`write_diagnostic_figures` those of ``ppl-dgm diagnose``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..data import Dataset
+from ..runs import Diagnosis, Run
+from .diagnostics import plot_gap, plot_kl_per_dim, plot_terms
+from .diffusion import plot_loss_per_t, plot_trajectory
+from .em import plot_ellipses, plot_loglik
+from .figures import plot_history, plot_reconstructions, plot_rows, plot_samples
+
+__all__ = ["write_run_figures", "write_diagnostic_figures", "plot_history", "plot_samples", "plot_reconstructions",
+           "plot_rows", "plot_trajectory", "plot_loss_per_t", "plot_loglik", "plot_ellipses", "plot_terms",
+           "plot_kl_per_dim", "plot_gap"]
+
+
+def _elbo(run: Run, ds: Dataset) -> None:
+    plot_history(run.history, run.path / "elbo.png", title=f"{run.family.name}: ELBO per epoch ({ds.name})")
+
+
+def _loglik(run: Run, ds: Dataset) -> None:
+    plot_loglik([h["log_likelihood"] for h in run.history], run.path / "loglik.png",
+                title=f"{run.family.name}: EM log-likelihood per iteration ({ds.name})")
+
+
+def _samples(run: Run, ds: Dataset) -> None:
+    image = ds.kind == "image"
+    mean = image and run.family.encoder
+    x = run.model.sample(64 if image else 2000, **({"mean": True} if mean else {}))
+    what = ("x_0 of the reverse chain from x_T ~ N(0, I)" if run.family.bound == "chain"
+            else "E[x | z], z ~ p(z)" if mean else "x ~ p(x)")
+    plot_samples(x.float().cpu().numpy(), ds.shape, run.path / "samples.png", f"{run.family.name} samples: {what}",
+                 reference=None if image else ds.x_test.numpy())
+
+
+def _reconstructions(run: Run, ds: Dataset) -> None:
+    xs = ds.x_test[:16] if ds.kind == "image" else ds.x_test[:500]
+    y = ds.y_test[: len(xs)].to(run.model.device) if run.family.conditional else None
+    rec = run.model.reconstruct(xs.to(run.model.device), y).float().cpu().numpy()
+    plot_reconstructions(xs.numpy(), rec, ds.shape, run.path / "reconstructions.png", n=len(xs))
+
+
+def _trajectory(run: Run, ds: Dataset) -> None:
+    image = ds.kind == "image"
+    traj = run.model.trajectory(8 if image else 2000, record=8)
+    plot_trajectory(traj.xs.cpu().numpy(), traj.steps, ds.shape, run.path / "trajectory.png",
+                    f"{run.family.name}: x_t along the reverse chain", None if image else ds.x_test[:2000].numpy())
+
+
+def _loss_per_t(run: Run, ds: Dataset) -> None:
+    ce = run.model.chain_elbo(ds.x_test[: 32 if ds.kind == "image" else 1000], seed=0)
+    plot_loss_per_t(ce.L, run.path / "loss_per_t.png", f"{run.family.name}: chain ELBO terms (ELBO {ce.elbo:.3f} "
+                    f"nats, {ce.bits_per_dim:.3f} bits/dim)", ce.L_T)
+
+
+def _ellipses(run: Run, ds: Dataset) -> None:
+    if ds.dim != 2:
+        return  # ellipses are drawn for 2-D data only
+    m, x = run.model, ds.x_train.double()
+    plot_ellipses(x.numpy(), m.weights.numpy(), m.means.numpy(), m.covariances.numpy(), m.covariance_type,
+                  run.path / "ellipses.png", labels=m.log_resp(x).argmax(1).numpy())
+
+
+FIGURES: dict[str, Callable[[Run, Dataset], None]] = {
+    "elbo": _elbo, "loglik": _loglik, "samples": _samples, "reconstructions": _reconstructions,
+    "trajectory": _trajectory, "loss_per_t": _loss_per_t, "ellipses": _ellipses,
+}
+
+
+@torch.no_grad()
+def write_run_figures(run: Run, ds: Dataset | None = None, seed: int = 0) -> list[Path]:
+    """Draw the family's figures into the run directory (seeded); returns the files written."""
+    ds = ds if ds is not None else run.dataset()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name in run.family.figures:
+            FIGURES[name](run, ds)
+    return sorted(p for p in run.path.glob("*.png"))
+
+
+def write_diagnostic_figures(diag: Diagnosis, run: Run) -> list[str]:
+    """``terms.png``, ``kl_per_dim.png``, ``gap.png`` (latent-code families) or ``chain_terms.png`` (chains)."""
+    r, what, files = diag.report, f"{run.family.name} on {diag.report['data']}", []
+    if run.history and "test_elbo" in run.history[0] or (run.history and "train_elbo" in run.history[0]):
+        plot_terms(run.history, run.path / "terms.png", title=f"{what}: held-out ELBO terms per epoch")
+        files.append("terms.png")
+    if diag.chain is not None:
+        plot_loss_per_t(diag.chain.L, run.path / "chain_terms.png", f"{what}: chain ELBO terms per step "
+                        f"(ELBO {diag.chain.elbo:.3f} nats, n={r['n']})", diag.chain.L_T)
+        files.append("chain_terms.png")
+    if diag.active:
+        plot_kl_per_dim(diag.kl_per_dim, diag.active, run.path / "kl_per_dim.png",
+                        title=f"{what}: latent dimensions (n={r['n']})")
+        files.append("kl_per_dim.png")
+    if diag.gap is not None:
+        plot_gap(diag.gap, run.path / "gap.png", title=what)
+        files.append("gap.png")
+    return files
