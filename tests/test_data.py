@@ -67,7 +67,12 @@ def test_idx_folder_and_npz(tmp_path, monkeypatch):
     assert ds.x_train.shape == (20, 784) and ds.x_test.shape == (5, 784)
     np.testing.assert_allclose(ds.x_test.numpy().reshape(5, 28, 28), te / 255.0, rtol=1e-6)
     monkeypatch.setenv("PPL_DGM_DATA", str(tmp_path))
-    assert load_dataset("mnist").x_train.shape == (20, 784)
+    official = load_dataset("mnist", val_fraction=0.5)  # an official split: val_fraction is ignored
+    assert official.x_train.shape == (20, 784) and "(the official test split)" in official.summary()
+    np.save(tmp_path / "t.npy", te)
+    with pytest.raises(InputError, match="^--test-data: expected data without a test split of their own; "
+                                         "mnist already has the official test split$"):
+        load_dataset("mnist", test_path=tmp_path / "t.npy")
     np.savez(tmp_path / "d.npz", x=rng.random((30, 3)), y=np.arange(30), x_test=rng.random((7, 3)))
     d = load_dataset(path=tmp_path / "d.npz")
     assert d.x_train.shape == (30, 3) and d.x_test.shape == (7, 3) and d.y_train.shape == (30,)

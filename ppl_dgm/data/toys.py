@@ -51,6 +51,24 @@ def _pinwheel(n, rng, arms=5, radial_sd=0.3, tangential_sd=0.1, rate=0.25):
     return 2.0 * np.einsum("ti,tij->tj", feats, rot)
 
 
+def _rings(n, rng, rings=5, gap=0.8, width=0.08):
+    """Concentric rings of radii gap, 2 gap, ..., rings * gap; a ring is drawn in proportion to its radius
+    (uniform density along the rings) and the radius gets N(0, width^2) noise."""
+    radius = gap * (1 + rng.choice(rings, n, p=np.arange(1, rings + 1) / (rings * (rings + 1) / 2)))
+    radius = radius + width * rng.standard_normal(n)
+    angle = 2 * np.pi * rng.random(n)
+    return radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1)
+
+
+def _two_spirals(n, rng, turns=1.5, noise=0.08):
+    """Two interleaved Archimedean spirals r = 2.5 theta / (2 pi), theta up to turns * 2 pi (radius <= 3.75),
+    uniform along the arc length (theta ~ sqrt(U)), the second arm the first rotated by pi; N(0, noise^2)."""
+    theta = np.sqrt(rng.random(n)) * turns * 2 * np.pi
+    arm = rng.integers(0, 2, n) * np.pi
+    x = (2.5 * theta / (2 * np.pi))[:, None] * np.stack([np.cos(theta + arm), np.sin(theta + arm)], 1)
+    return x + noise * rng.standard_normal((n, 2))
+
+
 TOYS = {
     "moons": _moons,
     "circles": _circles,
@@ -58,6 +76,8 @@ TOYS = {
     "swiss-roll": _swiss_roll,
     "checkerboard": _checkerboard,
     "pinwheel": _pinwheel,
+    "rings": _rings,
+    "two-spirals": _two_spirals,
 }
 
 
