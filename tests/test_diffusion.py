@@ -104,8 +104,8 @@ def test_chain_elbo_matches_closed_form_and_is_below_log_p():
 def test_training_program_is_unbiased_for_the_chain_elbo():
     """The subsampled-plate program (k of T steps) averages to the full-chain ELBO; its per-site terms too."""
     torch.manual_seed(0)
-    m = optimal_ddpm(20)
-    m.t_per_step = 4
+    m = optimal_ddpm(20).train()
+    m.t_per_step, m.loss = 4, "elbo"
     x = torch.distributions.MultivariateNormal(MU, SIGMA).sample((4000,))
     ref = closed_form_elbo(m.schedule, MU, SIGMA)
     # the plate draws k of T steps uniformly; averaging its estimate over a partition of 1..T into T/k
@@ -119,6 +119,41 @@ def test_training_program_is_unbiased_for_the_chain_elbo():
     assert np.std(ests) > 0.5                                   # the groups really differ
     full = elbo_terms(m.chain_model, m.chain_guide, x)                 # the literal chain: sites x_20 .. x_1, x
     assert set(full.kl_sites) == {f"x_{t}" for t in range(1, 21)} and abs(full.elbo - ref) < 0.1
+
+
+def test_eval_strata_partition_the_chain():
+    """Eval-mode strata: {1} first, about geometric, covering 1..T once; k = min(t_eval, T)."""
+    m = DDPM(2, timesteps=1000)
+    e = m.strata()
+    assert len(e) == m.t_eval + 1 and e[0] == 0 and e[1] == 1 and e[-1] == 1000 and bool((e.diff() > 0).all())
+    assert e.diff()[:8].tolist() == [1] * 8 and int(e.diff().argmax()) == m.t_eval - 1   # fine first, widest last
+    small = DDPM(2, timesteps=10)
+    assert small.strata().tolist() == list(range(11))                # T <= t_eval: every step, weight 1
+
+
+def test_eval_mode_program_is_a_low_variance_estimate_of_the_chain_elbo():
+    """model/guide in eval mode (one step per geometric stratum, scaled by its size) vs ``chain_elbo``.
+
+    A DDPM (T = 1000) briefly fitted to 2-D Gaussian data, 1,000 held-out examples: the eval-mode estimate
+    agrees with the full chain within 4 standard errors (both from repeated draws), its spread between
+    draws is < 0.1 nats, and at least 20 times below that of the training-mode subsample (8 uniform steps).
+    """
+    torch.manual_seed(0)
+    p = torch.distributions.MultivariateNormal(MU.float(), SIGMA.float())
+    x, held_out = p.sample((2048,)), p.sample((1000,))
+    m = DDPM(2, timesteps=1000, hidden=(64, 64), t_per_step=8, loss="elbo")
+    fit_svi(m, x, epochs=3, batch_size=128, lr=3e-3, progress=False)
+
+    def draws(train: bool, r: int = 16) -> np.ndarray:
+        m.train(train)
+        torch.manual_seed(1)
+        return np.array([elbo_terms(m.model, m.guide, held_out).elbo for _ in range(r)])
+
+    chain = np.array([m.chain_elbo(held_out, seed=s).elbo for s in range(4)])
+    ev, tr = draws(False), draws(True)
+    se = math.sqrt(ev.var(ddof=1) / len(ev) + chain.var(ddof=1) / len(chain))
+    assert abs(ev.mean() - chain.mean()) < 4 * se, (ev.mean(), chain.mean(), se)
+    assert ev.std(ddof=1) < 0.1 and tr.std(ddof=1) > 20 * ev.std(ddof=1), (ev.std(ddof=1), tr.std(ddof=1))
 
 
 def test_simple_loss_is_weighted_eps_mse():

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..data import Dataset
@@ -18,13 +19,13 @@ from .diffusion import plot_loss_per_t, plot_trajectory
 from .em import plot_ellipses, plot_loglik
 from .figures import plot_history, plot_reconstructions, plot_rows, plot_samples
 
-__all__ = ["write_run_figures", "write_diagnostic_figures", "plot_history", "plot_samples", "plot_reconstructions",
-           "plot_rows", "plot_trajectory", "plot_loss_per_t", "plot_loglik", "plot_ellipses", "plot_terms",
-           "plot_kl_per_dim", "plot_gap"]
+__all__ = ["write_run_figures", "write_diagnostic_figures", "sample_labels", "plot_history", "plot_samples",
+           "plot_reconstructions", "plot_rows", "plot_trajectory", "plot_loss_per_t", "plot_loglik", "plot_ellipses",
+           "plot_terms", "plot_kl_per_dim", "plot_gap"]
 
 
 def _elbo(run: Run, ds: Dataset) -> None:
-    plot_history(run.history, run.path / "elbo.png", title=f"{run.family.name}: ELBO per epoch ({ds.name})")
+    plot_history(run.history, run.path / "elbo.png", title=f"{run.family.name} on {ds.name}: per epoch")
 
 
 def _loglik(run: Run, ds: Dataset) -> None:
@@ -32,34 +33,59 @@ def _loglik(run: Run, ds: Dataset) -> None:
                 title=f"{run.family.name}: EM log-likelihood per iteration ({ds.name})")
 
 
+def sample_labels(run: Run, n: int, label: int | None = None) -> np.ndarray | None:
+    """The labels n samples of a conditional run are drawn with: ``label`` for all, else 0, 1, ..., C-1 in
+    turn (as the conditional families' ``sample``); None for other families.  Pass them to
+    :func:`plot_samples` (``labels=``) to name them in the picture."""
+    if not run.family.conditional:
+        return None
+    return np.full(n, label) if label is not None else np.arange(n) % run.model.n_classes
+
+
 def _samples(run: Run, ds: Dataset) -> None:
     image = ds.kind == "image"
     mean = image and run.family.encoder
-    x = run.model.sample(64 if image else 2000, **({"mean": True} if mean else {}))
+    labels = sample_labels(run, 8 * run.model.n_classes if run.family.conditional else 0)
+    n = len(labels) if labels is not None else 64 if image else 2000
+    kw = {"mean": True} if mean else {}
+    if labels is not None:
+        kw["y"] = torch.as_tensor(labels, device=run.model.device)
+    x = run.model.sample(n, **kw)
+    given = "" if labels is None else " | y" if not mean else ", y"
     what = ("x_0 of the reverse chain from x_T ~ N(0, I)" if run.family.bound == "chain"
-            else "E[x | z], z ~ p(z)" if mean else "x ~ p(x)")
+            else f"E[x | z{given}], z ~ p(z)" if mean else f"x ~ p(x{given})")
     plot_samples(x.float().cpu().numpy(), ds.shape, run.path / "samples.png", f"{run.family.name} samples: {what}",
-                 reference=None if image else ds.x_test.numpy())
+                 reference=None if image else _reference(ds)[0].numpy(), labels=labels)
+
+
+def _reference(ds: Dataset):
+    """The held-out examples the figures compare against, or the training ones if none are held out."""
+    return (ds.x_test, "held-out") if len(ds.x_test) else (ds.x_train, "training")
 
 
 def _reconstructions(run: Run, ds: Dataset) -> None:
-    xs = ds.x_test[:16] if ds.kind == "image" else ds.x_test[:500]
-    y = ds.y_test[: len(xs)].to(run.model.device) if run.family.conditional else None
+    x, _ = _reference(ds)
+    xs = x[:16] if ds.kind == "image" else x[:500]
+    y = (ds.y_test if len(ds.x_test) else ds.y_train)[: len(xs)].to(run.model.device) if run.family.conditional \
+        else None
     rec = run.model.reconstruct(xs.to(run.model.device), y).float().cpu().numpy()
-    plot_reconstructions(xs.numpy(), rec, ds.shape, run.path / "reconstructions.png", n=len(xs))
+    plot_reconstructions(xs.numpy(), rec, ds.shape, run.path / "reconstructions.png", n=len(xs),
+                         title=f"{run.family.name} reconstructions")
 
 
 def _trajectory(run: Run, ds: Dataset) -> None:
     image = ds.kind == "image"
     traj = run.model.trajectory(8 if image else 2000, record=8)
+    ref = None if image else _reference(ds)[0][:2000].numpy()
     plot_trajectory(traj.xs.cpu().numpy(), traj.steps, ds.shape, run.path / "trajectory.png",
-                    f"{run.family.name}: x_t along the reverse chain", None if image else ds.x_test[:2000].numpy())
+                    f"{run.family.name}: x_t along the reverse chain", ref)
 
 
 def _loss_per_t(run: Run, ds: Dataset) -> None:
-    ce = run.model.chain_elbo(ds.x_test[: 32 if ds.kind == "image" else 1000], seed=0)
-    plot_loss_per_t(ce.L, run.path / "loss_per_t.png", f"{run.family.name}: chain ELBO terms (ELBO {ce.elbo:.3f} "
-                    f"nats, {ce.bits_per_dim:.3f} bits/dim)", ce.L_T)
+    x, which = _reference(ds)
+    ce = run.model.chain_elbo(x[: 32 if ds.kind == "image" else 1000], seed=0)
+    plot_loss_per_t(ce.L, run.path / "loss_per_t.png", f"{run.family.name}: chain ELBO terms on {which} data "
+                    f"(ELBO {ce.elbo:.3f} nats, {ce.bits_per_dim:.3f} bits/dim)", ce.L_T)
 
 
 def _ellipses(run: Run, ds: Dataset) -> None:
@@ -67,7 +93,8 @@ def _ellipses(run: Run, ds: Dataset) -> None:
         return  # ellipses are drawn for 2-D data only
     m, x = run.model, ds.x_train.double()
     plot_ellipses(x.numpy(), m.weights.numpy(), m.means.numpy(), m.covariances.numpy(), m.covariance_type,
-                  run.path / "ellipses.png", labels=m.log_resp(x).argmax(1).numpy())
+                  run.path / "ellipses.png", labels=m.log_resp(x).argmax(1).numpy(),
+                  title=f"{run.family.name} on {ds.name}")
 
 
 FIGURES: dict[str, Callable[[Run, Dataset], None]] = {

@@ -15,11 +15,14 @@ if TYPE_CHECKING:
     from ..inference.diagnostics_derived import ActiveUnits, GapEstimate
 
 
-def plot_terms(history: list[dict], path: str | os.PathLike, title: str = "ELBO terms per epoch") -> None:
-    """Held-out ELBO and reconstruction (left) and KL per latent site (right) against the epoch."""
+def plot_terms(history: list[dict], path: str | os.PathLike, title: str = "ELBO terms per epoch"):
+    """Held-out ELBO and reconstruction (left) and KL per latent site (right) against the epoch.
+
+    The training objective (on its own scale, see :func:`.figures.plot_history`) is drawn only when no
+    held-out terms were recorded.
+    """
     fig, (a, b) = plt().subplots(1, 2, figsize=(10, 3.8))
     ep = [h["epoch"] for h in history]
-    a.plot(ep, [h["train_elbo"] for h in history], color="0.6", label="train objective (-loss)")
     if any("test_elbo" in h for h in history):
         a.plot(ep, [h.get("test_elbo", math.nan) for h in history], label="held-out ELBO")
         a.plot(ep, [h.get("test_reconstruction", math.nan) for h in history], "--",
@@ -31,6 +34,7 @@ def plot_terms(history: list[dict], path: str | os.PathLike, title: str = "ELBO 
                 b.plot(ep, [h.get("test_kl_sites", {}).get(s, math.nan) for h in history], label=f"KL {s}")
         b.legend(fontsize=8)
     else:
+        a.plot(ep, [h["train_elbo"] for h in history], color="0.6", label="train objective (-loss)")
         b.text(0.5, 0.5, "no held-out terms recorded", ha="center", va="center", transform=b.transAxes)
     a.set(xlabel="epoch", ylabel="nats per example", title="ELBO and reconstruction")
     b.set(xlabel="epoch", ylabel="nats per example", title="KL(q(z|x) || p(z))")
@@ -43,6 +47,7 @@ def plot_terms(history: list[dict], path: str | os.PathLike, title: str = "ELBO 
     fig.suptitle(title)
     fig.tight_layout()
     save(fig, path)
+    return fig
 
 
 def plot_kl_per_dim(kl_per_dim: dict[str, list[float]], active: dict[str, ActiveUnits],

@@ -7,12 +7,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .core import plt, save
+from .core import curve, label_xy, plt, save
 
 
 def plot_loglik(history: Sequence[float], path: str | os.PathLike, *,
-                title: str = "EM: log-likelihood per iteration") -> None:
-    """Mean log-likelihood per sample against the EM iteration; writes a PNG.
+                title: str = "EM: log-likelihood per iteration"):
+    """Mean log-likelihood per sample against the EM iteration; writes a PNG and returns the Figure.
+
+    The title gets the number of iterations and the last value; the y axis has no offset (a fit that
+    converged in one or two iterations reads as one flat point or segment, see :func:`.core.curve`).
 
     Parameters
     ----------
@@ -21,17 +24,15 @@ def plot_loglik(history: Sequence[float], path: str | os.PathLike, *,
     path : path of the PNG.
     """
     fig, ax = plt().subplots(figsize=(5, 3.5), dpi=110)
-    it = np.arange(1, len(history) + 1)
-    ax.plot(it, history, marker="o", ms=3)
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    curve(ax, np.arange(1, len(history) + 1), history)
+    n = len(history)
     ax.set_xlabel("iteration")
     ax.set_ylabel("mean log-likelihood per sample (nats)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
+    last = f", last {history[-1]:.4f} nats" if n else ""
+    ax.set_title(f"{title}\n{n} iteration{'s' if n != 1 else ''}{last}", fontsize=10)
     fig.tight_layout()
     save(fig, path)
+    return fig
 
 
 def full_covariances(covariances: np.ndarray, covariance_type: str, n_components: int,
@@ -49,7 +50,7 @@ def full_covariances(covariances: np.ndarray, covariance_type: str, n_components
 
 def plot_ellipses(x: np.ndarray, weights: np.ndarray, means: np.ndarray, covariances: np.ndarray,
                   covariance_type: str, path: str | os.PathLike, *, labels: np.ndarray | None = None,
-                  title: str = "GMM fit: 1- and 2-sigma ellipses") -> None:
+                  title: str = "GMM fit"):
     """Scatter of 2-D data with each component's 1 and 2 standard-deviation ellipses.
 
     Parameters
@@ -74,10 +75,14 @@ def plot_ellipses(x: np.ndarray, weights: np.ndarray, means: np.ndarray, covaria
             w, h = 2 * n_std * np.sqrt(np.maximum(evals[::-1], 0))
             ax.add_patch(Ellipse(means[j], w, h, angle=angle, fill=False, lw=1.5, zorder=3,
                                  color="k", ls="-" if n_std == 1 else "--", alpha=0.9))
-        ax.plot(*means[j], "x", color="k", ms=6)
-        ax.annotate(f"{weights[j]:.2f}", means[j], textcoords="offset points", xytext=(4, 4),
-                    fontsize=8)
-    ax.set_title(title, fontsize=10)
-    ax.set_aspect("equal", adjustable="datalim")
+        ax.plot(*means[j], "x", color="k", ms=6, zorder=3)
+        top = means[j] + [0, 2 * np.sqrt(covs[j][1, 1])]                     # above the 2-sigma ellipse
+        ax.annotate(f"w={weights[j]:.2f}", top, textcoords="offset points", xytext=(0, 3), ha="center",
+                    va="bottom", fontsize=7, zorder=4, bbox=dict(boxstyle="round,pad=0.15", fc="w", ec="none",
+                                                                   alpha=0.8))
+    label_xy(ax, f"{title}: K={k} ({covariance_type} covariances)\n"
+                 "1-sigma (solid) and 2-sigma (dashed) ellipses, mixing weights w")
+    ax.title.set_fontsize(10)
     fig.tight_layout()
     save(fig, path)
+    return fig
