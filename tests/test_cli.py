@@ -174,3 +174,94 @@ def test_dimension_mismatch_at_evaluate(run_dir, tmp_path, capsys):
 def test_existing_run_needs_resume(run_dir, capsys):
     code, _, err = run(["fit", "vae", "--out", run_dir, "--epochs", "1"], capsys)
     assert code == 2 and "already holds a run; pass --resume" in err
+
+
+def test_overwrite_replaces_a_run(run_dir, tmp_path, capsys):
+    import shutil
+
+    d = tmp_path / "o"
+    shutil.copytree(run_dir, d)
+    (d / "stale.png").write_bytes(b"old picture")
+    code, _, err = run(["fit", "vae", "--out", d, "--epochs", "1", "--hidden", "8", "--latent-dim", "3", "--quiet",
+                        "--overwrite"], capsys)
+    assert code == 0, err
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["model"]["latent_dim"] == 3 and len(json.loads((d / "history.json").read_text())) == 1
+    assert not (d / "stale.png").exists()
+
+
+def test_test_data_and_val_fraction_are_stored(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "train.npy", rng.random((30, 4)).astype("float32"))
+    np.save(tmp_path / "test.npy", rng.random((7, 4)).astype("float32"))
+    common = ["fit", "gmm", "--components", "2", "--data", tmp_path / "train.npy"]
+    code, _, err = run([*common, "--test-data", tmp_path / "test.npy", "--out", tmp_path / "a"], capsys)
+    assert code == 0, err
+    data = json.loads((tmp_path / "a" / "config.json").read_text())["data"]
+    assert data["test_path"] == str(tmp_path / "test.npy") and data["path"] == str(tmp_path / "train.npy")
+    code, out, _ = run(["evaluate", tmp_path / "a", "--json"], capsys)
+    assert code == 0 and json.loads(out.splitlines()[-1])["n"] == 7
+    code, _, err = run([*common, "--val-fraction", "0.5", "--out", tmp_path / "b"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["data"]["val_fraction"] == 0.5
+    code, out, _ = run(["evaluate", tmp_path / "b", "--json"], capsys)
+    assert code == 0 and json.loads(out.splitlines()[-1])["n"] == 15
+    code, _, err = run([*common, "--val-fraction", "1", "--out", tmp_path / "c"], capsys)
+    assert code == 2 and "--val-fraction" in err and not (tmp_path / "c").exists()
+
+
+def test_resume_refuses_new_data_options(run_dir, capsys):
+    code, _, err = run(["fit", "vae", "--out", run_dir, "--resume", "--val-fraction", "0.5"], capsys)
+    assert code == 2 and "expected only --epochs; got --val-fraction" in err
+
+
+@pytest.mark.parametrize("which, name", [("last", "checkpoint.pt"), ("best", "best.pt")])
+def test_checkpoint_choice_is_reported(run_dir, tmp_path, capsys, which, name):
+    code, out, _ = run(["evaluate", run_dir, "--iwae-k", "2", "--checkpoint", which, "--json"], capsys)
+    assert code == 0 and json.loads(out.splitlines()[-1])["checkpoint"] == name
+    code, out, _ = run(["evaluate", run_dir, "--iwae-k", "2", "--checkpoint", which], capsys)
+    assert code == 0 and f"parameters from {name}" in out.splitlines()[0]
+    code, out, _ = run(["sample", run_dir, "-n", "2", "--out", tmp_path / "s.npy", "--checkpoint", which], capsys)
+    assert code == 0 and out.strip().endswith(f"(parameters from {name})")
+
+
+def test_checkpoint_option_reads_that_file(run_dir, tmp_path, capsys):
+    import shutil
+
+    d = tmp_path / "b"
+    shutil.copytree(run_dir, d)
+    (d / "best.pt").write_bytes(b"truncated")
+    code, _, err = run(["evaluate", d, "--iwae-k", "1", "--checkpoint", "best"], capsys)
+    assert code == 2 and "best.pt" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(["evaluate", d, "--iwae-k", "1", "--checkpoint", "last"], capsys)
+    assert code == 0, err
+    (d / "best.pt").unlink()
+    code, _, err = run(["latent", d, "reconstruct", "--checkpoint", "best", "--out", tmp_path / "r.png"], capsys)
+    assert code == 2 and "no best.pt" in err
+
+
+def test_threads_option_sets_torch_threads(run_dir, tmp_path, capsys):
+    before = torch.get_num_threads()
+    try:
+        code, _, _ = run(["sample", run_dir, "-n", "2", "--out", tmp_path / "s.npy", "--threads", "2"], capsys)
+        assert code == 0 and torch.get_num_threads() == 2
+        code, _, _ = run(["sample", run_dir, "-n", "2", "--out", tmp_path / "s.npy"], capsys)  # auto: a small model
+        assert code == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_resume_and_overwrite_together_refused(run_dir, capsys):
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    code, _, err = run(["fit", "vae", "--out", run_dir, "--resume", "--overwrite", "--epochs", "9"], capsys)
+    assert code == 2 and "expected one of --resume" in err and "got both" in err
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("args", [["fit", "vae", "--lr", "nan"], ["fit", "gmm", "--tol", "inf"],
+                                  ["fit", "vae", "--val-fraction", "nan"],
+                                  ["sample", ".", "--out", "s.png", "--eta", "nan"],
+                                  ["latent", ".", "traverse", "--out", "t.png", "--limit", "inf"]])
+def test_non_finite_option_values_refused(args, capsys):
+    code, _, err = run(args, capsys)
+    assert code == 2 and err.count("\n") == 1 and "expected a finite number" in err

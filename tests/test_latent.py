@@ -15,6 +15,8 @@ from ppl_dgm.models.latent import (
     traverse,
 )
 
+from .conftest import run_cli
+
 
 @pytest.fixture(scope="module")
 def vae(digits):
@@ -98,3 +100,32 @@ def test_cli_latent_commands_write_pngs(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main(["latent", str(run), "interpolate", "--a", "9999", "--out", str(tmp_path / "bad.png")])
     assert info.value.code == 2 and "--a: expected an index" in capsys.readouterr().err
+
+
+def test_cli_interpolate_default_pair_has_different_labels(tmp_path, capsys, monkeypatch):
+    """Without --a/--b: test 0 and the first test example whose label differs (digits' tests 0 and 1 are both 6)."""
+    import ppl_dgm.plotting
+    from ppl_dgm.data import load_dataset
+
+    titles = []
+    monkeypatch.setattr(ppl_dgm.plotting, "plot_rows", lambda rows, shape, out, title, **kw: titles.append(title))
+    run = tmp_path / "vae"
+    code, _, err = run_cli(["fit", "vae", "--out", run, "--epochs", "1", "--hidden", "8", "--latent-dim", "2",
+                            "--quiet"], capsys)
+    assert code == 0, err
+    y = load_dataset("digits").y_test
+    b = int((y != y[0]).nonzero()[0])
+    assert y[0] == y[1] and b > 1
+    code, out, _ = run_cli(["latent", run, "interpolate", "--out", tmp_path / "i.png"], capsys)
+    assert code == 0 and titles[-1] == f"vae: test 0 (label {int(y[0])}) -> test {b} (label {int(y[b])})"
+    code, out, _ = run_cli(["latent", run, "interpolate", "--a", "5", "--b", "2", "--out", tmp_path / "i.png"],
+                           capsys)
+    assert code == 0 and titles[-1] == f"vae: test 5 (label {int(y[5])}) -> test 2 (label {int(y[2])})"
+
+
+def test_partner_without_labels_is_the_next_example():
+    from ppl_dgm.cli.latent import _partner
+
+    assert _partner(0, None, 5) == 1 and _partner(4, None, 5) == 0 and _partner(0, None, 1) == 0
+    assert _partner(1, torch.tensor([3, 3, 3]), 3) == 2  # one label only: the next example
+    assert _partner(0, torch.tensor([3, 3, 1, 2]), 4) == 2

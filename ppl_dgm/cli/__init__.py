@@ -2,7 +2,9 @@
 
 Every command asks the family registry what a family can do.  Bad input, or a command
 a family cannot do, prints one line (``error: ...``: what was expected, what came) and
-exits with status 2.
+exits with status 2.  ``ppl-dgm`` alone prints the help and exits with status 0.
+Importing this package imports neither torch nor the families: each command imports what
+it needs when it runs.
 """
 
 from __future__ import annotations
@@ -19,22 +21,22 @@ __all__ = ["cli", "main"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI, turning bad input into one line and exit status 2."""
+    """Entry point: run the CLI, turning bad input into one line and exit status 2.
+
+    Exit status: 0 (done; also the help of ``ppl-dgm`` alone), 2 (bad input or usage: one line
+    ``error: ...``), 1 (training produced a non-finite loss: one line), 130 (interrupted).
+    """
     try:
         cli.main(args=argv, prog_name="ppl-dgm", standalone_mode=False)
-    except InputError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except click.exceptions.UsageError as e:
-        click.echo(f"error: {e.format_message()}", err=True)
-        sys.exit(2)
+    except click.exceptions.NoArgsIsHelpError as e:  # bare `ppl-dgm` (or a group without its command): the help
+        click.echo(e.ctx.get_help())
+        sys.exit(0)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
-    except NonFiniteError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
-    except click.exceptions.ClickException as e:
-        click.echo(f"error: {e.format_message()}", err=True)
-        sys.exit(e.exit_code)
+    except (InputError, NonFiniteError, click.exceptions.ClickException) as e:
+        message = e.format_message() if isinstance(e, click.exceptions.ClickException) else str(e)
+        # one line: ours are; a library may append more (Pyro adds the trace shapes to an error in a model)
+        click.echo("error: " + (message.strip().splitlines() or [""])[0], err=True)
+        sys.exit(1 if isinstance(e, NonFiniteError) else getattr(e, "exit_code", 2))
     sys.exit(0)

@@ -1,4 +1,9 @@
-"""The commands, generated from the registry: `fit FAMILY` has one option per field of the family's config."""
+"""The commands, generated from the registry: `fit FAMILY` has one option per field of the family's config.
+
+Nothing heavy (torch, the data, the families' modules) is imported until a command runs, so
+``ppl-dgm --help`` and ``ppl-dgm fit --help`` answer at once; ``fit FAMILY`` is built when
+it is asked for (its options come from the family's config dataclass).
+"""
 
 from __future__ import annotations
 
@@ -8,21 +13,46 @@ from pathlib import Path
 
 import click
 
-from ..data import DATASETS, IMAGE_DATASETS
 from ..errors import InputError
-from ..models import REGISTRY, Family
-from ..utils import atomic_write_bytes, atomic_write_json, ensure_writable_dir
-from .options import config_options, data_options, device_seed_options, explicit, one_source, run_options
+from ..models.registry import REGISTRY, Family
+from ..utils import atomic_write_bytes, atomic_write_json, ensure_writable_dir, set_threads
+from .options import (
+    FiniteFloat,
+    checkpoint_option,
+    compute_options,
+    config_options,
+    data_options,
+    explicit,
+    fit_data_options,
+    one_source,
+    run_options,
+)
 
 
 class FamilyGroup(click.Group):
-    """`fit FAMILY`: an unknown family gets a one-line error listing the known ones."""
+    """`fit FAMILY`, one command per registry entry, built on first use; an unknown family gets a one-line error
+    listing the known ones.  The listing (``fit --help``) reads the registry's summaries: no family is imported."""
+
+    def list_commands(self, ctx):
+        return sorted(REGISTRY)
+
+    def get_command(self, ctx, name):
+        if name in REGISTRY and name not in self.commands:
+            self.add_command(_fit_command(REGISTRY[name]))
+        return self.commands.get(name)
 
     def resolve_command(self, ctx, args):
         name = args[0] if args else None
-        if name is not None and not name.startswith("-") and name not in self.commands:
-            raise InputError(f"unknown model {name!r}; expected one of {', '.join(sorted(self.commands))}")
+        if name is not None and not name.startswith("-") and name not in REGISTRY:
+            raise InputError(f"unknown model {name!r}; expected one of {', '.join(sorted(REGISTRY))}")
         return super().resolve_command(ctx, args)
+
+    def format_commands(self, ctx, formatter):
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))
+        with formatter.section("Commands"):
+            formatter.write_dl([(n, click.Command(n, help=_fit_help(REGISTRY[n])).get_short_help_str(limit))
+                                for n in names])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,40 +66,53 @@ def fit():
     """Fit a model family; writes a run directory."""
 
 
-def _fit_command(family: Family):
-    @fit.command(family.name, help=f"{family.summary}  (trainer: {family.trainer})")
+def _fit_help(family: Family) -> str:
+    return f"{family.summary}  (trainer: {family.trainer})"
+
+
+# options that --resume takes from the stored run (besides the family's own, --epochs excepted)
+_STORED = ("dataset", "data_path", "data_dir", "test_path", "val_fraction", "binarize")
+
+
+def _fit_command(family: Family) -> click.Command:
+    @click.command(family.name, help=_fit_help(family))
     @data_options
+    @fit_data_options
     @run_options
-    @device_seed_options
+    @compute_options
     @config_options(family.config)
     @click.pass_context
-    def command(ctx, dataset, data_path, data_dir, out, binarize, resume, quiet, device, seed, **fields):
+    def command(ctx, dataset, data_path, data_dir, test_path, val_fraction, out, binarize, resume, overwrite, quiet,
+                device, seed, threads, **fields):
+        from ..data import IMAGE_DATASETS
         from ..plotting import write_run_figures
         from ..runs import DataSpec, train_run
 
         one_source(dataset, data_path)
-        if resume and (fixed := explicit(ctx, [k for k in fields if k != "epochs"])):
-            raise InputError(f"--resume continues the run with its stored options; expected only --epochs; got "
-                             f"--{fixed[0].replace('_', '-')}")
+        if resume and overwrite:
+            raise InputError("expected one of --resume (continue the run in --out) or --overwrite (replace it); "
+                             "got both")
+        if resume and (fixed := explicit(ctx, [*_STORED, *(k for k in fields if k != "epochs")])):
+            raise InputError(f"--resume continues the run with its stored data and options; expected only --epochs; "
+                             f"got {fixed[0]}")
         options = family.config(**fields)
         image = (dataset or ("digits" if not data_path else None)) in IMAGE_DATASETS
-        data = DataSpec(dataset if not data_path else None, data_path, data_dir,
-                        options.binarize(binarize, image), seed)
-        run = train_run(family, options, data, out=out, resume=resume, device=device, progress=not quiet,
-                        echo=lambda m: click.echo(m, err=True))
+        data = DataSpec(dataset if not data_path else None, data_path, data_dir, options.binarize(binarize, image),
+                        seed, test_path=test_path, val_fraction=val_fraction)
+        run = train_run(family, options, data, out=out, resume=resume, overwrite=overwrite, device=device,
+                        progress=not quiet, threads=threads, echo=lambda m: click.echo(m, err=True))
         write_run_figures(run, seed=seed)
 
     return command
 
 
-for _family in REGISTRY.values():
-    _fit_command(_family)
-
-
-def _load(run_dir, device="cpu"):
+def load(run_dir, device="cpu", checkpoint="last", threads="auto"):
+    """``load_run``, then torch's thread count for the run's model (:func:`ppl_dgm.utils.set_threads`)."""
     from ..runs import load_run
 
-    return load_run(run_dir, device=device)
+    run = load_run(run_dir, device=device, checkpoint=checkpoint)
+    set_threads(threads, n_params=sum(p.numel() for p in run.model.parameters()), device=device)
+    return run
 
 
 @cli.command()
@@ -77,20 +120,21 @@ def _load(run_dir, device="cpu"):
 @data_options
 @click.option("--iwae-k", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Importance samples of the IWAE estimate (families with an ELBO).")
-@device_seed_options
+@checkpoint_option
+@compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
-def evaluate(run_dir, dataset, data_path, data_dir, iwae_k, device, seed, as_json):
+def evaluate(run_dir, dataset, data_path, data_dir, iwae_k, checkpoint, device, seed, threads, as_json):
     """Held-out likelihood: ELBO and IWAE log p(x), the chain ELBO, or the exact log-likelihood; bits/dim."""
     from ..runs import evaluate_run
 
     one_source(dataset, data_path)
-    run = _load(run_dir, device)
+    run = load(run_dir, device, checkpoint, threads)
     x, y, name = run.eval_data(dataset, data_path, data_dir)
-    res = evaluate_run(run, x, y, name=name, iwae_k=iwae_k, seed=seed)
+    res = {**evaluate_run(run, x, y, name=name, iwae_k=iwae_k, seed=seed), "checkpoint": run.checkpoint}
     if as_json:
         click.echo(json.dumps(res))
         return
-    lines = [f"{res['family']} on {name} (n={res['n']}, D={res['dim']}):"]
+    lines = [f"{res['family']} on {name} (n={res['n']}, D={res['dim']}; parameters from {run.checkpoint}):"]
     if run.family.bound == "exact":
         lines.append(f"  log p(x) (exact)  {res['log_likelihood']:10.4f} nats   BIC {res['bic']:.1f}")
     elif run.family.bound == "chain":
@@ -107,14 +151,15 @@ def evaluate(run_dir, dataset, data_path, data_dir, iwae_k, device, seed, as_jso
 @click.option("-n", "n", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="FILE.npy (N, ...) or FILE.png grid.")
 @click.option("--mean", is_flag=True, help="E[x | z] instead of a draw x ~ p(x | z) (families with a decoder).")
-@device_seed_options
+@checkpoint_option
+@compute_options
 @click.option("--label", type=click.IntRange(min=0), default=None,
               help="Conditional families: the label of every sample (default: labels 0, 1, ... in turn).")
 @click.option("--sampler", default=None, help="Families with several samplers (ddpm: ddpm, ddim).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="DDIM steps S (default 50).")
-@click.option("--eta", type=click.FloatRange(min=0, max=1), default=None,
+@click.option("--eta", type=FiniteFloat(min=0, max=1), default=None,
               help="DDIM stochasticity (0 deterministic, the default).")
-def sample(run_dir, n, out, mean, device, seed, label, sampler, steps, eta):
+def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, sampler, steps, eta):
     """Draw N new examples from a fitted run."""
     import numpy as np
 
@@ -125,7 +170,7 @@ def sample(run_dir, n, out, mean, device, seed, label, sampler, steps, eta):
     if out.suffix not in (".npy", ".png"):
         raise InputError(f"--out: expected a file ending in .npy or .png; got {str(out)!r}")
     ensure_writable_dir(out.parent if str(out.parent) else Path("."))
-    run = _load(run_dir, device)
+    run = load(run_dir, device, checkpoint, threads)
     x = sample_run(run, n, seed=seed, mean=mean, label=label, sampler=sampler, steps=steps, eta=eta)
     if out.suffix == ".npy":
         buf = io.BytesIO()
@@ -133,7 +178,7 @@ def sample(run_dir, n, out, mean, device, seed, label, sampler, steps, eta):
         atomic_write_bytes(out, buf.getvalue())
     else:
         plot_samples(x.reshape(n, -1), run.shape, out, f"{run.family.name}: {n} samples")
-    click.echo(f"wrote {n} samples of shape {run.shape} to {out}")
+    click.echo(f"wrote {n} samples of shape {run.shape} to {out} (parameters from {run.checkpoint})")
 
 
 @cli.command()
@@ -142,8 +187,9 @@ def sample(run_dir, n, out, mean, device, seed, label, sampler, steps, eta):
 @click.option("--iwae-k", type=click.IntRange(min=1), default=100, show_default=True,
               help="Importance samples for the ELBO-IWAE gap.")
 @click.option("--max-examples", type=click.IntRange(min=2), default=500, show_default=True)
-@device_seed_options
-def diagnose(run_dir, dataset, data_path, data_dir, iwae_k, max_examples, device, seed):
+@checkpoint_option
+@compute_options
+def diagnose(run_dir, dataset, data_path, data_dir, iwae_k, max_examples, checkpoint, device, seed, threads):
     """ELBO terms (per site, per latent dimension, or per chain step), active units, ELBO-IWAE gap, gradient
     SNR, convergence; writes RUN/diagnostics.json, PNGs and (latent codes) RUN/posterior.nc."""
     from ..models import require
@@ -151,21 +197,24 @@ def diagnose(run_dir, dataset, data_path, data_dir, iwae_k, max_examples, device
     from ..runs import diagnose_run, summary
 
     one_source(dataset, data_path)
-    run = _load(run_dir, device)
+    run = load(run_dir, device, checkpoint, threads)
     require(run.family, "svi", "ppl-dgm diagnose")
     x, y, name = run.eval_data(dataset, data_path, data_dir)
     diag = diagnose_run(run, x[:max_examples], None if y is None else y[:max_examples], name=name, iwae_k=iwae_k,
                         seed=seed)
     files = write_diagnostic_figures(diag, run)
     diag.report["files"] = ["diagnostics.json", *files, *(["posterior.nc"] if diag.active else [])]
+    diag.report["checkpoint"] = run.checkpoint
     atomic_write_json(run.path / "diagnostics.json", diag.report)
-    click.echo(summary(diag.report))
+    click.echo(f"{summary(diag.report)}\nparameters from {run.checkpoint}")
 
 
 @cli.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Families with their capabilities, and datasets, as JSON.")
 def list_cmd(as_json):
     """The model families (with what each can do) and the datasets."""
+    from ..data import DATASETS
+
     if as_json:
         click.echo(json.dumps({"families": {n: f.capabilities() for n, f in REGISTRY.items()},
                                "datasets": DATASETS}))

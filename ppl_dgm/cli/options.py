@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from dataclasses import MISSING, Field, fields
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import InputError
-from ..models.options import FitOptions
+
+if TYPE_CHECKING:
+    from ..models.options import FitOptions
 
 
 def _int_list(name: str):
@@ -28,6 +32,16 @@ def _int_list(name: str):
     return parse
 
 
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses NaN and infinities (click's ``FloatRange`` lets NaN through every bound)."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"expected a finite number; got {value!r}", param, ctx)
+        return value
+
+
 def _click_type(f: Field, hint):
     """The click type of a config field from its annotation and ``min`` metadata."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -39,7 +53,7 @@ def _click_type(f: Field, hint):
     if hint is int:
         return click.IntRange(min=lo) if lo is not None else int
     if hint is float:
-        return click.FloatRange(min=lo, min_open=open_) if lo is not None else float
+        return FiniteFloat(min=lo, min_open=open_)
     return str
 
 
@@ -73,19 +87,61 @@ def data_options(f):
     return f
 
 
-def device_seed_options(f):
+def fit_data_options(f):
+    """--test-data / --val-fraction: where `fit`'s held-out rows come from."""
+    f = click.option("--val-fraction", type=FiniteFloat(min=0, max=1, max_open=True), default=0.2,
+                     show_default=True,
+                     help="Without test data: the fraction of the rows held out (seeded); 0 trains on all.")(f)
+    f = click.option("--test-data", "test_path", type=click.Path(dir_okay=False), default=None,
+                     help="A .npy/.npz of held-out rows (then every row of --data trains).")(f)
+    return f
+
+
+class Threads(click.ParamType):
+    """``N`` (a positive integer) or ``auto``."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        try:
+            n = int(str(value).strip())
+        except ValueError:
+            n = 0
+        if n < 1:
+            self.fail(f"expected a positive integer or 'auto'; got {value!r}", param, ctx)
+        return n
+
+
+def threads_option(f):
+    """--threads N|auto (:func:`ppl_dgm.utils.set_threads`)."""
+    return click.option("--threads", type=Threads(), default="auto", show_default=True, metavar="N|auto",
+                        help="torch CPU threads; auto: 1 for a small model on the CPU, else torch's default.")(f)
+
+
+def compute_options(f):
+    """--device / --seed / --threads: the options of every command that computes."""
+    f = threads_option(f)
     f = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)(f)
     f = click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)(f)
     return f
 
 
+def checkpoint_option(f):
+    """--checkpoint best|last: which parameters of a run to load."""
+    return click.option("--checkpoint", type=click.Choice(["last", "best"]), default="last", show_default=True,
+                        help="The last epoch's parameters, or those of the best held-out ELBO (SVI runs).")(f)
+
+
 def run_options(f):
-    """Options of `fit` that are not the family's: output, resume, binarization, progress."""
+    """Options of `fit` that are not the family's: output, resume / overwrite, binarization, progress."""
     for opt in reversed([
         click.option("--out", type=click.Path(), default=None, help="Run directory (default runs/<family>-<data>)."),
         click.option("--binarize", type=click.Choice(["none", "static", "dynamic"]), default=None,
                      help="Binarize images (default: dynamic for a Bernoulli likelihood on images, else none)."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint."),
+        click.option("--overwrite", is_flag=True, help="Replace the run in --out (its files are removed first)."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]):
         f = opt(f)
@@ -98,6 +154,7 @@ def one_source(dataset, data_path) -> None:
 
 
 def explicit(ctx: click.Context, names) -> list[str]:
-    """The options among ``names`` that were typed on the command line."""
+    """The flags (``--latent-dim``) of the options among ``names`` that were typed on the command line."""
     src = click.core.ParameterSource.COMMANDLINE
-    return [n for n in names if ctx.get_parameter_source(n) == src]
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    return [flags[n] for n in names if ctx.get_parameter_source(n) == src]

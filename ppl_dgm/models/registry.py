@@ -4,23 +4,24 @@ A family is one module (its model class and its config dataclass) plus one
 :class:`Family` entry below.  Every command asks the registry what a family can
 do; a command a family cannot do is refused by :func:`require` in one line that
 names the families that can.
+
+The table below names each family's model class and config dataclass by module path
+(``".vae:VAE"``), with its one-line summary, so the registry (and ``ppl-dgm fit --help``)
+needs no torch; :attr:`Family.model` and :attr:`Family.config` import the family's module
+on first use.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Literal
+import importlib
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import InputError
-from .ae import AE
-from .base import GenerativeModel
-from .cvae import CVAE, CVAEConfig
-from .diffusion import DDPM, DDPMConfig
-from .gmm import GMM, GMMConfig
-from .hvae import HVAE, HVAEConfig
-from .options import FitOptions
-from .ppca import PPCA, PPCAConfig
-from .vae import VAE, VAEConfig
+
+if TYPE_CHECKING:
+    from .base import GenerativeModel
+    from .options import FitOptions
 
 Trainer = Literal["svi", "em", "adversarial", "ml"]
 Bound = Literal["iwae", "chain", "exact"]
@@ -34,9 +35,10 @@ class Family:
     ----------
     name : str
         As typed after ``ppl-dgm fit``.
-    model : type of GenerativeModel
-    config : type of FitOptions
-        Its fit options and their defaults.
+    model_ref, config_ref : str or type
+        The model class (a :class:`GenerativeModel`) and its config dataclass (a :class:`FitOptions`:
+        its fit options and their defaults), as ``"module:Name"`` (relative to ``ppl_dgm.models``)
+        or the classes themselves; :attr:`model` and :attr:`config` are the classes.
     trainer : {"svi", "em", "adversarial", "ml"}
         How it is fitted: ``fit_svi``, EM through its scikit-learn estimator, ...
     bound : {"iwae", "chain", "exact"} or None
@@ -50,43 +52,75 @@ class Family:
         The ``sample --sampler`` choices (first = default); empty if there is one way to sample.
     figures : tuple of str
         The pictures written into its run directory (see :mod:`ppl_dgm.plotting`).
+    summary : str, optional
+        One line: the first line of the model's docstring (read from the class when not given;
+        ``tests/test_cli_help.py`` checks that the two agree).
     """
 
     name: str
-    model: type[GenerativeModel]
-    config: type[FitOptions]
+    model_ref: str | type[GenerativeModel]
+    config_ref: str | type[FitOptions]
     trainer: Trainer
     bound: Bound | None
     encoder: bool = False
     conditional: bool = False
     samplers: tuple[str, ...] = ()
     figures: tuple[str, ...] = ()
+    summary: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.summary:
+            object.__setattr__(self, "summary", (self.model.__doc__ or "").strip().splitlines()[0])
+
+    @property
+    def model(self) -> type[GenerativeModel]:
+        """The model class (its module is imported on first use)."""
+        return _resolve(self.model_ref)
+
+    @property
+    def config(self) -> type[FitOptions]:
+        """The config dataclass: the fit options and their defaults."""
+        return _resolve(self.config_ref)
 
     @property
     def exact_likelihood(self) -> bool:
         return self.bound == "exact"
 
-    @property
-    def summary(self) -> str:
-        return (self.model.__doc__ or "").strip().splitlines()[0]
-
     def capabilities(self) -> dict:
         """JSON-able capabilities (``ppl-dgm list --json``)."""
-        caps = {k: v for k, v in asdict(self).items() if k not in ("name", "model", "config")}
+        caps = {k: getattr(self, k) for k in ("trainer", "bound", "encoder", "conditional", "samplers", "figures")}
         return {**caps, "exact_likelihood": self.exact_likelihood, "summary": self.summary,
                 "options": [f.name for f in fields(self.config)]}
 
 
+def _resolve(ref: str | type) -> type:
+    """A class from ``"module:Name"`` (module relative to this package), or the class itself."""
+    if not isinstance(ref, str):
+        return ref
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module, __package__), name)
+
+
 _SVI_FIGURES = ("elbo", "samples", "reconstructions")
 REGISTRY: dict[str, Family] = {f.name: f for f in (
-    Family("vae", VAE, VAEConfig, "svi", "iwae", encoder=True, figures=_SVI_FIGURES),
-    Family("cvae", CVAE, CVAEConfig, "svi", "iwae", encoder=True, conditional=True, figures=_SVI_FIGURES),
-    Family("ae", AE, VAEConfig, "svi", None, encoder=True, figures=_SVI_FIGURES),
-    Family("hvae", HVAE, HVAEConfig, "svi", "iwae", encoder=True, figures=_SVI_FIGURES),
-    Family("ddpm", DDPM, DDPMConfig, "svi", "chain", samplers=("ddpm", "ddim"),
-           figures=("elbo", "samples", "trajectory", "loss_per_t")),
-    Family("gmm", GMM, GMMConfig, "em", "exact", figures=("loglik", "samples", "ellipses")),
-    Family("ppca", PPCA, PPCAConfig, "em", "exact", encoder=True, figures=("loglik", "samples", "reconstructions")),
+    Family("vae", ".vae:VAE", ".vae:VAEConfig", "svi", "iwae", encoder=True, figures=_SVI_FIGURES,
+           summary="Variational autoencoder with a standard-normal prior and an amortized Gaussian guide."),
+    Family("cvae", ".cvae:CVAE", ".cvae:CVAEConfig", "svi", "iwae", encoder=True, conditional=True,
+           figures=_SVI_FIGURES,
+           summary="Conditional VAE with MLP encoder q(z | x, y) and decoder p(x | z, y)."),
+    Family("ae", ".ae:AE", ".vae:VAEConfig", "svi", None, encoder=True, figures=_SVI_FIGURES,
+           summary="Autoencoder: the VAE's model with a point-mass amortized guide q(z | x) = delta(z - g_mu(x))."),
+    Family("hvae", ".hvae:HVAE", ".hvae:HVAEConfig", "svi", "iwae", encoder=True, figures=_SVI_FIGURES,
+           summary="Markovian HVAE with L stochastic layers z_1 (next to x) ... z_L (top)."),
+    Family("ddpm", ".diffusion:DDPM", ".diffusion:DDPMConfig", "svi", "chain", samplers=("ddpm", "ddim"),
+           figures=("elbo", "samples", "trajectory", "loss_per_t"),
+           summary="Denoising diffusion probabilistic model with an epsilon-prediction network."),
+    Family("gmm", ".gmm:GMM", ".gmm:GMMConfig", "em", "exact", figures=("loglik", "samples", "ellipses"),
+           summary="Gaussian mixture fitted by EM: c ~ Categorical(pi), x | c ~ N(mu_c, Sigma_c); exact posterior "
+                   "guide."),
+    Family("ppca", ".ppca:PPCA", ".ppca:PPCAConfig", "em", "exact", encoder=True,
+           figures=("loglik", "samples", "reconstructions"),
+           summary="Probabilistic PCA: z ~ N(0, I), x | z ~ N(W z + mu, sigma^2 I); exact posterior guide."),
 )}
 
 # what each capability means in a refusal: "<command> needs <phrase>"
