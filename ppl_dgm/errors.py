@@ -25,9 +25,22 @@ class NonFiniteError(RuntimeError):
         self.sites = sites or []
 
 
+class DivergenceError(NonFiniteError):
+    """Training exploded (the loss grew far beyond where it started) though it stayed finite."""
+
+
 def check_choice(name: str, value: str, choices) -> str:
     """Return ``value`` if it is one of ``choices``, else raise :class:`InputError`."""
     choices = tuple(choices)
     if value not in choices:
         raise InputError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+def check_positive_int(name: str, value) -> int:
+    """Return ``value`` if it is an integer >= 1 (bools and floats such as 2.5 refused), else raise."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InputError(f"expected {name} as a positive integer; got {value!r}")
+    return int(value)

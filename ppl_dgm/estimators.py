@@ -32,7 +32,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import Tensor
 
-from .errors import InputError
+from .errors import InputError, check_positive_int
 from .inference.em import ConvergenceWarning, EMResult, fit_em
 from .models.gmm import COVARIANCE_TYPES, GMM, GMMParams
 from .models.gmm_em import INIT_METHODS, GMMFamily
@@ -60,12 +60,6 @@ def _finite(arr: np.ndarray, name: str) -> np.ndarray:
         bad = int((~np.isfinite(arr)).any(1).sum())
         raise InputError(f"expected finite values in {name}; got NaN or inf in {bad} row(s)")
     return arr if arr.flags.writeable else arr.copy()
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise InputError(f"expected {name} as a positive integer; got {value!r}")
-    return int(value)
 
 
 class _DensityEstimator(DensityMixin, BaseEstimator):
@@ -100,7 +94,7 @@ class _DensityEstimator(DensityMixin, BaseEstimator):
     def _generator(self, n_samples: Any) -> tuple[int, torch.Generator]:
         """``(n_samples, generator seeded by random_state)`` for :meth:`sample`, after the checks."""
         check_is_fitted(self, msg=_NOT_FITTED)
-        return _check_positive_int("n_samples", n_samples), torch.Generator().manual_seed(self._seed)
+        return check_positive_int("n_samples", n_samples), torch.Generator().manual_seed(self._seed)
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Exact log-density ``log p(x_n)`` per sample.

@@ -181,6 +181,11 @@ def test_convergence_from_history():
     down = [{"epoch": e, "test_elbo": -90 - 0.3 * e} for e in range(1, 31)]
     assert convergence(down).status == "worsening"
     assert convergence(up[:2]).status == "too short"
+    # a held-out ELBO jittering by +-0.2 nats around a slope of 0.01 nats/epoch: the slope is within
+    # its standard error, so no verdict of a trend (the sign alone would have said "improving")
+    jitter = [{"epoch": e, "test_elbo": -10 + 0.01 * e + 0.2 * rng.standard_normal()} for e in range(1, 41)]
+    c = convergence(jitter)
+    assert c.status == "converged" and 0.005 < c.slope_se < 0.012 and c.relative_change > 2e-3
 
 
 def test_diagnose_cli(tmp_path, capsys):

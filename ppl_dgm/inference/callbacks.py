@@ -22,7 +22,9 @@ A plain function ``cb(epoch, record, model)`` (1-based epoch) passed to
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import InputError
+from ..errors import CheckpointError, DivergenceError, InputError
 from ..utils import atomic_write_json
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from .svi import SVILoop
@@ -68,6 +70,87 @@ class EpochFunction(Callback):
         self.fn(record["epoch"], record, run.model)
 
 
+class DivergenceGuard(Callback):
+    """Stop when training explodes: the epoch's train ELBO is more than ``factor`` times further below
+    than the first minibatch's was from zero (L_epoch < L_0 - factor (|L_0| + 1), nats per example).
+
+    An untrained model's ELBO is the worst training should see; ``--lr 1e6`` gives -3.9e31 nats against
+    L_0 = -44 on digits.  Runs before the checkpoint, so the diverged weights never overwrite it.
+    """
+
+    def __init__(self, factor: float = 10.0):
+        self.factor, self.first = factor, None
+
+    def on_step_end(self, run: SVILoop, step: int, loss: float) -> None:
+        if self.first is None:
+            self.first = -loss / min(run.n, run.batch_size)
+
+    def on_epoch_end(self, run: SVILoop, record: dict[str, Any]) -> None:
+        elbo, first = record["train_elbo"], self.first
+        if first is not None and elbo < first - self.factor * (abs(first) + 1):
+            raise DivergenceError(
+                f"training diverged at epoch {record['epoch']}: train ELBO {elbo:.4g} nats/example, more than "
+                f"{self.factor:g}x further below zero than at the first step ({first:.4g}); last good checkpoint: "
+                f"{run.checkpoint or 'none written'}; lower the learning rate ({record['lr']:g}) or clip gradients")
+
+
+class EMA(Callback):
+    r"""An exponential moving average of the trained tensors, updated after every optimizer step.
+
+    After n steps with weights p_1 .. p_n the average is the bias-corrected EMA (as Adam corrects its moments)
+
+    .. math::  \bar p_n = \frac{1 - d}{1 - d^n} \sum_{k=1}^{n} d^{\,n-k} p_k,
+
+    kept as a running value: :math:`\bar p_n = \bar p_{n-1} + \frac{1 - d}{1 - d^n}(p_n - \bar p_{n-1})`, so
+    :math:`\bar p_1 = p_1` and no weight sits on the initialisation.  ``fit_svi(ema=d)`` hands it to the
+    :class:`~.svi.SVIState`, which evaluates held-out data with the average (:meth:`applied`), checkpoints it
+    as the model's weights (the training weights and n go in the checkpoint too, so resume is exact) and leaves
+    it in the model at the end.
+
+    Parameters
+    ----------
+    decay : float in (0, 1)
+        d; the average spans about 1 / (1 - d) steps.
+    """
+
+    def __init__(self, decay: float):
+        if not 0 < decay < 1:
+            raise InputError(f"ema: expected a decay in (0, 1) (or 0 for none); got {decay}")
+        self.decay, self.updates, self.shadow = decay, 0, {}
+
+    def on_step_end(self, run: SVILoop, step: int, loss: float) -> None:
+        self.update(run.state.params)
+
+    @torch.no_grad()
+    def update(self, params: dict[str, torch.Tensor]) -> None:
+        """One step of the average towards the current ``params`` (name -> tensor)."""
+        self.updates += 1
+        weight = (1 - self.decay) / (1 - self.decay ** self.updates)
+        for name, p in params.items():
+            if name in self.shadow:
+                self.shadow[name].lerp_(p.detach(), weight)
+            else:
+                self.shadow[name] = p.detach().clone()
+
+    @contextlib.contextmanager
+    def applied(self, params: dict[str, torch.Tensor]):
+        """Within the block, ``params`` hold the averaged values; the training values come back after."""
+        saved = {name: p.detach().clone() for name, p in params.items() if name in self.shadow}
+        self.copy_to(params)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for name, value in saved.items():
+                    params[name].copy_(value)
+
+    @torch.no_grad()
+    def copy_to(self, params: dict[str, torch.Tensor]) -> None:
+        """Write the averaged values into ``params`` (name -> tensor)."""
+        for name, value in self.shadow.items():
+            params[name].copy_(value)
+
+
 class Clock(Callback):
     """``record["seconds"]``: wall time of the epoch, held-out evaluation included (put it after that)."""
 
@@ -82,7 +165,7 @@ class HeldOutELBO(Callback):
     """``test_elbo``, ``test_reconstruction``, ``test_kl``, ``test_kl_sites`` per example on held-out data.
 
     Drawn from an RNG stream of its own (seeded by the fit's seed and the epoch), so training
-    is not perturbed and a resumed run records the same numbers.
+    is not perturbed and a resumed run records the same numbers; with EMA, of the averaged weights.
     """
 
     def __init__(self, data: tuple[torch.Tensor, ...], particles: int = 1):
@@ -92,7 +175,8 @@ class HeldOutELBO(Callback):
         dev = self.data[0].device
         with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
             torch.manual_seed(run.seed * 7_919 + run.epoch + 1)
-            terms = run.state.evaluate(*self.data, batch_size=max(run.batch_size, 512), particles=self.particles)
+            with run.state.averaged():
+                terms = run.state.evaluate(*self.data, batch_size=max(run.batch_size, 512), particles=self.particles)
         record.update({f"test_{k}": v for k, v in terms.items()})
 
 
@@ -111,18 +195,22 @@ class Checkpoint(Callback):
 
     def __init__(self, out_dir: Path, family: str, *, every: int = 1, resume: bool = False,
                  config: dict[str, Any] | None = None):
-        self.out, self.path = out_dir, out_dir / CHECKPOINT_NAME
+        self.out, self.path, self.best_path = out_dir, out_dir / CHECKPOINT_NAME, out_dir / BEST_NAME
         self.family, self.every, self.config = family, every, config or {}
         self.resume = resume and self.path.exists()
         if self.path.exists() and not resume:
             raise InputError(f"{out_dir} already holds a checkpoint; pass resume=True (--resume) to continue it "
                              f"or choose another output directory")
-        self.saved_epoch = -1
+        self.saved_epoch, self.best = -1, -math.inf
 
     def on_fit_start(self, run: SVILoop) -> None:
         if not self.resume:
             return
         state = load_checkpoint(self.path, family=self.family, map_location=run.device)
+        missing = [k for k in ("optimizer", "rng_torch", "history", "epoch") if k not in state]
+        if missing:
+            raise CheckpointError(f"{self.path}: expected a resumable checkpoint (optimizer and RNG state); "
+                                  f"got one without {', '.join(missing)}")
         run.state.load_state_dict(state, str(self.path))
         torch.set_rng_state(state["rng_torch"].cpu())
         if run.device.type == "cuda" and state.get("rng_cuda") is not None:
@@ -130,8 +218,13 @@ class Checkpoint(Callback):
         run.history[:] = json.loads(state["history"])
         run.start_epoch = self.saved_epoch = int(state["epoch"])
         run.checkpoint = self.path
+        self.best = max((h["test_elbo"] for h in run.history if "test_elbo" in h), default=-math.inf)
 
     def on_epoch_end(self, run: SVILoop, record: dict[str, Any]) -> None:
+        if record.get("test_elbo", -math.inf) > self.best:  # best.pt: the parameters of the best held-out ELBO
+            self.best = record["test_elbo"]
+            save_checkpoint(self.best_path, {"family": self.family, "epoch": record["epoch"],
+                                             "model": run.state.state_dict()["model"], "test_elbo": self.best})
         if record["epoch"] % self.every == 0 or record["epoch"] == run.epochs:
             self.save(run, record["epoch"])
 

@@ -21,6 +21,8 @@ from ..utils import atomic_write_bytes
 
 FORMAT = "ppl_dgm.checkpoint/1"
 CHECKPOINT_NAME = "checkpoint.pt"
+BEST_NAME = "best.pt"
+"""The parameters of the epoch with the best held-out ELBO (model state only)."""
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -68,7 +70,10 @@ def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]
         raise CheckpointError(f"{where}: checkpoint does not fit the model: missing {missing[:3]}, "
                               f"unexpected {extra[:3]}")
     for k, v in own.items():
-        if tuple(v.shape) != tuple(state_dict[k].shape):
+        got = state_dict[k]
+        if not isinstance(got, torch.Tensor) or tuple(v.shape) != tuple(got.shape):
             raise CheckpointError(f"{where}: parameter {k!r} expected shape {tuple(v.shape)}; "
-                                  f"checkpoint has {tuple(state_dict[k].shape)}")
+                                  f"checkpoint has {tuple(got.shape) if isinstance(got, torch.Tensor) else got!r:.40}")
+        if got.is_floating_point() and not torch.isfinite(got).all():
+            raise CheckpointError(f"{where}: expected finite parameters; {k!r} holds NaN or inf")
     model.load_state_dict(state_dict)

@@ -240,27 +240,29 @@ def gradient_snr(module: torch.nn.Module, x: torch.Tensor, *rest: torch.Tensor, 
 
 @dataclass
 class Convergence:
-    """Slope of the smoothed ELBO curve over the last epochs.
+    """The trend of the ELBO over the last epochs, with its standard error.
 
     Attributes
     ----------
     metric : str
         History key used (``test_elbo`` if recorded, else ``train_elbo``).
-    slope : float
-        Nats per example per epoch (least squares over the last ``epochs_used`` smoothed values).
-    epochs_used, window : int
+    slope, slope_se : float
+        Least-squares slope of the raw per-epoch values over the last ``epochs_used`` epochs (nats per
+        example per epoch) and its standard error from the residuals.
+    epochs_used : int
     last : float
-        Last smoothed value.
+        Mean of the values used (a level that does not jitter with the last epoch).
     relative_change : float
         ``slope * epochs_used / max(|last|, 1)``: the fraction the ELBO moved over that span.
     status : str
-        ``"converged"``, ``"improving"``, ``"worsening"`` or ``"too short"``.
+        ``"improving"`` or ``"worsening"`` when the slope is at least ``z`` standard errors from 0 *and*
+        moved the ELBO by more than ``rel_tol``; ``"converged"`` otherwise; ``"too short"`` under 4 epochs.
     """
 
     metric: str
     slope: float
+    slope_se: float
     epochs_used: int
-    window: int
     last: float
     relative_change: float
     status: str
@@ -269,26 +271,25 @@ class Convergence:
         return asdict(self)
 
 
-def convergence(history: list[dict], *, key: str | None = None, window: int = 5, last: int = 10,
+def convergence(history: list[dict], *, key: str | None = None, last: int = 20, z: float = 2.0,
                 rel_tol: float = 2e-3) -> Convergence:
     """Convergence of a fit from its history (``FitResult.history`` or ``history.json``).
 
-    The ELBO curve is smoothed by a trailing moving average of ``window`` epochs; the slope is
-    fitted over the last ``last`` smoothed points.  ``converged`` when the ELBO moved by less
-    than ``rel_tol`` (relative) over that span.
+    A straight line is fitted to the last ``last`` per-epoch values; the verdict needs the slope to
+    stand out of its own noise (|slope| >= z SE), so the epoch-to-epoch jitter of a held-out ELBO
+    (+-0.2 nats) does not read as a trend, and to matter (relative change > ``rel_tol``).
     """
     if key is None:
         key = "test_elbo" if any("test_elbo" in h for h in history) else "train_elbo"
-    pts = [(h["epoch"], h[key]) for h in history if key in h and math.isfinite(h[key])]
-    if len(pts) < 3:
-        return Convergence(key, float("nan"), len(pts), window, pts[-1][1] if pts else float("nan"),
-                           float("nan"), "too short")
-    ep, y = np.array([p[0] for p in pts], float), np.array([p[1] for p in pts], float)
-    w = max(1, min(window, len(y) // 2))
-    smooth = np.convolve(y, np.ones(w) / w, mode="valid")
-    ep = ep[w - 1:]
-    L = min(last, len(smooth))
-    slope = float(np.polyfit(ep[-L:], smooth[-L:], 1)[0]) if L >= 2 else float("nan")
-    rel = slope * L / max(abs(float(smooth[-1])), 1.0)
-    status = "converged" if abs(rel) < rel_tol else ("improving" if slope > 0 else "worsening")
-    return Convergence(key, slope, L, w, float(smooth[-1]), rel, status)
+    pts = np.array([(h["epoch"], h[key]) for h in history if key in h and math.isfinite(h[key])], float)
+    if len(pts) < 4:
+        level = float(pts[:, 1].mean()) if len(pts) else float("nan")
+        return Convergence(key, float("nan"), float("nan"), len(pts), level, float("nan"), "too short")
+    ep, y = pts[-last:, 0], pts[-last:, 1]
+    (slope, icpt), resid = np.polyfit(ep, y, 1), None
+    resid = y - (slope * ep + icpt)
+    se = float(np.sqrt(resid @ resid / (len(y) - 2) / ((ep - ep.mean()) @ (ep - ep.mean()))))
+    rel = float(slope) * len(y) / max(abs(float(y.mean())), 1.0)
+    trend = abs(slope) >= z * se and abs(rel) > rel_tol
+    status = ("improving" if slope > 0 else "worsening") if trend else "converged"
+    return Convergence(key, float(slope), se, len(y), float(y.mean()), rel, status)

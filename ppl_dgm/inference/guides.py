@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import pyro.poutine as poutine
 import torch
+from torch.distributions import Bernoulli, ContinuousBernoulli, Independent
 
 from ..errors import InputError
 from .traces import sample_sites
@@ -43,6 +44,11 @@ def _trace(where: str, fn: Callable, *args, **kwargs) -> poutine.Trace:
         plate, site, dim, size, got = m.groups()
         raise InputError(f"shape problem at {where} site {site!r} inside plate {plate!r}: expected size {size} "
                          f"(the plate's size) or 1 at dim {dim}; got {got}") from None
+    except RuntimeError as e:  # a network refusing the data: wrong width, dtype or device
+        shapes = ", ".join(f"{tuple(a.shape)} {str(a.dtype).replace('torch.', '')}" for a in args
+                           if isinstance(a, torch.Tensor))
+        raise InputError(f"the {where} cannot run on the first minibatch ({shapes}): "
+                         f"{str(e).strip().splitlines()[0][:200]}") from None
 
 
 def _fits(shape: tuple, batch: tuple, event: tuple, in_plate: bool) -> bool:
@@ -91,6 +97,21 @@ def check_guide(model: Callable, guide: Callable, *args, **kwargs) -> None:
     for where, tr in (("guide", g_tr), ("model", replayed)):
         for name, site in sample_sites(tr):
             _check_value_shape(where, name, site)
+            if site["is_observed"]:
+                _check_unit_interval(name, site)
+
+
+def _check_unit_interval(name: str, site: dict) -> None:
+    """Observed values of a (continuous) Bernoulli likelihood must lie in [0, 1]: grey levels are allowed
+    (cross-entropy), anything else would be silently wrong.  Other distributions validate themselves."""
+    fn, value = site["fn"], site["value"]
+    while isinstance(fn, Independent):
+        fn = fn.base_dist
+    if isinstance(fn, (Bernoulli, ContinuousBernoulli)) and value.numel():
+        lo, hi = float(value.min()), float(value.max())
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise InputError(f"observed site {name!r}: a Bernoulli likelihood expects values in [0, 1]; "
+                             f"got values in [{lo:.4g}, {hi:.4g}]")
 
 
 def _check_sites(m_tr, g_tr) -> None:

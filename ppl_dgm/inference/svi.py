@@ -16,6 +16,7 @@ lazily are collected after the first traces (:func:`~.guides.check_guide`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -30,7 +31,17 @@ from torch import nn
 
 from ..errors import InputError, NonFiniteError, check_choice
 from ..utils import ensure_writable_dir, resolve_device, seed_everything
-from .callbacks import Callback, Checkpoint, Clock, EpochFunction, HeldOutELBO, ProgressBar, StopTraining
+from .callbacks import (
+    EMA,
+    Callback,
+    Checkpoint,
+    Clock,
+    DivergenceGuard,
+    EpochFunction,
+    HeldOutELBO,
+    ProgressBar,
+    StopTraining,
+)
 from .checkpoint import load_model_state
 from .diagnostics import elbo_terms, find_nonfinite
 from .guides import check_guide
@@ -83,6 +94,9 @@ class SVIState:
         ``"model"`` and/or ``"guide"``: the modules holding the parameters (train/eval mode, checkpoints).
     clip_norm : float, optional
         Clip the global gradient norm before each step.
+    ema : EMA, optional
+        A moving average of ``params`` (:class:`~.callbacks.EMA`): then :meth:`evaluate` and the checkpoint's
+        weights (:meth:`state_dict`) are the averaged ones.
     """
 
     model: Callable
@@ -92,6 +106,7 @@ class SVIState:
     optimizer: torch.optim.Optimizer
     modules: dict[str, nn.Module] = field(default_factory=dict)
     clip_norm: float | None = None
+    ema: EMA | None = None
 
     def step(self, *batch: torch.Tensor) -> float:
         """One optimizer step on ``loss(model, guide, *batch)``; returns the loss.
@@ -154,9 +169,24 @@ class SVIState:
         for m in self.modules.values():
             m.train(mode)
 
+    def averaged(self):
+        """A context in which the parameters hold their moving average (a no-op without EMA)."""
+        return self.ema.applied(self.params) if self.ema is not None else contextlib.nullcontext()
+
     def state_dict(self) -> dict[str, Any]:
         """Checkpoint entries: ``model`` (its module's state, {} for a function), ``guide`` (a separate
-        guide module's), ``param_store`` (``pyro.param`` values) and ``optimizer``."""
+        guide module's), ``param_store`` (``pyro.param`` values) and ``optimizer``.  With EMA, ``model``,
+        ``guide`` and ``param_store`` hold the averaged values, and ``ema`` the number of updates and the
+        training values (``train``, by parameter name)."""
+        if self.ema is None or not self.ema.updates:
+            return self._state_dict()
+        with self.averaged():
+            state = {k: ({n: v.clone() for n, v in d.items()} if k != "optimizer" else d)
+                     for k, d in self._state_dict().items()}
+        state["ema"] = {"updates": self.ema.updates, "train": {n: p.detach().clone() for n, p in self.params.items()}}
+        return state
+
+    def _state_dict(self) -> dict[str, Any]:
         state = {"model": self.modules["model"].state_dict() if "model" in self.modules else {},
                  "param_store": {k: v.detach() for k, v in pyro.get_param_store().named_parameters()},
                  "optimizer": self.optimizer.state_dict()}
@@ -173,6 +203,12 @@ class SVIState:
             if name in store:
                 store[name].data.copy_(value)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and "ema" in state:  # the values loaded are the average; then the training ones
+            self.ema.updates = int(state["ema"]["updates"])
+            self.ema.shadow = {n: p.detach().clone() for n, p in self.params.items()}
+            with torch.no_grad():
+                for name, value in state["ema"]["train"].items():
+                    self.params[name].copy_(value)
 
 
 def collect_params(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
@@ -308,6 +344,20 @@ def _as_tuple(data) -> tuple[torch.Tensor, ...]:
     return data
 
 
+def _prepare(data: tuple[torch.Tensor, ...], dev: torch.device, dtype: torch.dtype, what: str):
+    """The tensors on ``dev``; floating ones in the parameters' dtype (float64 data for a float32 module
+    are cast, not refused) and checked to be finite."""
+    out = []
+    for t in data:
+        if t.is_floating_point() or t.is_complex():
+            if t.is_complex() or not torch.isfinite(t).all():
+                bad = "complex values" if t.is_complex() else f"NaN or inf in {int((~torch.isfinite(t)).sum())} values"
+                raise InputError(f"expected finite real {what} data; got {bad}")
+            t = t.to(dtype)
+        out.append(t.to(dev))
+    return tuple(out)
+
+
 def _minibatch(data: tuple[torch.Tensor, ...], idx, transform) -> tuple[torch.Tensor, ...]:
     """The rows ``idx`` (an index tensor or a slice) of every tensor; ``transform`` applied to the first."""
     batch = tuple(t[idx] for t in data)
@@ -385,6 +435,7 @@ def fit_svi(
     config: dict[str, Any] | None = None,
     test_particles: int = 1,
     validate: bool = False,
+    ema: float | None = None,
 ) -> FitResult:
     """Fit a model–guide pair by SVI.
 
@@ -439,6 +490,10 @@ def fit_svi(
         Keep Pyro's distribution-argument validation on in every step.  The first
         trace is always validated; later steps skip it for speed (non-finite losses
         are still caught and named).
+    ema : float in (0, 1), optional
+        Decay of a moving average of the parameters (:class:`~.callbacks.EMA`), updated after every step;
+        held-out terms, checkpoints (``best.pt`` too) and the returned model use the averaged weights, and
+        the checkpoint keeps the training weights as well, so resume is exact.  None or 0: no average.
 
     Returns
     -------
@@ -456,13 +511,16 @@ def fit_svi(
     _check_options(optimizer, lr_schedule, lr, epochs=epochs, batch_size=batch_size,
                    checkpoint_every=checkpoint_every)
     dev = resolve_device(device)
-    train_t, test_t = (tuple(t.to(dev) for t in _as_tuple(d)) for d in (train, test))
+    dtype = next((p.dtype for m in modules.values() for p in m.parameters()), torch.get_default_dtype())
+    train_t, test_t = (_prepare(_as_tuple(d), dev, dtype, what) for d, what in ((train, "training"), (test, "test")))
     if not train_t or train_t[0].shape[0] == 0:
         raise InputError("expected at least one training example; got none")
     loss = loss if loss is not None else AnalyticELBO()
     objective = _loss_fn(loss)
-    hooks = [HeldOutELBO(test_t, test_particles)] if test_t else []
-    hooks.append(Clock())
+    averager = EMA(ema) if ema else None
+    hooks = [averager] if averager else []
+    hooks += [HeldOutELBO(test_t, test_particles)] if test_t and len(test_t[0]) else []
+    hooks += [Clock(), DivergenceGuard()]
     if out_dir is not None:
         hooks.append(Checkpoint(ensure_writable_dir(out_dir), family, every=checkpoint_every, resume=resume,
                                 config=config))
@@ -480,11 +538,14 @@ def fit_svi(
                          "or an autoguide's); got none")
     opt = (torch.optim.Adam(params.values(), lr=lr) if optimizer == "adam"
            else ClippedAdam(params.values(), lr=lr, clip_norm=clip_norm or 10.0))
-    state = SVIState(model_fn, guide_fn, objective, params, opt, modules, clip_norm if optimizer == "adam" else None)
+    state = SVIState(model_fn, guide_fn, objective, params, opt, modules, clip_norm if optimizer == "adam" else None,
+                     averager)
     run = SVILoop(state, model, train_t, epochs, batch_size, seed, _lr_at(lr_schedule, lr, epochs, lr_gamma),
               getattr(loss, "set_epoch", None), transform)
     # The first traces (check_guide) ran with Pyro's argument validation on, catching model bugs early;
     # the loop runs without it (it costs about 5% per step); non-finite values are still caught and named.
     with pyro.validation_enabled(validate):
         run.fit(hooks)
+    if averager is not None:
+        averager.copy_to(params)
     return FitResult(model, run.history, run.checkpoint, run.stopped)

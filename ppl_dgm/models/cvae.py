@@ -37,7 +37,7 @@ class CVAEConfig(VAEConfig):
         if ds.y_train is None or ds.y_test is None:
             raise InputError(f"a conditional model needs labelled data (y and y_test); {ds.name} has none")
         if kw["n_classes"] is None:
-            kw["n_classes"] = max(2, int(max(ds.y_train.max(), ds.y_test.max())) + 1)
+            kw["n_classes"] = max(2, int(torch.cat([ds.y_train, ds.y_test]).max()) + 1)
         return kw
 
 

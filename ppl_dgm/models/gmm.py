@@ -31,7 +31,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from ..errors import InputError, check_choice
+from ..errors import InputError, check_choice, check_positive_int
 from .base import GenerativeModel
 from .options import EMOptions, option
 
@@ -210,7 +210,8 @@ class GMM(GenerativeModel):
     def from_config(cls, config: dict[str, Any]) -> GMM:
         """Placeholder parameters of the configured shapes (float64), to be filled by ``load_state_dict``."""
         try:
-            k, d, ct = int(config["n_components"]), int(config["n_features"]), config["covariance_type"]
+            k, d = (check_positive_int(k, config[k]) for k in ("n_components", "n_features"))
+            ct = config["covariance_type"]
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"expected a gmm config with n_components, n_features, covariance_type; got {e}") from None
         eye = torch.eye(d, dtype=torch.float64)

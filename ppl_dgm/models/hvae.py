@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import InputError, check_choice
+from ..errors import InputError, check_choice, check_positive_int
 from ..nn import MLP
 from .base import GenerativeModel
 from .options import ObjectiveOptions, SVIOptions, option
@@ -90,17 +90,18 @@ class HVAE(GenerativeModel):
                  x_scale: float = HVAEConfig.x_scale, image_shape: Sequence[int] | None = None):
         super().__init__()
         check_choice("likelihood", likelihood, ("bernoulli", "gaussian"))
-        dims = [int(d) for d in latent_dims]
-        if len(dims) == 1 and isinstance(layers, int) and layers > 1:
+        layers = check_positive_int("layers", layers)
+        dims = [check_positive_int("each latent size", d) for d in latent_dims]
+        if len(dims) == 1 and layers > 1:
             dims = dims * layers  # one size for every layer
         latent_dims = dims
-        if not isinstance(layers, int) or layers < 1 or len(dims) != layers or any(d < 1 for d in dims):
-            raise InputError(f"expected layers >= 1 and one positive latent size per layer; "
-                             f"got layers={layers!r}, latent_dims={list(latent_dims)}")
+        if len(dims) != layers:
+            raise InputError(f"expected one positive latent size per layer (or one for all); "
+                             f"got layers={layers}, latent_dims={dims}")
         if not x_scale > 0:
             raise InputError(f"x_scale must be > 0; got {x_scale}")
         self._store_config(locals())
-        hidden = tuple(int(h) for h in hidden)
+        hidden = tuple(check_positive_int("each hidden width", h) for h in hidden)
         self.x_dim, self.layers, self.dims, self.likelihood, self.x_scale = x_dim, layers, dims, likelihood, x_scale
         self.image_shape = tuple(image_shape) if image_shape else None
         below = [x_dim] + dims[:-1]                         # the parent of z_l in the guide is z_{l-1} (z_0 = x)

@@ -32,7 +32,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputError
+from ..errors import InputError, check_positive_int
 from .base import EStep, GenerativeModel
 from .options import EMOptions, option
 
@@ -173,7 +173,7 @@ class PPCA(GenerativeModel):
     def from_config(cls, config: dict[str, Any]) -> PPCA:
         """Placeholder parameters of the configured shapes (float64), to be filled by ``load_state_dict``."""
         try:
-            d, q = int(config["n_features"]), int(config["latent_dim"])
+            d, q = (check_positive_int(k, config[k]) for k in ("n_features", "latent_dim"))
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"expected a ppca config with n_features and latent_dim; got {e}") from None
         return cls(torch.zeros(d, q, dtype=torch.float64), torch.zeros(d, dtype=torch.float64),

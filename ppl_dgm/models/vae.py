@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data import Dataset
-from ..errors import InputError, check_choice
+from ..errors import InputError, check_choice, check_positive_int
 from ..nn import MLP, ConvDecoder28, ConvEncoder28
 from .base import GenerativeModel
 from .options import ObjectiveOptions, SVIOptions, option
@@ -97,10 +97,8 @@ class VAE(GenerativeModel):
         super().__init__()
         check_choice("likelihood", likelihood, LIKELIHOODS)
         check_choice("arch", arch, ARCHS)
-        hidden = tuple(int(h) for h in hidden)
-        if x_dim < 1 or latent_dim < 1 or any(h < 1 for h in hidden):
-            raise InputError(f"x_dim, latent_dim and hidden widths must be positive; "
-                             f"got x_dim={x_dim}, latent_dim={latent_dim}, hidden={hidden}")
+        x_dim, latent_dim = check_positive_int("x_dim", x_dim), check_positive_int("latent_dim", latent_dim)
+        hidden = tuple(check_positive_int("each hidden width", h) for h in hidden)
         if arch == "conv" and x_dim != 784:
             raise InputError(f"arch 'conv' expects 28x28 images (x_dim 784); got x_dim {x_dim}")
         if not x_scale > 0:

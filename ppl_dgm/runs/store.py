@@ -15,9 +15,14 @@ A run directory holds
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -26,35 +31,61 @@ from ..data import Dataset, apply_binarize_to, load_dataset
 from ..data._dataset import to_tensor_x, to_tensor_y
 from ..data.images import load_array_file
 from ..errors import CheckpointError, InputError
-from ..inference.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_model_state, save_checkpoint
+from ..inference.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint, load_model_state, save_checkpoint
 from ..models import REGISTRY, Family, GenerativeModel
 from ..utils import atomic_write_json, ensure_writable_dir, resolve_device
 
 RUN_FORMAT = "ppl_dgm.run/2"
 
 
+class DataChangedWarning(UserWarning):
+    """A run's data file differs from the one it was fitted on (size or SHA-256)."""
+
+
 @dataclass
 class DataSpec:
-    """Where the data come from (stored in ``config.json`` so a run can reload them)."""
+    """Where the data come from (stored in ``config.json`` so a run can reload them).
+
+    File paths are stored absolute, with a fingerprint (size and SHA-256) of each file; a run
+    whose file has changed since still loads it, with a :class:`DataChangedWarning`.
+    ``test_path`` (or an ``.npz``'s own ``x_test``) holds the held-out rows, and then every row of
+    ``path`` trains; otherwise ``val_fraction`` of the rows are held out (seeded; 0 allowed).
+    """
 
     dataset: str | None = None
     path: str | None = None
     data_dir: str | None = None
     binarize: str = "none"
     seed: int = 0
+    test_path: str | None = None
+    val_fraction: float = 0.2
+    fingerprints: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.path, self.test_path = (str(Path(p).absolute()) if p else None for p in (self.path, self.test_path))
 
     def load(self) -> Dataset:
-        return load_dataset(self.dataset, path=self.path, data_dir=self.data_dir, binarize=self.binarize,
-                            seed=self.seed)
+        from ..data import fingerprint
+
+        for key in ("path", "test_path"):
+            stored, file = self.fingerprints.get(key), getattr(self, key)
+            if stored and Path(file).is_file() and fingerprint(file) != stored:
+                warnings.warn(f"{file} has changed since the run was fitted (size or SHA-256 differ)",
+                              DataChangedWarning, stacklevel=2)
+        ds = load_dataset(self.dataset, path=self.path, test_path=self.test_path, data_dir=self.data_dir,
+                          binarize=self.binarize, seed=self.seed, val_fraction=self.val_fraction)
+        self.fingerprints = self.fingerprints or {k: fingerprint(getattr(self, k)) for k in ("path", "test_path")
+                                                  if getattr(self, k)}
+        return ds
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(dataset=self.dataset, path=self.path, data_dir=self.data_dir, binarize=self.binarize,
-                    seed=self.seed)
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
 
     @classmethod
     def from_config(cls, data: dict[str, Any]) -> DataSpec:
-        return cls(**{k: data.get(k) for k in ("dataset", "path", "data_dir")}, binarize=data.get("binarize", "none"),
-                   seed=data.get("seed", 0))
+        spec = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        spec.fingerprints = spec.fingerprints if isinstance(spec.fingerprints, dict) else {}
+        return spec
 
 
 @dataclass
@@ -72,6 +103,8 @@ class Run:
         ``config.json``.
     history : list of dict
         ``history.json`` (empty if absent).
+    checkpoint : str
+        The file the parameters came from: ``checkpoint.pt`` (the last epoch) or ``best.pt``.
     """
 
     path: Path
@@ -79,6 +112,7 @@ class Run:
     model: GenerativeModel
     config: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: str = CHECKPOINT_NAME
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -97,10 +131,15 @@ class Run:
             _, _, x_np, y_np, _ = load_array_file(path, d["seed"], evaluation=True)
             x, y, name = to_tensor_x(x_np), to_tensor_y(y_np), str(path)
         else:
-            spec = DataSpec(dataset or d["dataset"], None if dataset else d["path"], data_dir or d["data_dir"],
-                            "none", d["seed"])
+            own = DataSpec.from_config(d)
+            spec = DataSpec(dataset or own.dataset, None if dataset else own.path, data_dir or own.data_dir, "none",
+                            own.seed, None if dataset else own.test_path, own.val_fraction,
+                            {} if dataset else own.fingerprints)
             ds = spec.load()
             x, y, name = ds.x_test, ds.y_test, ds.name
+            if not len(x):
+                raise InputError(f"{name}: the run holds out no rows (val_fraction 0, no test data); "
+                                 f"pass --data FILE or --dataset NAME to choose data")
         x = apply_binarize_to(x, d["binarize"], d["seed"], name)
         expected = int(torch.Size(self.shape).numel())
         if x.shape[1] != expected:
@@ -125,7 +164,20 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: expected run format {RUN_FORMAT!r}; got {got!r}")
     if cfg.get("family") not in REGISTRY:
         raise CheckpointError(f"{path}: unknown family {cfg.get('family')!r}; expected one of {', '.join(REGISTRY)}")
+    _check_sections(cfg, path)
     return cfg
+
+
+def _check_sections(cfg: dict[str, Any], path: Path) -> None:
+    """The sections every run needs, with the types the commands rely on."""
+    for key in ("model", "data", "train"):
+        if not isinstance(cfg.get(key), dict):
+            raise CheckpointError(f"{path}: expected a {key!r} section (an object); got {cfg.get(key)!r:.60}")
+    shape, seed = cfg["data"].get("shape"), cfg["data"].get("seed")
+    if not (isinstance(shape, list) and shape and all(isinstance(s, int) and s > 0 for s in shape)):
+        raise CheckpointError(f"{path}: expected data.shape as a list of positive integers; got {shape!r:.60}")
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
+        raise CheckpointError(f"{path}: expected data.seed as an integer >= 0; got {seed!r:.60}")
 
 
 def run_config(model: GenerativeModel, data: DataSpec | None, ds: Dataset | None, train: dict[str, Any],
@@ -138,22 +190,41 @@ def run_config(model: GenerativeModel, data: DataSpec | None, ds: Dataset | None
             "data": data_cfg, "train": train, **extra}
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
+def load_run(run_dir: str | Path, device: str = "cpu", checkpoint: Literal["last", "best"] = "last") -> Run:
     """Rebuild the fitted model of a run directory (any family), like diffusers' ``from_pretrained``.
+
+    ``checkpoint="best"`` takes the parameters of the epoch with the best held-out ELBO (``best.pt``)
+    instead of the last epoch's (``checkpoint.pt``).
 
     >>> run = load_run("runs/vae-digits")            # doctest: +SKIP
     >>> x = run.model.sample(16, mean=True)          # doctest: +SKIP
     """
+    name = {"last": CHECKPOINT_NAME, "best": BEST_NAME}.get(checkpoint)
+    if name is None:
+        raise InputError(f"checkpoint: expected 'last' or 'best'; got {checkpoint!r}")
     cfg = read_config(run_dir)
     family = REGISTRY[cfg["family"]]
     model = family.model.from_config(cfg["model"])
-    ckpt = Path(run_dir) / CHECKPOINT_NAME
+    ckpt = Path(run_dir) / name
+    if checkpoint == "best" and not ckpt.is_file():
+        raise CheckpointError(f"{run_dir} has no {BEST_NAME} (only runs fitted by SVI with held-out data keep one); "
+                              f"use the last checkpoint")
     state = load_checkpoint(ckpt, family=cfg["family"])
-    load_model_state(model, state["model"], str(ckpt))
+    load_model_state(model, state.get("model", {}), str(ckpt))
     model.to(resolve_device(device)).eval()
-    hist = Path(run_dir) / "history.json"
-    history = json.loads(hist.read_text()) if hist.is_file() else []
-    return Run(Path(run_dir), family, model, cfg, history)
+    return Run(Path(run_dir), family, model, cfg, _history(Path(run_dir) / "history.json"), name)
+
+
+def _history(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    try:
+        history = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: expected JSON; got {str(e)[:120]}") from None
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise CheckpointError(f"{path}: expected a list of records; got {type(history).__name__}")
+    return history
 
 
 def save_run(model: GenerativeModel, run_dir: str | Path, *, data: DataSpec | None = None,
@@ -185,11 +256,74 @@ def default_out_dir(family: str, data: DataSpec, root: str = "runs") -> Path:
     return out
 
 
-def prepare_out_dir(out: str | Path | None, family: str, data: DataSpec, resume: bool) -> Path:
-    """Choose and check the output directory (created only once the data have been checked)."""
+RUN_FILES = ("config.json", CHECKPOINT_NAME, BEST_NAME, "history.json", "diagnostics.json", "posterior.nc")
+
+
+def out_dir_for(out: str | Path | None, family: str, data: DataSpec) -> Path:
+    """The output directory: ``out``, or ``runs/<family>-<data>`` numbered to be new."""
     path = Path(out) if out else default_out_dir(family, data)
     if path.exists() and not path.is_dir():
         raise InputError(f"--out: expected a directory; {str(path)!r} is a file")
+    return path
+
+
+def clear_run(path: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to write over a run unless resuming it or told to overwrite (then its files go); drop stale
+    temporaries that killed writers left behind (the caller holds the folder's lock)."""
     if (path / "config.json").exists() and not resume:
-        raise InputError(f"{path} already holds a run; pass --resume to continue it or choose another --out")
-    return ensure_writable_dir(path)
+        if not overwrite:
+            raise InputError(f"{path} already holds a run; pass --resume to continue it, --overwrite to replace "
+                             f"it, or choose another --out")
+        for f in [*RUN_FILES, *(p.name for p in path.glob("*.png"))]:
+            (path / f).unlink(missing_ok=True)
+    for tmp in path.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def run_lock(path: Path):
+    """Hold ``path/.lock`` while writing a run: a second fit into the same folder is refused; a lock whose
+    process is gone (``kill -9``) is stale and taken over.  Creates ``path`` (and removes it again if the
+    fit fails before writing a checkpoint, so a failed start leaves nothing behind)."""
+    top = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)  # first folder we create
+    ensure_writable_dir(path)
+    lock = path / ".lock"
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            owner = lock.read_text().strip() if lock.exists() else ""
+            if _alive(owner):
+                raise InputError(f"{path} is being written by another fit (process {owner}); wait for it or "
+                                 f"choose another --out") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+    else:
+        raise InputError(f"{path}: could not take the lock {lock}")
+    with os.fdopen(fd, "w") as f:
+        f.write(me)
+    try:
+        yield path
+    except BaseException:
+        if top is not None and not (path / CHECKPOINT_NAME).exists():
+            shutil.rmtree(top, ignore_errors=True)
+        raise
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(owner: str) -> bool:
+    """Whether the process ``host:pid`` that holds a lock still runs (on another host: assume it does)."""
+    host, _, pid = owner.rpartition(":")
+    if not pid.isdigit():
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

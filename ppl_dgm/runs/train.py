@@ -15,8 +15,8 @@ from ..inference import fit_svi, make_objective
 from ..inference.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from ..models import Family, GenerativeModel, get_family
 from ..models.options import FitOptions
-from ..utils import atomic_write_json, resolve_device, seed_everything
-from .store import DataSpec, Run, load_run, prepare_out_dir, read_config, run_config
+from ..utils import atomic_write_json, resolve_device, seed_everything, set_threads
+from .store import DataSpec, Run, clear_run, load_run, out_dir_for, read_config, run_config, run_lock
 
 
 def check_data(family: Family, ds: Dataset, model_cfg: dict) -> None:
@@ -27,8 +27,8 @@ def check_data(family: Family, ds: Dataset, model_cfg: dict) -> None:
     if family.conditional:
         if ds.y_train is None or ds.y_test is None:
             raise InputError(f"a conditional model needs labelled data (y and y_test); {ds.name} has none")
-        lo = int(min(ds.y_train.min(), ds.y_test.min()))
-        hi = int(max(ds.y_train.max(), ds.y_test.max()))
+        y = torch.cat([ds.y_train, ds.y_test])
+        lo, hi = int(y.min()), int(y.max())
         if lo < 0 or hi >= model_cfg["n_classes"]:
             raise InputError(f"expected labels in 0..{model_cfg['n_classes'] - 1}; {ds.name} has labels in {lo}..{hi}")
 
@@ -43,7 +43,7 @@ def objective_for(options: FitOptions, model: GenerativeModel):
 
 
 def _resumed(family: Family, out: str | Path | None, epochs: int | None):
-    """The stored options, data and model config of the run in ``out`` (only ``epochs`` may change)."""
+    """The stored options, data and model config of the run in ``out`` (only ``epochs`` may grow)."""
     if out is None or not (Path(out) / "config.json").exists():
         raise InputError(f"--resume: expected a run directory with config.json at {out}; found none")
     cfg = read_config(out)
@@ -51,46 +51,57 @@ def _resumed(family: Family, out: str | Path | None, epochs: int | None):
         raise InputError(f"--resume: {out} holds a {cfg['family']!r} run; got `fit {family.name}`")
     if family.trainer != "svi":
         raise InputError(f"--resume: {family.name} is fitted by {family.trainer} in one call; fit it into a new --out")
+    if not (Path(out) / CHECKPOINT_NAME).is_file():
+        raise InputError(f"--resume: expected {Path(out) / CHECKPOINT_NAME} to continue from; found none "
+                         f"(pass --overwrite to fit again from the start)")
     options = family.config.from_stored(cfg["train"])
     if epochs is not None:
+        if epochs < options.epochs:
+            raise InputError(f"--resume: --epochs may only grow; the run was set to {options.epochs} epochs; "
+                             f"got {epochs}")
         options = dataclasses.replace(options, epochs=epochs)
     return options, DataSpec.from_config(cfg["data"]), cfg["model"]
 
 
 def train_run(family: str | Family, options: FitOptions, data: DataSpec, *, out: str | Path | None = None,
-              resume: bool = False, device: str = "cpu", progress: bool = True,
-              echo: Callable[[str], None] = print) -> Run:
+              resume: bool = False, overwrite: bool = False, device: str = "cpu", progress: bool = True,
+              threads: int | str = "auto", echo: Callable[[str], None] = print) -> Run:
     """Fit ``family`` with ``options`` on ``data`` into a run directory; returns the loaded :class:`Run`.
 
-    With ``resume`` the options, data and model come from the run's ``config.json``; only
-    ``options.epochs`` (if set) may raise the number of epochs.
+    A folder that holds a run is refused unless ``resume`` (the same family; options, data and model
+    then come from its ``config.json``, and only ``options.epochs`` may grow) or ``overwrite``.  The
+    folder is locked while the fit writes; a fit that fails before its first checkpoint leaves nothing.
+    ``threads`` is torch's CPU thread count, or ``"auto"`` (:func:`ppl_dgm.utils.set_threads`).
     """
     family = get_family(family) if isinstance(family, str) else family
+    resolve_device(device)  # refuse a missing CUDA before anything is read or written
     model_cfg = None
     if resume:
         options, data, model_cfg = _resumed(family, out, getattr(options, "epochs", None))
     ds = data.load()
     options = options.resolve(ds)
+    out_path = out_dir_for(out, family.name, data)
     if family.trainer == "em":
-        return _train_em(family, options, data, ds, out, device, echo)
+        return _train_em(family, options, data, ds, out_path, overwrite, device, echo)
     model_cfg = model_cfg or options.model_kwargs(ds)
     check_data(family, ds, model_cfg)
     seed_everything(data.seed)  # the initial weights follow the seed
     model = family.model(**model_cfg)
     loss = objective_for(options, model)  # built before anything is written: bad combinations are refused
-    out_path = prepare_out_dir(out, family.name, data, resume)
-    train = {**options.values("train"), **options.values("objective")}
-    config = run_config(model, data, ds, train)
-    atomic_write_json(out_path / "config.json", config)
-    echo(f"{family.name}: {ds.summary()}; writing {out_path}")
-    return _fit_svi(family, model, loss, options, ds, data.seed, out_path, config, resume, device, progress, echo)
+    set_threads(threads, n_params=sum(p.numel() for p in model.parameters()), device=device)
+    with run_lock(out_path):
+        clear_run(out_path, resume, overwrite)
+        config = run_config(model, data, ds, {**options.values("train"), **options.values("objective")})
+        atomic_write_json(out_path / "config.json", config)
+        echo(f"{family.name}: {ds.summary()}; writing {out_path}")
+        return _fit_svi(family, model, loss, options, ds, data.seed, out_path, config, resume, device, progress,
+                        echo)
 
 
 def _fit_svi(family, model, loss, options, ds, seed, out_path, config, resume, device, progress, echo) -> Run:
-    if resolve_device(device).type == "cpu" and ds.kind == "vector":
-        torch.set_num_threads(1)  # small MLPs on vectors: intra-op threads cost more than they give
     data = (lambda x, y: (x, y)) if family.conditional else (lambda x, y: x)
-    result = fit_svi(model, data(ds.x_train, ds.y_train), test=data(ds.x_test, ds.y_test), loss=loss,
+    test = data(ds.x_test, ds.y_test) if len(ds.x_test) else None
+    result = fit_svi(model, data(ds.x_train, ds.y_train), test=test, loss=loss,
                      resume=resume, device=device, seed=seed, progress=progress, transform=ds.batch_transform(),
                      out_dir=out_path, config=config, **options.values("train"))
     if result.history:
@@ -100,21 +111,24 @@ def _fit_svi(family, model, loss, options, ds, seed, out_path, config, resume, d
     return load_run(out_path, device=device)
 
 
-def _train_em(family: Family, options, data: DataSpec, ds: Dataset, out, device: str, echo) -> Run:
+def _train_em(family: Family, options, data: DataSpec, ds: Dataset, out_path: Path, overwrite: bool, device: str,
+              echo) -> Run:
     from ..estimators import ESTIMATORS
 
     x_tr, x_te = ds.x_train.double().numpy(), ds.x_test.double().numpy()
     est = ESTIMATORS[family.name](**options.estimator_params(), random_state=data.seed, device=device).fit(x_tr)
     model: GenerativeModel = est.model_
-    out_path = prepare_out_dir(out, family.name, data, False)
     history = [{"iteration": i + 1, "log_likelihood": v} for i, v in enumerate(est.lower_bounds_)]
-    save_checkpoint(out_path / CHECKPOINT_NAME, {"family": family.name, "epoch": int(est.n_iter_),
-                                                  "model": model.state_dict(), "history": json.dumps(history)})
-    atomic_write_json(out_path / "history.json", history)
-    config = run_config(model, data, ds, options.values("train"),
-                        result={"converged": bool(est.converged_), "n_iter": int(est.n_iter_)})
-    atomic_write_json(out_path / "config.json", config)
+    with run_lock(out_path):
+        clear_run(out_path, False, overwrite)
+        save_checkpoint(out_path / CHECKPOINT_NAME, {"family": family.name, "epoch": int(est.n_iter_),
+                                                      "model": model.state_dict(), "history": json.dumps(history)})
+        atomic_write_json(out_path / "history.json", history)
+        atomic_write_json(out_path / "config.json", run_config(
+            model, data, ds, options.values("train"), result={"converged": bool(est.converged_),
+                                                               "n_iter": int(est.n_iter_)}))
+    held_out = (f"held-out {est.score(x_te):.4f} nats; BIC (held-out) {est.bic(x_te):.1f}" if len(x_te)
+                else "no held-out rows")
     echo(f"{family.name}: {ds.summary()}; converged={est.converged_} after {est.n_iter_} iterations\n"
-         f"  mean log-likelihood: train {est.score(x_tr):.4f}, held-out {est.score(x_te):.4f} nats; "
-         f"BIC (held-out) {est.bic(x_te):.1f}\n  run dir {out_path}")
+         f"  mean log-likelihood: train {est.score(x_tr):.4f}, {held_out}\n  run dir {out_path}")
     return load_run(out_path, device=device)

@@ -30,6 +30,9 @@ def params_from_torch(model) -> dict[str, Any]:
     """The EpsMLP weights of a torch DDPM as a dict of NumPy arrays (kernel = weight.T)."""
     if model.arch != "mlp":
         raise ValueError(f"the NumPyro twin covers the MLP network (vector data); got arch {model.arch!r}")
+    if model.config.get("coord_freqs"):
+        raise ValueError(f"the NumPyro twin has no coordinate features yet; expected coord_freqs 0; got "
+                         f"{model.config['coord_freqs']}")
     return {k: v.detach().cpu().numpy().astype(np.float64) for k, v in model.net.state_dict().items()}
 
 
