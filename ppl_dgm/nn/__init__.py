@@ -2,7 +2,8 @@
 
 from .conv import ConvDecoder28, ConvEncoder28
 from .mlp import MLP
-from .time_embedding import EpsMLP, TimeEmbedding, sinusoidal_embedding
+from .time_embedding import CoordinateFeatures, EpsMLP, TimeEmbedding, sinusoidal_embedding
 from .unet import UNet
 
-__all__ = ["MLP", "ConvEncoder28", "ConvDecoder28", "EpsMLP", "TimeEmbedding", "UNet", "sinusoidal_embedding"]
+__all__ = ["MLP", "ConvEncoder28", "ConvDecoder28", "CoordinateFeatures", "EpsMLP", "TimeEmbedding", "UNet",
+           "sinusoidal_embedding"]

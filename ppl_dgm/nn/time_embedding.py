@@ -1,4 +1,4 @@
-"""Time embeddings and the epsilon-network for vectors: t -> features -> eps_theta(x_t, t)."""
+"""Time and coordinate embeddings and the epsilon-network for vectors: (x_t, t) -> features -> eps_theta(x_t, t)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,37 @@ class TimeEmbedding(nn.Module):
         return self.mlp(sinusoidal_embedding(t, self.dim).to(self.mlp[0].weight.dtype))
 
 
+class CoordinateFeatures(nn.Module):
+    """Per-coordinate sinusoidal features at geometric frequencies, concatenated with x (Tancik et al. 2020).
+
+    x (..., D) -> (..., D (1 + 2 F)): ``[x, sin(2^k x_d), cos(2^k x_d)]`` for k = 0..F-1 and each
+    coordinate d (the sines of all (k, d) first, then the cosines).  An MLP of x alone is biased towards
+    smooth functions; these features let it resolve structure at scale ~2^-F (Tancik et al. 2020).
+
+    Parameters
+    ----------
+    x_dim : int
+        D.
+    n_freqs : int
+        F, the number of frequencies 1, 2, 4, ..., 2^(F-1); 0 gives x unchanged.
+    """
+
+    def __init__(self, x_dim: int, n_freqs: int):
+        super().__init__()
+        self.x_dim, self.n_freqs = x_dim, n_freqs
+        self.register_buffer("freqs", 2.0 ** torch.arange(n_freqs, dtype=torch.float32), persistent=False)
+
+    @property
+    def out_dim(self) -> int:
+        return self.x_dim * (1 + 2 * self.n_freqs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., D (1 + 2 F))
+        if not self.n_freqs:
+            return x
+        args = (x[..., None, :] * self.freqs.to(x.dtype)[:, None]).flatten(-2)     # (..., F D), k-major
+        return torch.cat([x, torch.sin(args), torch.cos(args)], -1)
+
+
 class EpsMLP(nn.Module):
     """eps_theta(x_t, t) for vector data: residual MLP blocks, each adding a projection of the time embedding.
 
@@ -46,14 +77,17 @@ class EpsMLP(nn.Module):
         Width of the blocks (all equal to ``hidden[0]``; ``len(hidden)`` blocks).
     t_dim : int
         Size of the sinusoidal features of t.
+    coord_freqs : int
+        F of :class:`CoordinateFeatures`: x enters as x and sin/cos of 2^k x_d, k < F (0: x alone).
 
     ``forward(x, t)``: x of shape (..., D), t of shape broadcastable to x.shape[:-1]; returns (..., D).
     """
 
-    def __init__(self, x_dim: int, hidden: Sequence[int] = (128, 128, 128), t_dim: int = 64):
+    def __init__(self, x_dim: int, hidden: Sequence[int] = (128, 128, 128), t_dim: int = 64, coord_freqs: int = 0):
         super().__init__()
         width = int(hidden[0])
-        self.inp = nn.Linear(x_dim, width)
+        self.coords = CoordinateFeatures(x_dim, coord_freqs)
+        self.inp = nn.Linear(self.coords.out_dim, width)
         self.temb = TimeEmbedding(t_dim, width)
         self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(width, width)) for _ in hidden)
         self.tproj = nn.ModuleList(nn.Linear(width, width) for _ in hidden)
@@ -63,7 +97,7 @@ class EpsMLP(nn.Module):
         # the embedding is computed at t's own shape and broadcast: k distinct steps cost k rows, not k * N
         t = torch.as_tensor(t, device=x.device)
         t = t.reshape((1,) * (x.dim() - 1 - t.dim()) + tuple(t.shape))
-        h, e = self.inp(x), self.temb(t)
+        h, e = self.inp(self.coords(x)), self.temb(t)
         for block, proj in zip(self.blocks, self.tproj):
             h = h + block(h + proj(e))
         return self.out(h)
