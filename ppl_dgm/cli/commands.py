@@ -163,7 +163,7 @@ def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, samp
     """Draw N new examples from a fitted run."""
     import numpy as np
 
-    from ..plotting import plot_samples
+    from ..plotting import plot_samples, sample_labels
     from ..runs import sample_run
 
     out = Path(out)
@@ -177,7 +177,8 @@ def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, samp
         np.save(buf, x)
         atomic_write_bytes(out, buf.getvalue())
     else:
-        plot_samples(x.reshape(n, -1), run.shape, out, f"{run.family.name}: {n} samples")
+        plot_samples(x.reshape(n, -1), run.shape, out, f"{run.family.name}: {n} samples",
+                     labels=sample_labels(run, n, label))
     click.echo(f"wrote {n} samples of shape {run.shape} to {out} (parameters from {run.checkpoint})")
 
 
