@@ -96,7 +96,8 @@ def test_list_json_capabilities_unchanged(capsys):
     fams = json.loads(out)["families"]
     assert code == 0 and list(fams) == list(REGISTRY)
     assert fams["ddpm"] == {"trainer": "svi", "bound": "chain", "encoder": False, "conditional": False,
-                            "samplers": ["ddpm", "ddim"], "figures": ["elbo", "samples", "trajectory", "loss_per_t"],
+                            "samplers": ["ddpm", "ddim", "langevin", "pc", "ode"],
+                            "figures": ["elbo", "samples", "trajectory", "loss_per_t"],
                             "exact_likelihood": False, "summary": REGISTRY["ddpm"].summary,
                             "options": fams["ddpm"]["options"]}
     assert "timesteps" in fams["ddpm"]["options"]

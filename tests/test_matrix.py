@@ -96,5 +96,6 @@ def test_list_json_is_machine_readable(capsys):
     info = json.loads(out)
     assert code == 0 and set(info["families"]) == set(TINY) and "digits" in info["datasets"]
     assert info["families"]["gmm"]["trainer"] == "em" and info["families"]["gmm"]["exact_likelihood"]
-    assert info["families"]["ppca"]["encoder"] and info["families"]["ddpm"]["samplers"] == ["ddpm", "ddim"]
+    assert info["families"]["ppca"]["encoder"]
+    assert info["families"]["ddpm"]["samplers"] == ["ddpm", "ddim", "langevin", "pc", "ode"]
     assert "latent_dim" in info["families"]["vae"]["options"]
