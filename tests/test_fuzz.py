@@ -258,9 +258,7 @@ def snapshot(path: Path) -> dict[str, str] | None:
 # Failures this file found outside the CLI, reported to their owners: (file, function) of a frame of the
 # traceback, and the exception type.  Until fixed, an example that hits one is rejected (not counted); the strict
 # xfail in test_degenerate_data_fit keeps the exact command, so a fix shows up as XPASS and the entry is removed.
-KNOWN_ISSUES: list[tuple[str, str, type]] = [
-    ("runs/store.py", "eval_data", KeyError),  # config.json's data section without "binarize"
-]
+KNOWN_ISSUES: list[tuple[str, str, type]] = []  # every reported one is fixed; the tests below keep their commands
 
 
 def _known(exc: BaseException) -> bool:
@@ -555,8 +553,7 @@ def test_failed_fit_leaves_no_runs(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("family, section, key, value, command", [
     ("ppca", "model", "latent_dim", -1, ["evaluate"]),
     ("vae", "data", "fingerprints", None, ["latent", "{run}", "reconstruct", "--out", "{run}/r.png"]),
-    pytest.param("vae", "data", "binarize", "(deleted)", ["evaluate"], marks=pytest.mark.xfail(
-        strict=True, reason="KNOWN_ISSUES (reported): Run.eval_data reads config['data']['binarize'] unchecked")),
+    ("vae", "data", "binarize", "(deleted)", ["evaluate"]),
 ])
 def test_damaged_config_refused_in_one_line(family, section, key, value, command, fitted, tmp_path, capsys):
     """Damaged config.json files the fuzzing found: read anyway, or refused in one line (exit 2); no traceback."""
@@ -571,3 +568,14 @@ def test_damaged_config_refused_in_one_line(family, section, key, value, command
     args = [a.format(run=run) for a in command] if len(command) > 1 else [command[0], run]
     code, out, err = run_cli(args, capsys)
     check_outcome(code, out, err, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("command", ["fit", "evaluate"])
+def test_npy_with_broken_header_refused_in_one_line(command, fitted, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((24, 16)).astype("float32"))
+    (tmp_path / "x.npy").write_bytes((tmp_path / "x.npy").read_bytes().replace(b"(24, 16)", b"(24, 16&"))
+    args = {"fit": ["fit", "ae", "--data", tmp_path / "x.npy", "--out", tmp_path / "run", *TINY["ae"]],
+            "evaluate": ["evaluate", fitted["vae"], "--data", tmp_path / "x.npy"]}[command]
+    code, out, err = run_cli(args, capsys)
+    check_outcome(code, out, err, [str(a) for a in args])
+    assert code == 2 and "x.npy" in err and not (tmp_path / "run").exists()

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import os
 import struct
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -100,7 +101,7 @@ def load_idx_folder(name: str, folders: list[Path], how_to_get: str):
 
 
 ARRAY_KEYS = ("x", "y", "x_test", "y_test")
-_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+_READ_ERRORS = (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError, zipfile.BadZipFile, zlib.error)
 
 
 def _describe(head: bytes) -> str:

@@ -140,7 +140,7 @@ class Run:
             if not len(x):
                 raise InputError(f"{name}: the run holds out no rows (val_fraction 0, no test data); "
                                  f"pass --data FILE or --dataset NAME to choose data")
-        x = apply_binarize_to(x, d["binarize"], d["seed"], name)
+        x = apply_binarize_to(x, d.get("binarize", "none"), d["seed"], name)
         expected = int(torch.Size(self.shape).numel())
         if x.shape[1] != expected:
             raise InputError(f"{name}: the run's model expects examples of {expected} values "
