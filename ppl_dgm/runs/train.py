@@ -74,6 +74,8 @@ def train_run(family: str | Family, options: FitOptions, data: DataSpec, *, out:
     ``threads`` is torch's CPU thread count, or ``"auto"`` (:func:`ppl_dgm.utils.set_threads`).
     """
     family = get_family(family) if isinstance(family, str) else family
+    if resume and overwrite:
+        raise InputError("expected one of resume (continue the run) or overwrite (replace it); got both")
     resolve_device(device)  # refuse a missing CUDA before anything is read or written
     model_cfg = None
     if resume:
