@@ -156,7 +156,8 @@ def evaluate(run_dir, dataset, data_path, data_dir, iwae_k, checkpoint, device, 
 @click.option("--label", type=click.IntRange(min=0), default=None,
               help="Conditional families: the label of every sample (default: labels 0, 1, ... in turn).")
 @click.option("--sampler", default=None, help="Families with several samplers (ddpm: ddpm, ddim, langevin, pc, ode).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="DDIM steps S (default 50).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="DDIM steps S (default 50); Langevin/PC steps per noise level.")
 @click.option("--eta", type=FiniteFloat(min=0, max=1), default=None,
               help="DDIM stochasticity (0 deterministic, the default).")
 def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, sampler, steps, eta):

@@ -51,6 +51,10 @@ def evaluate_run(run: Run, x: torch.Tensor, y: torch.Tensor | None = None, *, na
     return {**head, **evaluate_model(model, x, *rest, iwae_k=iwae_k, seed=seed).as_dict()}
 
 
+# which sampler reads which option: DDIM's S steps and eta; Langevin's and PC's steps per noise level
+SAMPLER_OPTIONS = {"ddim": ("steps", "eta"), "langevin": ("steps",), "pc": ("steps",)}
+
+
 @torch.no_grad()
 def sample_run(run: Run, n: int, *, seed: int = 0, mean: bool = False, label: int | None = None,
                sampler: str | None = None, steps: int | None = None, eta: float | None = None) -> np.ndarray:
@@ -67,8 +71,10 @@ def sample_run(run: Run, n: int, *, seed: int = 0, mean: bool = False, label: in
         sampler = sampler or run.family.samplers[0]
         if sampler not in run.family.samplers:
             raise InputError(f"--sampler: expected one of {', '.join(run.family.samplers)}; got {sampler!r}")
-        if sampler != "ddim" and (steps is not None or eta is not None):
-            raise InputError("--steps/--eta: expected --sampler ddim (ancestral DDPM runs all T steps)")
+        given = [k for k, v in (("steps", steps), ("eta", eta)) if v is not None]
+        if bad := [k for k in given if k not in SAMPLER_OPTIONS.get(sampler, ())]:
+            takes = " or ".join(s for s, opts in SAMPLER_OPTIONS.items() if bad[0] in opts)
+            raise InputError(f"--{bad[0]}: expected --sampler {takes}; got --sampler {sampler}")
         kw.update(sampler=sampler, **({"steps": steps} if steps else {}), **({"eta": eta} if eta else {}))
     torch.manual_seed(seed)
     x = run.model.sample(n, **kw)
