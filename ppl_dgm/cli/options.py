@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import math
-import types
-import typing
-from dataclasses import MISSING, Field, fields
-from typing import TYPE_CHECKING
+from dataclasses import MISSING, fields
 
 import click
 
-from ..errors import InputError
-
-if TYPE_CHECKING:
-    from ..models.options import FitOptions
+from ..errors import InputError, check_sizes
+from ..models.options import FieldSpec, FitOptions, field_specs
 
 
 def _int_list(name: str):
@@ -25,9 +20,7 @@ def _int_list(name: str):
         except ValueError:
             raise InputError(f"--{name}: expected a size or comma-separated sizes like 512,256; "
                              f"got {value!r}") from None
-        if not out or any(v < 1 for v in out):
-            raise InputError(f"--{name}: expected positive sizes; got {value!r}")
-        return out
+        return check_sizes(f"--{name}", out)
 
     return parse
 
@@ -42,35 +35,32 @@ class FiniteFloat(click.FloatRange):
         return value
 
 
-def _click_type(f: Field, hint):
-    """The click type of a config field from its annotation and ``min`` metadata."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
-        hint = args[0]  # X | None
-    if typing.get_origin(hint) is typing.Literal:
-        return click.Choice([str(a) for a in typing.get_args(hint)])
-    lo, open_ = f.metadata.get("min"), f.metadata.get("min_open", False)
-    if hint is int:
-        return click.IntRange(min=lo) if lo is not None else int
-    if hint is float:
-        return FiniteFloat(min=lo, min_open=open_)
+def _click_type(spec: FieldSpec):
+    """The click type of a config field (what :meth:`FitOptions.__post_init__` checks, typed on a command line)."""
+    if spec.kind == "choice":
+        return click.Choice([str(a) for a in spec.choices])
+    bounds = dict(min=spec.min, min_open=spec.min_open, max=spec.max, max_open=spec.max_open)
+    if spec.kind == "int":
+        return click.IntRange(**bounds) if spec.min is not None or spec.max is not None else int
+    if spec.kind == "float":
+        return FiniteFloat(**bounds)
     return str
 
 
 def config_options(config: type[FitOptions]):
     """Decorator adding one ``--option`` per field of ``config`` (``latent_dim`` -> ``--latent-dim``)."""
-    hints = typing.get_type_hints(config)
+    specs = field_specs(config)
 
     def decorate(f):
         for fld in reversed(fields(config)):
             flag = fld.metadata.get("flags") or (f"--{fld.name.replace('_', '-')}",)
             default = None if fld.default is MISSING else fld.default
             kw: dict = {"help": fld.metadata.get("help", ""), "default": default}
-            if typing.get_origin(hints[fld.name]) is tuple:
+            if specs[fld.name].kind == "sizes":
                 kw.update(default=",".join(map(str, default)), callback=_int_list(flag[0].lstrip("-")),
                           show_default=True)
             else:
-                kw.update(type=_click_type(fld, hints[fld.name]), show_default=default is not None)
+                kw.update(type=_click_type(specs[fld.name]), show_default=default is not None)
             f = click.option(*flag, fld.name, **kw)(f)
         return f
 

@@ -16,22 +16,105 @@ option (``latent_dim`` -> ``--latent-dim``, ``Literal`` -> a choice, ``tuple[int
 from __future__ import annotations
 
 import dataclasses
+import functools
+import types
+import typing
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from ..data import Dataset
+from ..errors import check_choice, check_number, check_sizes
+
+if TYPE_CHECKING:  # annotations only: this module (and so ``ppl-dgm --help``) imports no torch
+    from ..data import Dataset
 
 
 def option(default: Any, help: str, *, role: str = "model", flags: tuple[str, ...] = (),
-           min: float | None = None, min_open: bool = False) -> Any:
-    """A dataclass field of a config: its default, its help line, where its value goes, and its CLI flags."""
-    meta = {"help": help, "role": role, "flags": flags, "min": min, "min_open": min_open}
+           min: float | None = None, min_open: bool = False, max: float | None = None,
+           max_open: bool = False) -> Any:
+    """A dataclass field of a config: its default, its help line, where its value goes, its CLI flags, and the
+    bounds of a number (``min_open`` / ``max_open``: the bound itself is refused)."""
+    meta = {"help": help, "role": role, "flags": flags, "min": min, "min_open": min_open, "max": max,
+            "max_open": max_open}
     return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """What a config field takes, read from its annotation and its :func:`option` metadata; the one source of
+    both the CLI's option types (:func:`ppl_dgm.cli.options.config_options`) and :meth:`FitOptions.__post_init__`.
+
+    Attributes
+    ----------
+    kind : {"int", "float", "choice", "sizes", "any"}
+        ``int``, ``float``, a ``Literal[...]``, ``tuple[int, ...]`` (sizes >= 1), or anything else (unchecked).
+    optional : bool
+        The annotation is ``X | None``: None is accepted.
+    choices : tuple
+        The ``Literal`` values of a ``choice``.
+    min, max : float or None
+        The bounds of a number (from :func:`option`).
+    min_open, max_open : bool
+        The bound itself is refused.
+    """
+
+    kind: Literal["int", "float", "choice", "sizes", "any"]
+    optional: bool = False
+    choices: tuple = ()
+    min: float | None = None
+    min_open: bool = False
+    max: float | None = None
+    max_open: bool = False
+
+    def check(self, name: str, value: Any) -> Any:
+        """``value``, normalized (an ``int``, a ``float``, a tuple), if the field takes it; else
+        :class:`ppl_dgm.errors.InputError` naming ``name``, what was expected and what came."""
+        if value is None and self.optional:
+            return None
+        if self.kind == "choice":
+            return check_choice(name, value, self.choices)
+        if self.kind == "sizes":
+            return check_sizes(name, value)
+        if self.kind in ("int", "float"):
+            return check_number(name, value, integer=self.kind == "int", min=self.min, min_open=self.min_open,
+                                max=self.max, max_open=self.max_open)
+        return value
+
+
+def _field_spec(f: dataclasses.Field, hint: Any) -> FieldSpec:
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+    if optional and len(args) == 2:
+        hint = next(a for a in args if a is not type(None))  # X | None
+    if typing.get_origin(hint) is Literal:
+        return FieldSpec("choice", optional, choices=typing.get_args(hint))
+    if typing.get_origin(hint) is tuple and typing.get_args(hint) == (int, ...):
+        return FieldSpec("sizes", optional)
+    if hint in (int, float):
+        bounds = {k: f.metadata[k] for k in ("min", "min_open", "max", "max_open") if k in f.metadata}
+        return FieldSpec(hint.__name__, optional, **bounds)
+    return FieldSpec("any", optional)
+
+
+@functools.cache
+def field_specs(config: type[FitOptions]) -> dict[str, FieldSpec]:
+    """Field name -> :class:`FieldSpec` of every field of the config dataclass ``config``, in field order."""
+    hints = typing.get_type_hints(config)
+    return {f.name: _field_spec(f, hints[f.name]) for f in fields(config)}
 
 
 @dataclass
 class FitOptions:
-    """Options every family has; subclasses add theirs (and may redefine a field to change its default)."""
+    """Options every family has; subclasses add theirs (and may redefine a field to change its default).
+
+    Every field is checked on construction (and by :func:`dataclasses.replace`) against its annotation and
+    bounds, as the CLI checks its options: a bad value raises :class:`ppl_dgm.errors.InputError` naming the
+    field, e.g. ``expected lr as a finite number > 0; got nan``.  Numbers are stored as ``int`` / ``float``,
+    sizes given as a list as a tuple.
+    """
+
+    def __post_init__(self) -> None:
+        for name, spec in field_specs(type(self)).items():
+            setattr(self, name, spec.check(name, getattr(self, name)))
 
     def values(self, role: str) -> dict[str, Any]:
         """The fields with ``metadata["role"] == role``, as a dict."""
@@ -54,7 +137,7 @@ class FitOptions:
     def from_stored(cls, stored: dict[str, Any]) -> FitOptions:
         """Rebuild from the ``train`` section of a ``config.json`` (unknown keys ignored)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in stored.items() if k in names})
+        return cls(**{k: v for k, v in stored.items() if k in names})  # lists (JSON) become tuples on construction
 
 
 @dataclass
@@ -70,6 +153,8 @@ class SVIOptions(FitOptions):
         "constant", "Learning rate against the epoch.", role="train")
     clip_norm: float | None = option(None, "Clip the global gradient norm.", role="train", min=0, min_open=True)
     checkpoint_every: int = option(10, "Save a checkpoint every N epochs (and at the end).", role="train", min=1)
+    held_out_examples: int | None = option(None, "Score the first N held-out examples after each epoch (default "
+                                           "all; `evaluate` scores every row).", role="train", min=1)
 
     def resolve(self, ds: Dataset) -> SVIOptions:
         return dataclasses.replace(self, epochs=self.epochs or (300 if ds.name == "digits" else 50))
