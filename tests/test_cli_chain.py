@@ -65,6 +65,6 @@ def test_fit_hvae_and_sampler_refused_for_other_families(capsys, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"]["layers"] == 2 and cfg["model"]["latent_dims"] == [4, 4]
     code, _, err = run(["sample", out, "-n", "4", "--sampler", "ddim", "--out", tmp_path / "s.npy"], capsys)
-    assert code == 2 and "needs a family with a choice of samplers (ddpm); got 'hvae'" in err
+    assert code == 2 and "needs a family with a choice of samplers (ddpm, score); got 'hvae'" in err
     code, out_, err = run(["evaluate", out, "--iwae-k", "5", "--json"], capsys)
     assert code == 0 and "log_likelihood" in json.loads(out_.strip().splitlines()[-1])

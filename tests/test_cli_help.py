@@ -98,7 +98,7 @@ def test_list_json_capabilities_unchanged(capsys):
     assert fams["ddpm"] == {"trainer": "svi", "bound": "chain", "encoder": False, "conditional": False,
                             "samplers": ["ddpm", "ddim", "langevin", "pc", "ode"],
                             "figures": ["elbo", "samples", "trajectory", "loss_per_t"],
-                            "exact_likelihood": False, "summary": REGISTRY["ddpm"].summary,
+                            "exact_likelihood": False, "ode_likelihood": True, "summary": REGISTRY["ddpm"].summary,
                             "options": fams["ddpm"]["options"]}
     assert "timesteps" in fams["ddpm"]["options"]
 

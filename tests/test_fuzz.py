@@ -47,6 +47,7 @@ TINY = {
     "ae": ["--epochs", "1", "--hidden", "4", "--latent-dim", "2"],
     "hvae": ["--epochs", "1", "--hidden", "4", "--latent-dim", "2", "--layers", "2"],
     "ddpm": ["--epochs", "1", "--timesteps", "5", "--hidden", "4", "--t-per-step", "2", "--base-channels", "8"],
+    "score": ["--epochs", "1", "--levels", "3", "--hidden", "4", "--sigmas-per-step", "2", "--base-channels", "8"],
     "gmm": ["--components", "2", "--max-iter", "5"],
     "ppca": ["--latent-dim", "1", "--max-iter", "5"],
 }
@@ -541,12 +542,13 @@ def test_degenerate_data_fit(case, tmp_path, capsys):
 
 
 def test_failed_fit_leaves_no_runs(tmp_path, capsys, monkeypatch):
-    """`fit` without --out whose options are refused late (here DDPM's --ema, checked by the trainer) removes its
-    run folder and the parent runs/ it created."""
+    """`fit` without --out whose options are refused late (here the score model's --sigma-min, checked against
+    the data's sigma_max once the data are read) leaves no run folder and no parent runs/."""
     monkeypatch.chdir(tmp_path)
     np.save(tmp_path / "train.npy", np.random.default_rng(0).integers(0, 2, (24, 4)).astype("float32"))
-    code, _, err = run_cli(["fit", "ddpm", "--data", "train.npy", "--quiet", *TINY["ddpm"], "--ema", "1"], capsys)
-    assert code == 2 and err.strip().splitlines()[-1].startswith("error: ema:")
+    code, _, err = run_cli(["fit", "score", "--data", "train.npy", "--quiet", *TINY["score"], "--sigma-min", "50"],
+                           capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: expected sigma_min < sigma_max")
     assert not (tmp_path / "runs").exists()
 
 

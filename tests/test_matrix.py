@@ -20,19 +20,21 @@ TINY = {
     "ae": ["--epochs", "1", "--hidden", "8", "--latent-dim", "2"],
     "hvae": ["--epochs", "1", "--hidden", "8", "--latent-dim", "2"],
     "ddpm": ["--dataset", "moons", "--epochs", "1", "--batch-size", "1024", "--timesteps", "20", "--hidden", "16,16"],
+    "score": ["--dataset", "moons", "--epochs", "1", "--batch-size", "1024", "--levels", "5", "--hidden", "16,16"],
     "gmm": ["--dataset", "moons", "-k", "2"],
     "ppca": ["--latent-dim", "2"],
 }
 
 # command -> the families for which it works (all others must refuse in one line)
 WORKS = {
-    "evaluate": {"vae", "cvae", "hvae", "ddpm", "gmm", "ppca"},
+    "evaluate": {"vae", "cvae", "hvae", "ddpm", "score", "gmm", "ppca"},
+    "evaluate --exact": {"ddpm", "score"},
     "sample": set(TINY),
     "sample --mean": {"vae", "cvae", "ae", "hvae", "ppca"},
     "sample --label": {"cvae"},
-    "sample --sampler": {"ddpm"},
+    "sample --sampler": {"ddpm", "score"},
     "latent": {"vae", "cvae", "ae", "hvae", "ppca"},
-    "diagnose": {"vae", "cvae", "ae", "hvae", "ddpm"},
+    "diagnose": {"vae", "cvae", "ae", "hvae", "ddpm", "score"},
 }
 
 
@@ -54,10 +56,11 @@ def runs(tmp_path_factory):
 def _args(command: str, run_dir, tmp):
     return {
         "evaluate": ["evaluate", run_dir, "--iwae-k", "3", "--json"],
+        "evaluate --exact": ["evaluate", run_dir, "--exact", "--max-examples", "20", "--rtol", "1e-3", "--atol", "1e-3"],
         "sample": ["sample", run_dir, "-n", "4", "--out", tmp / "s.npy"],
         "sample --mean": ["sample", run_dir, "-n", "4", "--mean", "--out", tmp / "m.npy"],
         "sample --label": ["sample", run_dir, "-n", "4", "--label", "1", "--out", tmp / "l.npy"],
-        "sample --sampler": ["sample", run_dir, "-n", "4", "--sampler", "ddim", "--steps", "5", "--out", tmp / "d.png"],
+        "sample --sampler": ["sample", run_dir, "-n", "4", "--sampler", "ode", "--rtol", "1e-3", "--out", tmp / "d.png"],
         "latent": ["latent", run_dir, "interpolate", "--steps", "3", "--out", tmp / "i.png"],
         "diagnose": ["diagnose", run_dir, "--iwae-k", "3", "--max-examples", "40"],
     }[command]

@@ -120,30 +120,57 @@ def load(run_dir, device="cpu", checkpoint="last", threads="auto"):
 @data_options
 @click.option("--iwae-k", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Importance samples of the IWAE estimate (families with an ELBO).")
+@click.option("--exact", is_flag=True, help="ddpm, score: log p(x) by the probability-flow ODE (exact divergence for "
+              "D <= 16, else Hutchinson with a standard error).")
+@click.option("--rtol", type=FiniteFloat(min=0, min_open=True), default=1e-5, show_default=True,
+              help="--exact: the ODE solver's relative tolerance.")
+@click.option("--atol", type=FiniteFloat(min=0, min_open=True), default=1e-5, show_default=True,
+              help="--exact: the ODE solver's absolute tolerance.")
+@click.option("--probes", type=click.IntRange(min=1), default=4, show_default=True,
+              help="--exact, D > 16: Hutchinson probes per example (2 or more give a standard error).")
+@click.option("--max-examples", type=click.IntRange(min=1), default=None,
+              help="Score only the first N examples (default all).")
 @checkpoint_option
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
-def evaluate(run_dir, dataset, data_path, data_dir, iwae_k, checkpoint, device, seed, threads, as_json):
-    """Held-out likelihood: ELBO and IWAE log p(x), the chain ELBO, or the exact log-likelihood; bits/dim."""
+def evaluate(run_dir, dataset, data_path, data_dir, iwae_k, exact, rtol, atol, probes, max_examples, checkpoint,
+             device, seed, threads, as_json):
+    """Held-out likelihood: ELBO and IWAE log p(x), the chain ELBO, the exact log-likelihood, or the
+    score-matching loss; bits/dim; --exact: log p(x) by the probability-flow ODE."""
     from ..runs import evaluate_run
 
     one_source(dataset, data_path)
     run = load(run_dir, device, checkpoint, threads)
     x, y, name = run.eval_data(dataset, data_path, data_dir)
-    res = {**evaluate_run(run, x, y, name=name, iwae_k=iwae_k, seed=seed), "checkpoint": run.checkpoint}
+    x, y = x[:max_examples], (None if y is None else y[:max_examples])
+    res = {**evaluate_run(run, x, y, name=name, iwae_k=iwae_k, seed=seed, exact=exact, rtol=rtol, atol=atol,
+                          probes=probes), "checkpoint": run.checkpoint}
     if as_json:
         click.echo(json.dumps(res))
         return
+    click.echo("\n".join(_evaluate_lines(run, res, name, iwae_k)))
+
+
+def _evaluate_lines(run, res: dict, name: str, iwae_k: int) -> list[str]:
     lines = [f"{res['family']} on {name} (n={res['n']}, D={res['dim']}; parameters from {run.checkpoint}):"]
     if run.family.bound == "exact":
         lines.append(f"  log p(x) (exact)  {res['log_likelihood']:10.4f} nats   BIC {res['bic']:.1f}")
     elif run.family.bound == "chain":
-        lines.append(f"  ELBO (full chain) {res['elbo']:10.3f} nats")
+        lines.append(f"  ELBO (full chain) {res['elbo']:10.3f} nats   bits/dim {res['bits_per_dim']:.4f}")
+    elif run.family.bound == "dsm":
+        lines.append(f"  score-matching loss {res['dsm_loss']:10.4f} (sum over {len(res['J'])} levels; not a "
+                     f"likelihood{'' if 'ode' in res else ': --exact gives log p(x)'})")
     else:
         lines += [f"  ELBO            {res['elbo']:10.3f} nats  (reconstruction {res['reconstruction']:.3f}, "
                   f"KL {res['kl']:.3f})", f"  log p(x), k={iwae_k:<5} {res['log_likelihood']:10.3f} nats"]
-    lines.append(f"  bits/dim        {res['bits_per_dim']:10.4f}")
-    click.echo("\n".join(lines))
+    if run.family.bound in ("exact", "iwae"):
+        lines.append(f"  bits/dim        {res['bits_per_dim']:10.4f}")
+    if ode := res.get("ode"):
+        how = "exact divergence" if ode["exact"] else f"Hutchinson, {ode['probes']} probes"
+        lines.append(f"  log p(x) (ODE)  {ode['log_prob']:10.3f} +- {ode['log_prob_se']:.3f} nats   bits/dim "
+                     f"{ode['bits_per_dim']:.4f} +- {ode['bits_per_dim_se']:.4f}  ({how}; {ode['nfe']} drift "
+                     f"evaluations, rtol {ode['rtol']:g})")
+    return lines
 
 
 @cli.command()
@@ -155,12 +182,20 @@ def evaluate(run_dir, dataset, data_path, data_dir, iwae_k, checkpoint, device, 
 @compute_options
 @click.option("--label", type=click.IntRange(min=0), default=None,
               help="Conditional families: the label of every sample (default: labels 0, 1, ... in turn).")
-@click.option("--sampler", default=None, help="Families with several samplers (ddpm: ddpm, ddim, langevin, pc, ode).")
+@click.option("--sampler", default=None, help="Families with several samplers (ddpm: ddpm, ddim, langevin, pc, ode; "
+              "score: langevin, pc, ode).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="DDIM steps S (default 50); Langevin/PC steps per noise level.")
+              help="DDIM steps S (default 50); Langevin/PC steps M per noise level (default 10 / 1).")
 @click.option("--eta", type=FiniteFloat(min=0, max=1), default=None,
               help="DDIM stochasticity (0 deterministic, the default).")
-def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, sampler, steps, eta):
+@click.option("--step-size", type=FiniteFloat(min=0, min_open=True), default=None,
+              help="Langevin/PC: eps, the step at sigma_i being eps sigma_i^2 / sigma_L^2 (default 0.2 / 0.05 "
+                   "sigma_L^2).")
+@click.option("--rtol", type=FiniteFloat(min=0, min_open=True), default=None,
+              help="ODE: the solver's relative tolerance (default 1e-5).")
+@click.option("--atol", type=FiniteFloat(min=0, min_open=True), default=None,
+              help="ODE: the solver's absolute tolerance (default 1e-5).")
+def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, sampler, **sampler_options):
     """Draw N new examples from a fitted run."""
     import numpy as np
 
@@ -172,7 +207,7 @@ def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, samp
         raise InputError(f"--out: expected a file ending in .npy or .png; got {str(out)!r}")
     ensure_writable_dir(out.parent if str(out.parent) else Path("."))
     run = load(run_dir, device, checkpoint, threads)
-    x = sample_run(run, n, seed=seed, mean=mean, label=label, sampler=sampler, steps=steps, eta=eta)
+    x = sample_run(run, n, seed=seed, mean=mean, label=label, sampler=sampler, **sampler_options)
     if out.suffix == ".npy":
         buf = io.BytesIO()
         np.save(buf, x)

@@ -52,9 +52,10 @@ def _pinwheel(n, rng, arms=5, radial_sd=0.3, tangential_sd=0.1, rate=0.25):
 
 
 def _rings(n, rng, rings=5, gap=0.8, width=0.08):
-    """Concentric rings of radii gap, 2 gap, ..., rings * gap; a ring is drawn in proportion to its radius
-    (uniform density along the rings) and the radius gets N(0, width^2) noise."""
-    radius = gap * (1 + rng.choice(rings, n, p=np.arange(1, rings + 1) / (rings * (rings + 1) / 2)))
+    """Concentric rings of radii gap, 2 gap, ..., rings * gap, each drawn with the same probability (so the
+    inner rings are the densest, and a model that smears them into a disc is penalised by the MMD); the
+    radius gets N(0, width^2) noise."""
+    radius = gap * (1 + rng.choice(rings, n))
     radius = radius + width * rng.standard_normal(n)
     angle = 2 * np.pi * rng.random(n)
     return radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1)

@@ -29,7 +29,7 @@ import torch
 from pyro.optim.clipped_adam import ClippedAdam
 from torch import nn
 
-from ..errors import InputError, NonFiniteError, check_choice
+from ..errors import InputError, NonFiniteError, check_choice, check_positive_int
 from ..utils import ensure_writable_dir, resolve_device, seed_everything
 from .callbacks import (
     EMA,
@@ -436,6 +436,7 @@ def fit_svi(
     test_particles: int = 1,
     validate: bool = False,
     ema: float | None = None,
+    held_out_examples: int | None = None,
 ) -> FitResult:
     """Fit a model–guide pair by SVI.
 
@@ -494,6 +495,9 @@ def fit_svi(
         Decay of a moving average of the parameters (:class:`~.callbacks.EMA`), updated after every step;
         held-out terms, checkpoints (``best.pt`` too) and the returned model use the averaged weights, and
         the checkpoint keeps the training weights as well, so resume is exact.  None or 0: no average.
+    held_out_examples : int, optional
+        Score only the first that many held-out examples after each epoch (the same ones every epoch, so
+        epochs compare paired); None: all of them.  ``evaluate`` scores every row.
 
     Returns
     -------
@@ -513,6 +517,9 @@ def fit_svi(
     dev = resolve_device(device)
     dtype = next((p.dtype for m in modules.values() for p in m.parameters()), torch.get_default_dtype())
     train_t, test_t = (_prepare(_as_tuple(d), dev, dtype, what) for d, what in ((train, "training"), (test, "test")))
+    if held_out_examples is not None:
+        check_positive_int("held_out_examples", held_out_examples)
+        test_t = tuple(t[:held_out_examples] for t in test_t)
     if not train_t or train_t[0].shape[0] == 0:
         raise InputError("expected at least one training example; got none")
     loss = loss if loss is not None else AnalyticELBO()

@@ -19,14 +19,15 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from .gmm import GMM
     from .hvae import HVAE
     from .ppca import PPCA
+    from .score import ScoreModel
     from .vae import VAE
 
-__all__ = ["GenerativeModel", "EStep", "VAE", "CVAE", "AE", "DDPM", "HVAE", "GMM", "PPCA", "REGISTRY", "Family",
+__all__ = ["GenerativeModel", "EStep", "VAE", "CVAE", "AE", "DDPM", "HVAE", "GMM", "PPCA", "ScoreModel", "REGISTRY", "Family",
            "get_family", "families_with", "require"]
 
 # public name -> its module (relative to this package)
 _LAZY = {"GenerativeModel": ".base", "EStep": ".base", "VAE": ".vae", "CVAE": ".cvae", "AE": ".ae",
-         "DDPM": ".diffusion", "HVAE": ".hvae", "GMM": ".gmm", "PPCA": ".ppca"}
+         "DDPM": ".diffusion", "HVAE": ".hvae", "GMM": ".gmm", "PPCA": ".ppca", "ScoreModel": ".score"}
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

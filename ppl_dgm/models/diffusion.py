@@ -66,10 +66,11 @@ VARIANCES = ("beta_tilde", "beta")
 
 
 @dataclass
-class DDPMConfig(SVIOptions):
-    """Fit options of ``ddpm``.  Vector data (2-D toys, (N, D) arrays) get 100 epochs at lr 2e-3 with a cosine
-    decay unless told otherwise: on the checkerboard (16k points) that put DDPM-1000 and DDIM-50 samples at the
-    MMD noise floor of held-out data, where 50 epochs at a constant 1e-3 left DDIM-50 three times worse."""
+class DiffusionOptions(SVIOptions):
+    """Options shared by the diffusion families (``ddpm``, ``score``): the network and the training schedule.
+    Vector data (2-D toys, (N, D) arrays) get 100 epochs at lr 2e-3 with a cosine decay and EMA 0.999 unless told
+    otherwise: on the checkerboard (16k points) that put DDPM-1000 and DDIM-50 samples at the MMD noise floor of
+    held-out data, where 50 epochs at a constant 1e-3 left DDIM-50 three times worse."""
 
     epochs: int | None = option(None, "Training epochs (default: 300 for digits, 100 for vector data, 50 otherwise).",
                                 role="train", min=1)
@@ -77,13 +78,6 @@ class DDPMConfig(SVIOptions):
                               min_open=True)
     lr_schedule: Literal["constant", "cosine", "exponential"] | None = option(
         None, "Learning rate against the epoch (default constant; cosine for vector data).", role="train")
-    timesteps: int = option(1000, "T, the length of the chain.", min=2)
-    schedule: Literal["linear", "cosine"] = option("linear", "Noise schedule beta_1..beta_T.")
-    loss: Literal["simple", "elbo"] = option("simple", "simple: ||eps - eps_theta||^2 per step (Ho eq. 14); elbo: "
-                                             "the bound (eq. 5).")
-    t_per_step: int = option(8, "Timesteps drawn per minibatch (a subsampled plate; unbiased for the chain ELBO).",
-                             min=1)
-    variance: Literal["beta", "beta_tilde"] = option("beta", "sigma_t^2 of p_theta(x_{t-1} | x_t).")
     arch: Literal["auto", "mlp", "unet"] = option("auto", "auto: UNet for images with sides divisible by 4, else MLP.")
     hidden: tuple[int, ...] = option((128, 128, 128), "MLP block widths.")
     coord_freqs: int = option(6, "MLP: x enters with sin/cos of 2^k x_d for k < N (coordinate features; 0: off).",
@@ -91,21 +85,36 @@ class DDPMConfig(SVIOptions):
     base_channels: int = option(32, "UNet width.", min=8)
     ema: float | None = option(None, "Decay of the moving average of the weights used for held-out evaluation, "
                                "checkpoints and sampling (default 0.999 for vector data; 0: off).", role="train",
-                               min=0)
+                               min=0, max=1, max_open=True)
 
-    def resolve(self, ds: Dataset) -> DDPMConfig:
+    def resolve(self, ds: Dataset) -> DiffusionOptions:
         vector = ds.kind == "vector"
         out = dataclasses.replace(self, epochs=self.epochs or (100 if vector else None))
         out = SVIOptions.resolve(out, ds)
         out.lr = out.lr or (2e-3 if vector else 1e-3)
         out.lr_schedule = out.lr_schedule or ("cosine" if vector else "constant")
         out.ema = (0.999 if vector else 0.0) if out.ema is None else out.ema
+        if out.held_out_examples is None and not vector and len(ds.x_test) > 1000:
+            out.held_out_examples = 512  # 64 strata (or L levels) each: 10k Fashion-MNIST rows would cost 3x an epoch
         return out
 
     def binarize(self, requested: str | None, image: bool) -> str:
         if requested not in (None, "none"):
             raise InputError(f"binarize: a diffusion model takes grey levels; expected 'none'; got {requested!r}")
         return "none"
+
+
+@dataclass
+class DDPMConfig(DiffusionOptions):
+    """Fit options of ``ddpm``: the chain, its loss, and the shared diffusion options."""
+
+    timesteps: int = option(1000, "T, the length of the chain.", min=2)
+    schedule: Literal["linear", "cosine"] = option("linear", "Noise schedule beta_1..beta_T.")
+    loss: Literal["simple", "elbo"] = option("simple", "simple: ||eps - eps_theta||^2 per step (Ho eq. 14); elbo: "
+                                             "the bound (eq. 5).")
+    t_per_step: int = option(8, "Timesteps drawn per minibatch (a subsampled plate; unbiased for the chain ELBO).",
+                             min=1)
+    variance: Literal["beta", "beta_tilde"] = option("beta", "sigma_t^2 of p_theta(x_{t-1} | x_t).")
 
 
 @dataclass

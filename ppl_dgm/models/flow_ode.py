@@ -57,6 +57,8 @@ class ODELikelihood:
         Whether the divergence was exact.
     nfe : int
         Drift evaluations of the solver.
+    probes : int
+        Hutchinson probes per example (1 when exact).
     """
 
     log_prob: torch.Tensor
@@ -65,11 +67,12 @@ class ODELikelihood:
     bits_per_dim_se: float
     exact: bool
     nfe: int
+    probes: int = 1
 
     def as_dict(self) -> dict:
         return {"log_prob": float(self.log_prob.mean()), "bits_per_dim": self.bits_per_dim,
                 "bits_per_dim_se": self.bits_per_dim_se, "exact": self.exact, "nfe": self.nfe,
-                "n": len(self.log_prob)}
+                "probes": self.probes, "n": len(self.log_prob)}
 
 
 def _divergence(f: torch.Tensor, x: torch.Tensor, probe: torch.Tensor | None) -> torch.Tensor:
@@ -140,4 +143,4 @@ def ode_log_likelihood(model, x: torch.Tensor, *, rtol: float = 1e-5, atol: floa
     shift = math.log(127.5) if model.is_image else 0.0
     bpd = (-float(logp.mean()) / D + shift) / LN2
     bpd_se = float(se.pow(2).sum().sqrt()) / len(se) / (D * LN2)
-    return ODELikelihood(logp.mean(0).cpu(), se.cpu(), bpd, bpd_se, exact, nfe)
+    return ODELikelihood(logp.mean(0).cpu(), se.cpu(), bpd, bpd_se, exact, nfe, k)

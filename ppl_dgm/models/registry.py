@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .options import FitOptions
 
 Trainer = Literal["svi", "em", "adversarial", "ml"]
-Bound = Literal["iwae", "chain", "exact"]
+Bound = Literal["iwae", "chain", "exact", "dsm"]
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,10 @@ class Family:
         or the classes themselves; :attr:`model` and :attr:`config` are the classes.
     trainer : {"svi", "em", "adversarial", "ml"}
         How it is fitted: ``fit_svi``, EM through its scikit-learn estimator, ...
-    bound : {"iwae", "chain", "exact"} or None
+    bound : {"iwae", "chain", "exact", "dsm"} or None
         What ``evaluate`` reports: ELBO and IWAE log p(x); the diffusion chain ELBO; the exact
-        log-likelihood.  None: no likelihood bound (a point-mass guide).
+        log-likelihood; the held-out denoising score-matching loss (not a bound: ``evaluate --exact`` gives
+        log p(x) by the probability-flow ODE).  None: nothing to score (a point-mass guide).
     encoder : bool
         Has ``encode_mean`` / ``decode_mean``: latent tools, reconstructions, ``sample --mean``.
     conditional : bool
@@ -86,10 +87,15 @@ class Family:
     def exact_likelihood(self) -> bool:
         return self.bound == "exact"
 
+    @property
+    def ode(self) -> bool:
+        """Has a probability-flow ODE: ``sample --sampler ode`` and ``evaluate --exact``."""
+        return "ode" in self.samplers
+
     def capabilities(self) -> dict:
         """JSON-able capabilities (``ppl-dgm list --json``)."""
         caps = {k: getattr(self, k) for k in ("trainer", "bound", "encoder", "conditional", "samplers", "figures")}
-        return {**caps, "exact_likelihood": self.exact_likelihood, "summary": self.summary,
+        return {**caps, "exact_likelihood": self.exact_likelihood, "ode_likelihood": self.ode, "summary": self.summary,
                 "options": [f.name for f in fields(self.config)]}
 
 
@@ -116,6 +122,9 @@ REGISTRY: dict[str, Family] = {f.name: f for f in (
            samplers=("ddpm", "ddim", "langevin", "pc", "ode"),
            figures=("elbo", "samples", "trajectory", "loss_per_t"),
            summary="Denoising diffusion probabilistic model with an epsilon-prediction network."),
+    Family("score", ".score:ScoreModel", ".score:ScoreConfig", "svi", "dsm", samplers=("langevin", "pc", "ode"),
+           figures=("elbo", "samples", "trajectory", "loss_per_sigma"),
+           summary="Noise-conditional score network s_theta(x, sigma) trained by denoising score matching."),
     Family("gmm", ".gmm:GMM", ".gmm:GMMConfig", "em", "exact", figures=("loglik", "samples", "ellipses"),
            summary="Gaussian mixture fitted by EM: c ~ Categorical(pi), x | c ~ N(mu_c, Sigma_c); exact posterior "
                    "guide."),
@@ -130,6 +139,7 @@ _PHRASES = {
     "conditional": "a conditional family",
     "samplers": "a family with a choice of samplers",
     "bound": "a family with a likelihood bound",
+    "ode": "a family with a probability-flow ODE",
     "svi": "a family fitted by SVI",
 }
 

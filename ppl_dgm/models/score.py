@@ -44,29 +44,69 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from ..data import Dataset
 from ..errors import InputError, check_choice
 from ..nn import EpsMLP, UNet
 from .base import GenerativeModel
-from .diffusion import DDPMConfig
+from .diffusion import DiffusionOptions
 from .discretized import to_grid
-from .options import SVIOptions, option
+from .options import option
 from .samplers import SCORE_SAMPLERS, ScoreField, Trajectory, denoise, draw
 
 
 @dataclass
-class ScoreConfig(SVIOptions):
-    """Fit options of ``score``: the noise ladder and the network."""
+class ScoreConfig(DiffusionOptions):
+    """Fit options of ``score``: the noise ladder, and the network and schedule shared with ``ddpm``.  sigma_max
+    defaults to the largest distance between training examples (Song & Ermon 2020, technique 1)."""
 
-    sigma_max: float = option(10.0, "sigma_1, the largest noise level (about the largest distance between "
-                              "examples; Song & Ermon 2020).", min=0, min_open=True)
+    sigma_max: float | None = option(None, "sigma_1, the largest noise level (default: the largest distance between "
+                                     "training examples, Song & Ermon 2020).", min=0, min_open=True)
     sigma_min: float = option(0.01, "sigma_L, the smallest noise level.", min=0, min_open=True)
     levels: int = option(50, "L, noise levels (geometric from sigma_max to sigma_min).", min=2)
     sigmas_per_step: int = option(8, "Noise levels drawn per minibatch (a subsampled plate; unbiased).", min=1)
-    arch: Literal["auto", "mlp", "unet"] = option("auto", "auto: UNet for images with sides divisible by 4, else MLP.")
-    hidden: tuple[int, ...] = option((128, 128, 128), "MLP block widths.")
-    base_channels: int = option(32, "UNet width.", min=8)
 
-    binarize = DDPMConfig.binarize
+    def resolve(self, ds: Dataset) -> ScoreConfig:
+        out = DiffusionOptions.resolve(self, ds)
+        if out.sigma_max is None:
+            out.sigma_max = max_distance(ds.x_train, image=ds.kind != "vector")
+        if not out.sigma_min < out.sigma_max:
+            raise InputError(f"expected sigma_min < sigma_max; got {out.sigma_min} and {out.sigma_max}")
+        return out
+
+
+@dataclass
+class DSMTerms:
+    """Held-out denoising score-matching loss of :meth:`ScoreModel.dsm_terms`, per example.
+
+    Attributes
+    ----------
+    loss : float
+        sum_i J_i, the training loss with all L levels (minus the "ELBO" that ``fit`` records); not a bound.
+    J : ndarray, shape (L,)
+        J_i = lambda(sigma_i) E ||s_theta(x + sigma_i eps, sigma_i) + eps / sigma_i||^2 / 2 (nats^0: a squared
+        error); D / 2 per level means the network predicts nothing (s = 0).
+    sigmas : ndarray, shape (L,)
+    n, dim : int
+    """
+
+    loss: float
+    J: np.ndarray
+    sigmas: np.ndarray
+    n: int
+    dim: int
+
+    def as_dict(self) -> dict:
+        return {"dsm_loss": self.loss, "n": self.n, "dim": self.dim, "J": self.J.tolist(),
+                "sigmas": self.sigmas.tolist()}
+
+
+def max_distance(x: torch.Tensor, image: bool, n: int = 2000) -> float:
+    """The largest Euclidean distance between (up to ``n`` of) the examples ``x`` (N, D), in model space
+    (images: [0, 1] -> [-1, 1]), to 3 significant digits: the default sigma_1."""
+    x = x.reshape(len(x), -1)[:n].double()
+    x = 2 * x - 1 if image else x
+    d = float(torch.cdist(x, x).max()) if len(x) > 1 else 1.0
+    return float(f"{max(d, 1e-3):.3g}")
 
 
 def geometric_sigmas(sigma_max: float, sigma_min: float, levels: int) -> torch.Tensor:
@@ -82,7 +122,8 @@ class ScoreModel(GenerativeModel):
     x_dim : int
         D, the size of a flattened example.
     sigma_max, sigma_min : float
-        sigma_1 > sigma_L, the ends of the geometric noise ladder.
+        sigma_1 > sigma_L, the ends of the geometric noise ladder (``ppl-dgm fit score`` sets sigma_1 to the
+        largest distance between training examples, :func:`max_distance`).
     levels : int
         L.
     sigmas_per_step : int or None
@@ -90,6 +131,8 @@ class ScoreModel(GenerativeModel):
     arch : {"auto", "mlp", "unet"}
     hidden : sequence of int
         MLP block widths.
+    coord_freqs : int
+        F: the MLP sees x with sin/cos of 2^k x_d, k < F (:class:`~ppl_dgm.nn.CoordinateFeatures`).
     base_channels : int
         UNet width.
     image_shape : sequence of int, optional
@@ -101,10 +144,11 @@ class ScoreModel(GenerativeModel):
     samplers = tuple(SCORE_SAMPLERS)
     sample_title = "annealed Langevin dynamics from N(0, sigma_max^2 I)"
 
-    def __init__(self, x_dim: int, sigma_max: float = ScoreConfig.sigma_max, sigma_min: float = ScoreConfig.sigma_min,
+    def __init__(self, x_dim: int, sigma_max: float = 10.0, sigma_min: float = ScoreConfig.sigma_min,
                  levels: int = ScoreConfig.levels, sigmas_per_step: int | None = ScoreConfig.sigmas_per_step,
                  arch: Literal["auto", "mlp", "unet"] = ScoreConfig.arch, hidden: Sequence[int] = ScoreConfig.hidden,
-                 base_channels: int = ScoreConfig.base_channels, image_shape: Sequence[int] | None = None):
+                 coord_freqs: int = ScoreConfig.coord_freqs, base_channels: int = ScoreConfig.base_channels,
+                 image_shape: Sequence[int] | None = None):
         super().__init__()
         check_choice("arch", arch, ("auto", "mlp", "unet"))
         if not isinstance(x_dim, int) or x_dim < 1:
@@ -125,7 +169,7 @@ class ScoreModel(GenerativeModel):
         if arch == "auto":
             arch = "unet" if self.is_image and shape[-1] % 4 == 0 and shape[-2] % 4 == 0 else "mlp"
         self.arch = arch
-        self.net = UNet(shape, base_channels) if arch == "unet" else EpsMLP(x_dim, tuple(hidden))
+        self.net = UNet(shape, base_channels) if arch == "unet" else EpsMLP(x_dim, tuple(hidden), coord_freqs=coord_freqs)
 
     def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
         """Data -> x_0: images in [0, 1] to the 256-level grid in [-1, 1]; vectors unchanged."""
@@ -152,6 +196,24 @@ class ScoreModel(GenerativeModel):
     def score_field(self) -> ScoreField:
         """Itself, for the samplers of :mod:`.samplers`: x ~ N(0, sigma_1^2 I) at the top of the ladder."""
         return ScoreField(self, self.score, self.sigmas, float(self.sigmas[0]))
+
+    @torch.no_grad()
+    def dsm_terms(self, x: torch.Tensor, *, seed: int = 0, batch_size: int = 512) -> DSMTerms:
+        """J_i for every level on examples x (N, D) in data space, one eps per example and level (seeded; the
+        global generator is restored)."""
+        was = self.training
+        self.eval()
+        J = torch.zeros(len(self.sigmas), dtype=torch.float64)
+        with torch.random.fork_rng(devices=[x.device.index or 0] if x.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for xb in x.to(self.device).split(batch_size):
+                x0 = self.to_model_space(xb)
+                for i, sigma in enumerate(self.sigmas.tolist()):
+                    eps = torch.randn_like(x0)
+                    J[i] += float(((sigma * self.score(x0 + sigma * eps, sigma) + eps) ** 2).sum() / 2)
+        self.train(was)
+        J = (J / len(x)).numpy()
+        return DSMTerms(float(J.sum()), J, self.sigmas.cpu().numpy(), len(x), self.x_dim)
 
     # -- the training program: denoising score matching as a model-guide pair -------------------
     def _levels(self, x0: torch.Tensor):

@@ -15,17 +15,18 @@ import torch
 from ..data import Dataset
 from ..runs import Diagnosis, Run
 from .diagnostics import plot_gap, plot_kl_per_dim, plot_terms
-from .diffusion import plot_loss_per_t, plot_trajectory
+from .diffusion import plot_loss_per_sigma, plot_loss_per_t, plot_trajectory
 from .em import plot_ellipses, plot_loglik
 from .figures import plot_history, plot_reconstructions, plot_rows, plot_samples
 
 __all__ = ["write_run_figures", "write_diagnostic_figures", "sample_labels", "plot_history", "plot_samples",
-           "plot_reconstructions", "plot_rows", "plot_trajectory", "plot_loss_per_t", "plot_loglik", "plot_ellipses",
+           "plot_reconstructions", "plot_rows", "plot_trajectory", "plot_loss_per_t", "plot_loss_per_sigma", "plot_loglik", "plot_ellipses",
            "plot_terms", "plot_kl_per_dim", "plot_gap"]
 
 
 def _elbo(run: Run, ds: Dataset) -> None:
-    plot_history(run.history, run.path / "elbo.png", title=f"{run.family.name} on {ds.name}: per epoch")
+    plot_history(run.history, run.path / "elbo.png", title=f"{run.family.name} on {ds.name}: per epoch",
+                 held_out="held-out -(score-matching loss)" if run.family.bound == "dsm" else "held-out ELBO")
 
 
 def _loglik(run: Run, ds: Dataset) -> None:
@@ -52,7 +53,7 @@ def _samples(run: Run, ds: Dataset) -> None:
         kw["y"] = torch.as_tensor(labels, device=run.model.device)
     x = run.model.sample(n, **kw)
     given = "" if labels is None else " | y" if not mean else ", y"
-    what = ("x_0 of the reverse chain from x_T ~ N(0, I)" if run.family.bound == "chain"
+    what = (run.model.sample_title if run.family.samplers
             else f"E[x | z{given}], z ~ p(z)" if mean else f"x ~ p(x{given})")
     plot_samples(x.float().cpu().numpy(), ds.shape, run.path / "samples.png", f"{run.family.name} samples: {what}",
                  reference=None if image else _reference(ds)[0].numpy(), labels=labels)
@@ -77,8 +78,18 @@ def _trajectory(run: Run, ds: Dataset) -> None:
     image = ds.kind == "image"
     traj = run.model.trajectory(8 if image else 2000, record=8)
     ref = None if image else _reference(ds)[0][:2000].numpy()
+    chain = run.family.bound == "chain"
     plot_trajectory(traj.xs.cpu().numpy(), traj.steps, ds.shape, run.path / "trajectory.png",
-                    f"{run.family.name}: x_t along the reverse chain", ref)
+                    f"{run.family.name}: " + ("x_t along the reverse chain" if chain else
+                                              "annealed Langevin dynamics, noise levels left to go"), ref,
+                    step_name="t" if chain else "levels left")
+
+
+def _loss_per_sigma(run: Run, ds: Dataset) -> None:
+    x, which = _reference(ds)
+    d = run.model.dsm_terms(x[: 256 if ds.kind == "image" else 2000], seed=0)
+    plot_loss_per_sigma(d.J, d.sigmas, d.dim, run.path / "loss_per_sigma.png",
+                        f"{run.family.name}: score-matching loss per level on {which} data (sum {d.loss:.3f})")
 
 
 def _loss_per_t(run: Run, ds: Dataset) -> None:
@@ -99,7 +110,7 @@ def _ellipses(run: Run, ds: Dataset) -> None:
 
 FIGURES: dict[str, Callable[[Run, Dataset], None]] = {
     "elbo": _elbo, "loglik": _loglik, "samples": _samples, "reconstructions": _reconstructions,
-    "trajectory": _trajectory, "loss_per_t": _loss_per_t, "ellipses": _ellipses,
+    "trajectory": _trajectory, "loss_per_t": _loss_per_t, "loss_per_sigma": _loss_per_sigma, "ellipses": _ellipses,
 }
 
 
@@ -120,6 +131,10 @@ def write_diagnostic_figures(diag: Diagnosis, run: Run) -> list[str]:
     if run.history and "test_elbo" in run.history[0] or (run.history and "train_elbo" in run.history[0]):
         plot_terms(run.history, run.path / "terms.png", title=f"{what}: held-out ELBO terms per epoch")
         files.append("terms.png")
+    if diag.dsm is not None:
+        plot_loss_per_sigma(diag.dsm.J, diag.dsm.sigmas, diag.dsm.dim, run.path / "level_terms.png",
+                            f"{what}: score-matching loss per level (sum {diag.dsm.loss:.3f}, n={r['n']})")
+        files.append("level_terms.png")
     if diag.chain is not None:
         plot_loss_per_t(diag.chain.L, run.path / "chain_terms.png", f"{what}: chain ELBO terms per step "
                         f"(ELBO {diag.chain.elbo:.3f} nats, n={r['n']})", diag.chain.L_T)

@@ -11,17 +11,18 @@ from .core import as_images, label_xy, plt, points, save, show_images
 
 
 def plot_trajectory(xs: np.ndarray, steps: Sequence[int], shape: Sequence[int], path: str | os.PathLike,
-                    title: str = "reverse chain", reference: np.ndarray | None = None, n_images: int = 8):
+                    title: str = "reverse chain", reference: np.ndarray | None = None, n_images: int = 8,
+                    step_name: str = "t"):
     """Snapshots x_t of the reverse chain: scatter panels for 2-D data, rows of images otherwise.
 
-    xs : (S, n, D) snapshots at ``steps`` (T first, 0 last).
+    xs : (S, n, D) snapshots at ``steps`` (T first, 0 last); ``step_name`` labels them ("t", or "levels left").
     """
     xs = np.asarray(xs)
     if len(shape) >= 2:
         k = min(n_images, xs.shape[1])
         tiles = np.concatenate([as_images(xs[:, i], shape) for i in range(k)])   # rows: examples; cols: steps
         fig, ax = plt().subplots(figsize=(1.0 * len(steps), 1.0 * k + 0.6))
-        show_images(ax, tiles, len(steps), col_labels=[f"t={s}" for s in steps])
+        show_images(ax, tiles, len(steps), col_labels=[f"{step_name}={s}" for s in steps])
         ax.set_title(title, fontsize=9)
     else:
         cols = len(steps)
@@ -31,7 +32,7 @@ def plot_trajectory(xs: np.ndarray, steps: Sequence[int], shape: Sequence[int], 
             if reference is not None:
                 points(ax, reference, "tab:gray", s=1, alpha=0.2)
             points(ax, x, "tab:blue", s=1)
-            label_xy(ax, f"t = {s}", xs.shape[-1], adjustable="box")
+            label_xy(ax, f"{step_name} = {s}", xs.shape[-1], adjustable="box")
             ax.set_xlim(-lim, lim)
             if xs.shape[-1] >= 2:
                 ax.set_ylim(-lim, lim)
@@ -61,6 +62,24 @@ def plot_loss_per_t(L: np.ndarray, path: str | os.PathLike, title: str = "chain 
     ax.set_xlabel("t")
     ax.set_ylabel("nats per example")
     ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save(fig, path)
+    return fig
+
+
+def plot_loss_per_sigma(J: np.ndarray, sigmas: np.ndarray, dim: int, path: str | os.PathLike,
+                        title: str = "score-matching loss per noise level"):
+    """J_i = lambda(sigma_i) E||s_theta + eps / sigma_i||^2 / 2 against sigma_i (log axis), with D / 2 (a network
+    that predicts nothing, s = 0) for scale."""
+    fig, ax = plt().subplots(figsize=(6, 4))
+    ax.plot(sigmas, J, "o-", ms=3, lw=1, label="J_i (held-out)")
+    ax.axhline(dim / 2, ls=":", c="k", lw=0.8, label=f"D / 2 = {dim / 2:g} (s = 0)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("sigma_i")
+    ax.set_ylabel("loss per example")
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     save(fig, path)

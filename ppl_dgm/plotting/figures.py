@@ -18,7 +18,8 @@ def _with_notes(title: str, *notes: str) -> str:
     return "\n".join([title, *(n for n in notes if n)])
 
 
-def plot_history(history: list[dict], path: str | os.PathLike, title: str = "ELBO per epoch"):
+def plot_history(history: list[dict], path: str | os.PathLike, title: str = "ELBO per epoch",
+                 held_out: str = "held-out ELBO"):
     """The training objective (left) and the held-out ELBO (right), nats per example, against the epoch.
 
     Separate axes: the training objective may be a reweighted bound (DDPM's "simple" loss, a warmed-up or
@@ -29,6 +30,8 @@ def plot_history(history: list[dict], path: str | os.PathLike, title: str = "ELB
     history : list of dict, length E
         ``epoch`` and ``train_elbo`` per epoch, ``test_elbo`` where measured.
     path : path of the PNG.
+    held_out : str
+        What ``test_elbo`` is (a score model's is minus its score-matching loss).
     """
     held = [h for h in history if "test_elbo" in h]
     fig, axes = plt().subplots(1, 2 if held else 1, figsize=(10 if held else 5.5, 3.8), squeeze=False)
@@ -38,7 +41,8 @@ def plot_history(history: list[dict], path: str | os.PathLike, title: str = "ELB
     if held:
         b = axes[0, 1]
         curve(b, [h["epoch"] for h in held], [h["test_elbo"] for h in held], color="tab:blue")
-        b.set(title=f"held-out ELBO (last: {held[-1]['test_elbo']:.3f})", xlabel="epoch", ylabel="nats per example")
+        b.set(title=f"{held_out} (last: {held[-1]['test_elbo']:.3f})", xlabel="epoch",
+              ylabel="nats per example" if "ELBO" in held_out else "per example")
     fig.suptitle(title)
     fig.tight_layout()
     save(fig, path)

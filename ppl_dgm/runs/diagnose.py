@@ -5,7 +5,8 @@ dimension, Burda's active units (per layer for a hierarchy) and posterior collap
 (a lower bound on KL(q(z|x) || p(z|x)), notes 002), gradient signal-to-noise and convergence, and
 q(z | x) draws as ArviZ InferenceData.  For a diffusion chain (ddpm) the latents x_1..x_T are the
 fixed forward process, so "active units" would mean nothing: the report gives the chain's per-step
-terms L_t instead, with the gradient SNR and convergence.
+terms L_t instead, with the gradient SNR and convergence; for a score model, the score-matching
+loss per noise level.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..models import require
 from ..utils import seed_everything
 from .store import Run
 from .train import objective_for
+from .use import label_args
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Diagnosis:
     gap: Any = None
     chain: Any = None
     kl_per_dim: dict = field(default_factory=dict)
+    dsm: Any = None
 
 
 def _latent_report(run: Run, x, rest, iwae_k: int, elbo_particles: int, seed: int) -> Diagnosis:
@@ -76,12 +79,18 @@ def diagnose_run(run: Run, x: torch.Tensor, y: torch.Tensor | None = None, *, na
     t0 = time.perf_counter()
     model = run.model
     x = x.to(model.device)
-    rest = (y.to(x.device),) if run.family.conditional and y is not None else ()
+    rest = label_args(run, y, name)
     seed_everything(seed)
     loss = objective_for(run.family.config.from_stored(run.config["train"]), model)  # SNR of the trained objective
     if run.family.bound == "chain":
         chain = model.chain_elbo(x, seed=seed)
         diag = Diagnosis({"chain": chain.as_dict(), "warnings": [], "notes": []}, chain=chain)
+    elif run.family.bound == "dsm":
+        dsm = model.dsm_terms(x, seed=seed)
+        worst = int(dsm.J.argmax())
+        diag = Diagnosis({"dsm": dsm.as_dict(), "warnings": [], "notes": [
+            f"largest term J at sigma = {dsm.sigmas[worst]:.3g}: {dsm.J[worst]:.3f} (D / 2 = {dsm.dim / 2:g} "
+            f"would be a network that predicts nothing)"]}, dsm=dsm)
     else:
         diag = _latent_report(run, x, rest, iwae_k, elbo_particles, seed)
         idata = to_inference_data(model, (x[:posterior_examples], *(r[:posterior_examples] for r in rest)),
@@ -102,7 +111,11 @@ def diagnose_run(run: Run, x: torch.Tensor, y: torch.Tensor | None = None, *, na
 def summary(report: dict[str, Any]) -> str:
     """A few human-readable lines of a diagnosis report."""
     lines = [f"{report['family']} on {report['data']} (n={report['n']}):"]
-    if "chain" in report:
+    if "dsm" in report:
+        d = report["dsm"]
+        lines.append(f"  score-matching loss {d['dsm_loss']:.4f} = sum over {len(d['J'])} levels of J_i "
+                     f"(sigma {d['sigmas'][0]:.3g} .. {d['sigmas'][-1]:.3g}); not a likelihood")
+    elif "chain" in report:
         c = report["chain"]
         lines.append(f"  chain ELBO {c['elbo']:.3f} nats/example ({c['bits_per_dim']:.4f} bits/dim) = "
                      f"-(L_T {c['L_T']:.3g} + sum_t L_(t-1) {c['L_sum']:.3f} + L_0 {c['L_0']:.3f})")

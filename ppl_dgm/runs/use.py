@@ -15,50 +15,78 @@ from ..utils import LN2
 from .store import Run
 
 
-def _labels(run: Run, x: torch.Tensor, y: torch.Tensor | None, name: str) -> tuple[torch.Tensor, ...]:
-    """The extra model arguments: the labels of a conditional family (refused if the data have none)."""
+def label_args(run: Run, y: torch.Tensor | None, name: str) -> tuple[torch.Tensor, ...]:
+    """The extra model arguments: the labels of a conditional family, on the model's device (refused if the data
+    have none, or labels outside 0..C-1); () for other families."""
     if not run.family.conditional:
         return ()
     if y is None:
         raise InputError(f"a conditional model needs labels; {name} has none")
-    return (y,)
+    c = run.model.n_classes
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= c):
+        raise InputError(f"expected labels in 0..{c - 1}; {name} has labels in {int(y.min())}..{int(y.max())}")
+    return (y.to(run.model.device),)
 
 
-@torch.no_grad()
 def evaluate_run(run: Run, x: torch.Tensor, y: torch.Tensor | None = None, *, name: str = "data",
-                 iwae_k: int = 1000, seed: int = 0) -> dict:
+                 iwae_k: int = 1000, seed: int = 0, exact: bool = False, rtol: float = 1e-5, atol: float = 1e-5,
+                 probes: int = 4) -> dict:
     """Held-out numbers per example, by what the family can compute (its registry ``bound``):
 
     - ``"iwae"``: the ELBO (reconstruction, KL) and the IWAE estimate of log p(x) with ``iwae_k`` samples;
     - ``"chain"``: the diffusion chain's ELBO with its per-step terms L_t;
-    - ``"exact"``: the exact log-likelihood and BIC.
+    - ``"exact"``: the exact log-likelihood and BIC;
+    - ``"dsm"``: the denoising score-matching loss per noise level (not a likelihood).
 
-    All in nats per example, with bits/dim = -nats / (D ln 2).
+    All in nats per example, with bits/dim = -nats / (D ln 2).  ``exact`` (families with a probability-flow
+    ODE: ddpm, score) adds ``ode``: log p(x) by the ODE (:func:`ppl_dgm.models.flow_ode.ode_log_likelihood`,
+    tolerances ``rtol``/``atol``, ``probes`` Hutchinson probes when D > 16), with its standard error.
     """
+    if exact:
+        require(run.family, "ode", "ppl-dgm evaluate --exact")
     require(run.family, "bound", "ppl-dgm evaluate")
     head = {"run": str(run.path), "family": run.family.name, "data": name}
     model, x = run.model, x.to(run.model.device)
+    if exact:
+        from ..models.flow_ode import ode_log_likelihood
+
+        ode = ode_log_likelihood(model, x, rtol=rtol, atol=atol, probes=probes, seed=seed)
+        head["ode"] = {**ode.as_dict(), "log_prob_se": float(ode.std_error.pow(2).sum().sqrt()) / len(x),
+                       "rtol": rtol, "atol": atol}
+    with torch.no_grad():
+        return {**head, **_bound(run, model, x, y, name, iwae_k, seed)}
+
+
+def _bound(run: Run, model, x: torch.Tensor, y: torch.Tensor | None, name: str, iwae_k: int, seed: int) -> dict:
     if run.family.bound == "chain":
-        return {**head, **model.chain_elbo(x, seed=seed).as_dict()}
+        return model.chain_elbo(x, seed=seed).as_dict()
+    if run.family.bound == "dsm":
+        return model.dsm_terms(x, seed=seed).as_dict()
     if run.family.bound == "exact":
         ll = model.log_prob(x).double()
         n, d = x.shape
-        return {**head, "log_likelihood": float(ll.mean()), "bits_per_dim": -float(ll.mean()) / (d * LN2),
+        return {"log_likelihood": float(ll.mean()), "bits_per_dim": -float(ll.mean()) / (d * LN2),
                 "bic": float(-2 * ll.sum() + model.n_parameters * math.log(n)), "n": n, "dim": d}
     if model.config.get("likelihood") in ("bernoulli", "continuous-bernoulli"):
         check_unit_interval(x, name)
-    rest = tuple(t.to(x.device) for t in _labels(run, x, y, name))
-    return {**head, **evaluate_model(model, x, *rest, iwae_k=iwae_k, seed=seed).as_dict()}
+    rest = label_args(run, y, name)
+    return evaluate_model(model, x, *rest, iwae_k=iwae_k, seed=seed).as_dict()
 
 
-# which sampler reads which option: DDIM's S steps and eta; Langevin's and PC's steps per noise level
-SAMPLER_OPTIONS = {"ddim": ("steps", "eta"), "langevin": ("steps",), "pc": ("steps",)}
+# which sampler reads which option: DDIM's S steps and eta; Langevin's and PC's steps per noise level and step
+# size; the ODE solver's tolerances
+SAMPLER_OPTIONS = {"ddim": ("steps", "eta"), "langevin": ("steps", "step_size"), "pc": ("steps", "step_size"),
+                   "ode": ("rtol", "atol")}
 
 
 @torch.no_grad()
 def sample_run(run: Run, n: int, *, seed: int = 0, mean: bool = False, label: int | None = None,
-               sampler: str | None = None, steps: int | None = None, eta: float | None = None) -> np.ndarray:
-    """``n`` new examples of the run's example shape, float32; options the family lacks are refused."""
+               sampler: str | None = None, **options) -> np.ndarray:
+    """``n`` new examples of the run's example shape, float32; options the family or the sampler lacks are refused.
+
+    ``options`` (None: the sampler's default): ``steps``, ``eta``, ``step_size``, ``rtol``, ``atol``; which
+    sampler reads which is :data:`SAMPLER_OPTIONS`.
+    """
     kw: dict = {}
     if label is not None:
         require(run.family, "conditional", "--label")
@@ -66,16 +94,19 @@ def sample_run(run: Run, n: int, *, seed: int = 0, mean: bool = False, label: in
     if mean:
         require(run.family, "encoder", "--mean (E[x | z])")
         kw["mean"] = True
-    if sampler is not None or steps is not None or eta is not None:
-        require(run.family, "samplers", "--sampler/--steps/--eta")
+    given = {k: v for k, v in options.items() if v is not None}
+    if unknown := set(given) - {o for opts in SAMPLER_OPTIONS.values() for o in opts}:
+        raise InputError(f"expected sampler options among {sorted(set().union(*SAMPLER_OPTIONS.values()))}; "
+                         f"got {sorted(unknown)}")
+    if sampler is not None or given:
+        require(run.family, "samplers", "--sampler/" + "/".join(f"--{k.replace('_', '-')}" for k in given or ["steps"]))
         sampler = sampler or run.family.samplers[0]
         if sampler not in run.family.samplers:
             raise InputError(f"--sampler: expected one of {', '.join(run.family.samplers)}; got {sampler!r}")
-        given = [k for k, v in (("steps", steps), ("eta", eta)) if v is not None]
         if bad := [k for k in given if k not in SAMPLER_OPTIONS.get(sampler, ())]:
             takes = " or ".join(s for s, opts in SAMPLER_OPTIONS.items() if bad[0] in opts)
-            raise InputError(f"--{bad[0]}: expected --sampler {takes}; got --sampler {sampler}")
-        kw.update(sampler=sampler, **({"steps": steps} if steps else {}), **({"eta": eta} if eta else {}))
+            raise InputError(f"--{bad[0].replace('_', '-')}: expected --sampler {takes}; got --sampler {sampler}")
+        kw.update(sampler=sampler, **given)
     torch.manual_seed(seed)
     x = run.model.sample(n, **kw)
     return x.float().cpu().numpy().reshape(n, *run.shape)
