@@ -56,11 +56,13 @@ def runs(tmp_path_factory):
 def _args(command: str, run_dir, tmp):
     return {
         "evaluate": ["evaluate", run_dir, "--iwae-k", "3", "--json"],
-        "evaluate --exact": ["evaluate", run_dir, "--exact", "--max-examples", "20", "--rtol", "1e-3", "--atol", "1e-3"],
+        "evaluate --exact": ["evaluate", run_dir, "--exact", "--max-examples", "20", "--rtol", "1e-3", "--atol",
+                             "1e-3"],
         "sample": ["sample", run_dir, "-n", "4", "--out", tmp / "s.npy"],
         "sample --mean": ["sample", run_dir, "-n", "4", "--mean", "--out", tmp / "m.npy"],
         "sample --label": ["sample", run_dir, "-n", "4", "--label", "1", "--out", tmp / "l.npy"],
-        "sample --sampler": ["sample", run_dir, "-n", "4", "--sampler", "ode", "--rtol", "1e-3", "--out", tmp / "d.png"],
+        "sample --sampler": ["sample", run_dir, "-n", "4", "--sampler", "ode", "--rtol", "1e-3",
+                             "--out", tmp / "d.png"],
         "latent": ["latent", run_dir, "interpolate", "--steps", "3", "--out", tmp / "i.png"],
         "diagnose": ["diagnose", run_dir, "--iwae-k", "3", "--max-examples", "40"],
     }[command]

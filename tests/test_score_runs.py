@@ -130,3 +130,22 @@ def test_a_conditional_run_is_diagnosed_only_with_valid_labels(tmp_path, capsys)
         diagnose_run(r, x[:20], torch.full((20,), 12).index_fill(0, torch.tensor([0]), 0), name="bad")
     with pytest.raises(InputError, match="needs labels"):
         evaluate_run(r, x[:20], None, name="bad")
+
+
+@pytest.mark.parametrize("sampler", ["langevin", "pc", "ode"])
+def test_sample_draws_the_trajectory_of_each_sampler(score_run, ddpm_run, tmp_path, capsys, sampler):
+    code, out, err = run(["sample", score_run, "-n", "50", "--sampler", sampler, "--out", tmp_path / "x.npy",
+                          "--trajectory", tmp_path / "t.png"], capsys)
+    assert code == 0 and (tmp_path / "t.png").stat().st_size > 0 and "trajectory" in out, err
+    code, out, err = run(["sample", ddpm_run, "-n", "50", "--sampler", sampler, "--out", tmp_path / "y.npy",
+                          "--trajectory", tmp_path / "u.png"], capsys)
+    assert code == 0 and (tmp_path / "u.png").stat().st_size > 0, err
+
+
+def test_trajectory_is_refused_for_families_without_samplers(tmp_path, capsys):
+    code, _, err = run(["fit", "ppca", "--latent-dim", "2", "--out", tmp_path / "p"], capsys)
+    assert code == 0
+    code, _, err = run(["sample", tmp_path / "p", "--out", tmp_path / "x.npy", "--trajectory", tmp_path / "t.png"],
+                       capsys)
+    assert code == 2 and "--trajectory needs a family with a choice of samplers (ddpm, score)" in err
+    assert not (tmp_path / "x.npy").exists() and not (tmp_path / "t.png").exists()

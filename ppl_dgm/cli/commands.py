@@ -195,7 +195,9 @@ def _evaluate_lines(run, res: dict, name: str, iwae_k: int) -> list[str]:
               help="ODE: the solver's relative tolerance (default 1e-5).")
 @click.option("--atol", type=FiniteFloat(min=0, min_open=True), default=None,
               help="ODE: the solver's absolute tolerance (default 1e-5).")
-def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, sampler, **sampler_options):
+@click.option("--trajectory", type=click.Path(dir_okay=False), default=None,
+              help="Families with samplers: also draw the sampler's snapshots of the first draws into FILE.png.")
+def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, sampler, trajectory, **sampler_options):
     """Draw N new examples from a fitted run."""
     import numpy as np
 
@@ -205,9 +207,24 @@ def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, samp
     out = Path(out)
     if out.suffix not in (".npy", ".png"):
         raise InputError(f"--out: expected a file ending in .npy or .png; got {str(out)!r}")
-    ensure_writable_dir(out.parent if str(out.parent) else Path("."))
+    if trajectory is not None and Path(trajectory).suffix != ".png":
+        raise InputError(f"--trajectory: expected a file ending in .png; got {trajectory!r}")
+    for path in (out, *([Path(trajectory)] if trajectory else [])):
+        ensure_writable_dir(path.parent if str(path.parent) else Path("."))
     run = load(run_dir, device, checkpoint, threads)
+    if trajectory is not None:
+        from ..models import require
+
+        require(run.family, "samplers", "--trajectory")
     x = sample_run(run, n, seed=seed, mean=mean, label=label, sampler=sampler, **sampler_options)
+    if trajectory is not None:
+        from ..plotting import plot_run_trajectory
+        from ..runs import trajectory_run
+
+        image = len(run.shape) >= 2
+        traj = trajectory_run(run, min(n, 8) if image else n, seed=seed, sampler=sampler, **sampler_options)
+        plot_run_trajectory(run, traj, Path(trajectory), sampler or run.family.samplers[0],
+                            None if image else run.eval_data()[0][:2000].numpy())
     if out.suffix == ".npy":
         buf = io.BytesIO()
         np.save(buf, x)
@@ -215,7 +232,8 @@ def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, samp
     else:
         plot_samples(x.reshape(n, -1), run.shape, out, f"{run.family.name}: {n} samples",
                      labels=sample_labels(run, n, label))
-    click.echo(f"wrote {n} samples of shape {run.shape} to {out} (parameters from {run.checkpoint})")
+    also = f" and their trajectory to {trajectory}" if trajectory else ""
+    click.echo(f"wrote {n} samples of shape {run.shape} to {out}{also} (parameters from {run.checkpoint})")
 
 
 @cli.command()

@@ -22,8 +22,8 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from .score import ScoreModel
     from .vae import VAE
 
-__all__ = ["GenerativeModel", "EStep", "VAE", "CVAE", "AE", "DDPM", "HVAE", "GMM", "PPCA", "ScoreModel", "REGISTRY", "Family",
-           "get_family", "families_with", "require"]
+__all__ = ["GenerativeModel", "EStep", "VAE", "CVAE", "AE", "DDPM", "HVAE", "GMM", "PPCA", "ScoreModel", "REGISTRY",
+           "Family", "get_family", "families_with", "require"]
 
 # public name -> its module (relative to this package)
 _LAZY = {"GenerativeModel": ".base", "EStep": ".base", "VAE": ".vae", "CVAE": ".cvae", "AE": ".ae",

@@ -169,7 +169,8 @@ class ScoreModel(GenerativeModel):
         if arch == "auto":
             arch = "unet" if self.is_image and shape[-1] % 4 == 0 and shape[-2] % 4 == 0 else "mlp"
         self.arch = arch
-        self.net = UNet(shape, base_channels) if arch == "unet" else EpsMLP(x_dim, tuple(hidden), coord_freqs=coord_freqs)
+        self.net = (UNet(shape, base_channels) if arch == "unet"
+                    else EpsMLP(x_dim, tuple(hidden), coord_freqs=coord_freqs))
 
     def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
         """Data -> x_0: images in [0, 1] to the 256-level grid in [-1, 1]; vectors unchanged."""

@@ -19,9 +19,9 @@ from .diffusion import plot_loss_per_sigma, plot_loss_per_t, plot_trajectory
 from .em import plot_ellipses, plot_loglik
 from .figures import plot_history, plot_reconstructions, plot_rows, plot_samples
 
-__all__ = ["write_run_figures", "write_diagnostic_figures", "sample_labels", "plot_history", "plot_samples",
-           "plot_reconstructions", "plot_rows", "plot_trajectory", "plot_loss_per_t", "plot_loss_per_sigma", "plot_loglik", "plot_ellipses",
-           "plot_terms", "plot_kl_per_dim", "plot_gap"]
+__all__ = ["write_run_figures", "write_diagnostic_figures", "sample_labels", "plot_run_trajectory", "plot_history",
+           "plot_samples", "plot_reconstructions", "plot_rows", "plot_trajectory", "plot_loss_per_t",
+           "plot_loss_per_sigma", "plot_loglik", "plot_ellipses", "plot_terms", "plot_kl_per_dim", "plot_gap"]
 
 
 def _elbo(run: Run, ds: Dataset) -> None:
@@ -77,11 +77,19 @@ def _reconstructions(run: Run, ds: Dataset) -> None:
 def _trajectory(run: Run, ds: Dataset) -> None:
     image = ds.kind == "image"
     traj = run.model.trajectory(8 if image else 2000, record=8)
-    ref = None if image else _reference(ds)[0][:2000].numpy()
-    chain = run.family.bound == "chain"
-    plot_trajectory(traj.xs.cpu().numpy(), traj.steps, ds.shape, run.path / "trajectory.png",
-                    f"{run.family.name}: " + ("x_t along the reverse chain" if chain else
-                                              "annealed Langevin dynamics, noise levels left to go"), ref,
+    plot_run_trajectory(run, traj, run.path / "trajectory.png", run.family.samplers[0],
+                        None if image else _reference(ds)[0][:2000].numpy())
+
+
+def plot_run_trajectory(run: Run, traj, path: Path, sampler: str, reference: np.ndarray | None = None) -> None:
+    """The snapshots of a run's sampler (``ppl_dgm.runs.trajectory_run``): rows of images, or 2-D scatters over
+    ``reference`` data."""
+    chain = sampler in ("ddpm", "ddim")
+    what = {"ddpm": "x_t along the reverse chain", "ddim": "x_t along the DDIM chain",
+            "langevin": "annealed Langevin dynamics", "pc": "predictor-corrector",
+            "ode": "the probability-flow ODE"}[sampler]
+    plot_trajectory(traj.xs.cpu().numpy(), traj.steps, run.shape, path,
+                    f"{run.family.name}: {what}" + ("" if chain else ", noise levels left to go"), reference,
                     step_name="t" if chain else "levels left")
 
 

@@ -79,6 +79,26 @@ SAMPLER_OPTIONS = {"ddim": ("steps", "eta"), "langevin": ("steps", "step_size"),
                    "ode": ("rtol", "atol")}
 
 
+def sampler_kwargs(run: Run, sampler: str | None, options: dict) -> dict:
+    """The ``sampler=`` and sampler options for ``run.model.sample`` / ``trajectory``, checked: the family must have
+    a choice of samplers, and each option must be one the sampler reads (:data:`SAMPLER_OPTIONS`).  None values
+    are left out (the sampler's defaults)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if unknown := set(given) - {o for opts in SAMPLER_OPTIONS.values() for o in opts}:
+        raise InputError(f"expected sampler options among {sorted(set().union(*SAMPLER_OPTIONS.values()))}; "
+                         f"got {sorted(unknown)}")
+    if sampler is None and not given:
+        return {}
+    require(run.family, "samplers", "--sampler/" + "/".join(f"--{k.replace('_', '-')}" for k in given or ["steps"]))
+    sampler = sampler or run.family.samplers[0]
+    if sampler not in run.family.samplers:
+        raise InputError(f"--sampler: expected one of {', '.join(run.family.samplers)}; got {sampler!r}")
+    if bad := [k for k in given if k not in SAMPLER_OPTIONS.get(sampler, ())]:
+        takes = " or ".join(s for s, opts in SAMPLER_OPTIONS.items() if bad[0] in opts)
+        raise InputError(f"--{bad[0].replace('_', '-')}: expected --sampler {takes}; got --sampler {sampler}")
+    return {"sampler": sampler, **given}
+
+
 @torch.no_grad()
 def sample_run(run: Run, n: int, *, seed: int = 0, mean: bool = False, label: int | None = None,
                sampler: str | None = None, **options) -> np.ndarray:
@@ -94,19 +114,17 @@ def sample_run(run: Run, n: int, *, seed: int = 0, mean: bool = False, label: in
     if mean:
         require(run.family, "encoder", "--mean (E[x | z])")
         kw["mean"] = True
-    given = {k: v for k, v in options.items() if v is not None}
-    if unknown := set(given) - {o for opts in SAMPLER_OPTIONS.values() for o in opts}:
-        raise InputError(f"expected sampler options among {sorted(set().union(*SAMPLER_OPTIONS.values()))}; "
-                         f"got {sorted(unknown)}")
-    if sampler is not None or given:
-        require(run.family, "samplers", "--sampler/" + "/".join(f"--{k.replace('_', '-')}" for k in given or ["steps"]))
-        sampler = sampler or run.family.samplers[0]
-        if sampler not in run.family.samplers:
-            raise InputError(f"--sampler: expected one of {', '.join(run.family.samplers)}; got {sampler!r}")
-        if bad := [k for k in given if k not in SAMPLER_OPTIONS.get(sampler, ())]:
-            takes = " or ".join(s for s, opts in SAMPLER_OPTIONS.items() if bad[0] in opts)
-            raise InputError(f"--{bad[0].replace('_', '-')}: expected --sampler {takes}; got --sampler {sampler}")
-        kw.update(sampler=sampler, **given)
+    kw.update(sampler_kwargs(run, sampler, options))
     torch.manual_seed(seed)
     x = run.model.sample(n, **kw)
     return x.float().cpu().numpy().reshape(n, *run.shape)
+
+
+@torch.no_grad()
+def trajectory_run(run: Run, n: int, *, seed: int = 0, record: int = 8, sampler: str | None = None, **options):
+    """The snapshots of ``n`` draws along a sampler of a diffusion or score run (a
+    :class:`~ppl_dgm.models.samplers.Trajectory`: ``steps`` and ``xs`` of shape (len(steps), n, D))."""
+    require(run.family, "samplers", "--trajectory")
+    kw = sampler_kwargs(run, sampler, options)
+    torch.manual_seed(seed)
+    return run.model.trajectory(n, record=record, **kw)
