@@ -95,7 +95,7 @@ def test_list_json_capabilities_unchanged(capsys):
     code, out, _ = run(["list", "--json"], capsys)
     fams = json.loads(out)["families"]
     assert code == 0 and list(fams) == list(REGISTRY)
-    assert fams["ddpm"] == {"trainer": "svi", "bound": "chain", "encoder": False, "conditional": False,
+    assert fams["ddpm"] == {"trainer": "svi", "bound": "chain", "encoder": False, "conditional": True,
                             "samplers": ["ddpm", "ddim", "langevin", "pc", "ode"],
                             "figures": ["elbo", "samples", "trajectory", "loss_per_t"],
                             "exact_likelihood": False, "ode_likelihood": True, "summary": REGISTRY["ddpm"].summary,

@@ -143,5 +143,5 @@ def test_cli_fit_ae_and_likelihoods(tmp_path, capsys):
         assert code == 0, err
         assert (out / "samples.png").exists()
     code, _, err = run(["sample", tmp_path / "ae2", "--label", 1, "--out", tmp_path / "x.png"], capsys)
-    assert code == 2 and "needs a conditional family (cvae); got 'ae'" in err
+    assert code == 2 and "needs a conditional family (cvae, ddpm); got 'ae'" in err
     pyro.clear_param_store()

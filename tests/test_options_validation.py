@@ -30,6 +30,8 @@ def _bad_values(spec) -> list:
         return [*bad, "foo", 1, spec.choices[0].upper()]
     if spec.kind == "sizes":
         return [*bad, (0,), (), (2.5,), (True,), (4, -1), 4, "8,8"]
+    if spec.kind == "bool":
+        return [*bad, 1, 0, "yes", math.nan]
     number = [*bad, math.nan, math.inf, -math.inf, True, "1"]
     if spec.kind == "int":
         number.append(2.5)
@@ -86,6 +88,8 @@ def test_valid_values_pass_and_are_normalized(cls):
     for name, spec in field_specs(cls).items():
         if spec.kind == "choice":
             values = list(spec.choices)
+        elif spec.kind == "bool":
+            values = [True, False]
         elif spec.kind == "sizes":
             values = [[3, 2], (1,)]
         elif spec.kind == "int":

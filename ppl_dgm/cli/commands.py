@@ -181,7 +181,9 @@ def _evaluate_lines(run, res: dict, name: str, iwae_k: int) -> list[str]:
 @checkpoint_option
 @compute_options
 @click.option("--label", type=click.IntRange(min=0), default=None,
-              help="Conditional families: the label of every sample (default: labels 0, 1, ... in turn).")
+              help="Conditional runs: the label of every sample (default: labels 0, 1, ... in turn).")
+@click.option("--guidance", type=FiniteFloat(min=0), default=None,
+              help="Conditional diffusion: classifier-free guidance w, (1 + w) eps(x, y) - w eps(x); 0: none.")
 @click.option("--sampler", default=None, help="Families with several samplers (ddpm: ddpm, ddim, langevin, pc, ode; "
               "score: langevin, pc, ode).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
@@ -197,7 +199,8 @@ def _evaluate_lines(run, res: dict, name: str, iwae_k: int) -> list[str]:
               help="ODE: the solver's absolute tolerance (default 1e-5).")
 @click.option("--trajectory", type=click.Path(dir_okay=False), default=None,
               help="Families with samplers: also draw the sampler's snapshots of the first draws into FILE.png.")
-def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, sampler, trajectory, **sampler_options):
+def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, guidance, sampler, trajectory,
+           **sampler_options):
     """Draw N new examples from a fitted run."""
     import numpy as np
 
@@ -216,13 +219,14 @@ def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, samp
         from ..models import require
 
         require(run.family, "samplers", "--trajectory")
-    x = sample_run(run, n, seed=seed, mean=mean, label=label, sampler=sampler, **sampler_options)
+    x = sample_run(run, n, seed=seed, mean=mean, label=label, guidance=guidance, sampler=sampler, **sampler_options)
     if trajectory is not None:
         from ..plotting import plot_run_trajectory
         from ..runs import trajectory_run
 
         image = len(run.shape) >= 2
-        traj = trajectory_run(run, min(n, 8) if image else n, seed=seed, sampler=sampler, **sampler_options)
+        traj = trajectory_run(run, min(n, 8) if image else n, seed=seed, sampler=sampler, label=label,
+                              guidance=guidance, **sampler_options)
         plot_run_trajectory(run, traj, Path(trajectory), sampler or run.family.samplers[0],
                             None if image else run.eval_data()[0][:2000].numpy())
     if out.suffix == ".npy":

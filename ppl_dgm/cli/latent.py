@@ -39,7 +39,7 @@ def _load(run_dir, out, checkpoint, threads):
     if len(run.shape) < 2:
         raise InputError(f"latent image grids need image data; the run's examples have shape {run.shape}")
     x, labels, _ = run.eval_data()
-    if run.family.conditional and labels is None:
+    if run.model.conditional and labels is None:
         raise InputError("a conditional run needs labelled test data")
     return run, x, labels, out
 
@@ -62,7 +62,7 @@ def _partner(a: int, labels, n: int) -> int:
 
 def _at(run, labels, idx):
     """The labels the model reads at ``idx``: those of a conditional family, else None."""
-    return labels[idx] if run.family.conditional else None
+    return labels[idx] if run.model.conditional else None
 
 
 def _plot(run, rows, out, title, **labels):

@@ -56,7 +56,9 @@ def config_options(config: type[FitOptions]):
             flag = fld.metadata.get("flags") or (f"--{fld.name.replace('_', '-')}",)
             default = None if fld.default is MISSING else fld.default
             kw: dict = {"help": fld.metadata.get("help", ""), "default": default}
-            if specs[fld.name].kind == "sizes":
+            if specs[fld.name].kind == "bool":
+                kw.update(is_flag=True, default=bool(default))
+            elif specs[fld.name].kind == "sizes":
                 kw.update(default=",".join(map(str, default)), callback=_int_list(flag[0].lstrip("-")),
                           show_default=True)
             else:

@@ -50,6 +50,8 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
     family: ClassVar[str] = ""
     latent_sites: ClassVar[tuple[str, ...]] = ("z",)
     """The latent sites a KL weight (beta, warm-up, free bits) applies to."""
+    conditional: bool = False
+    """Takes labels y (training data need them; ``sample(n, y=...)``); ``n_classes`` labels 0..C-1."""
 
     # -- the contract ----------------------------------------------------------------
     @abstractmethod

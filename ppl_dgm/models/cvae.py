@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from ..data import Dataset
 from ..errors import InputError
 from ..nn import MLP
-from .options import option
+from .options import n_classes_of, option
 from .vae import VAE, Likelihood, VAEConfig
 
 
@@ -34,10 +34,8 @@ class CVAEConfig(VAEConfig):
 
     def model_kwargs(self, ds: Dataset) -> dict:
         kw = super().model_kwargs(ds)
-        if ds.y_train is None or ds.y_test is None:
-            raise InputError(f"a conditional model needs labelled data (y and y_test); {ds.name} has none")
-        if kw["n_classes"] is None:
-            kw["n_classes"] = max(2, int(torch.cat([ds.y_train, ds.y_test]).max()) + 1)
+        n = n_classes_of(ds)  # refuses unlabelled data
+        kw["n_classes"] = kw["n_classes"] or n
         return kw
 
 
@@ -57,6 +55,7 @@ class CVAE(VAE):
     """
 
     family = "cvae"
+    conditional = True
 
     def __init__(self, x_dim: int, n_classes: int = 10, latent_dim: int = VAEConfig.latent_dim,
                  hidden: Sequence[int] = VAEConfig.hidden, likelihood: Likelihood = VAEConfig.likelihood,

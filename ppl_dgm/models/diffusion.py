@@ -39,6 +39,7 @@ draw to the model.  Which k steps, and their weights, depend on the module's mod
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ from ..nn import EpsMLP, UNet
 from ..utils import LN2
 from .base import GenerativeModel
 from .discretized import DiscretizedGaussian, to_grid
-from .options import SVIOptions, option
+from .options import SVIOptions, n_classes_of, option
 from .samplers import ScoreField, Trajectory, draw, vp_field
 from .schedule import SCHEDULES, NoiseSchedule
 
@@ -116,6 +117,15 @@ class DDPMConfig(DiffusionOptions):
     t_per_step: int = option(8, "Timesteps drawn per minibatch (a subsampled plate; unbiased for the chain ELBO).",
                              min=1)
     variance: Literal["beta", "beta_tilde"] = option("beta", "sigma_t^2 of p_theta(x_{t-1} | x_t).")
+    conditional: bool = option(False, "Condition eps_theta on the labels (sample --label L --guidance W: "
+                               "classifier-free guidance).")
+    p_uncond: float = option(0.1, "Conditional: probability of training with the null label instead of y (CFG).",
+                             min=0, max=1, max_open=True)
+
+    def model_kwargs(self, ds: Dataset) -> dict:
+        kw = super().model_kwargs(ds)
+        kw["n_classes"] = n_classes_of(ds) if kw.pop("conditional") else 0
+        return kw
 
 
 @dataclass
@@ -175,6 +185,12 @@ class DDPM(GenerativeModel):
     variance : {"beta", "beta_tilde"}
         sigma_t^2 of p_theta(x_{t-1}|x_t) for t >= 2 (sigma_1^2 = beta_1 always).  "beta" gives the
         tighter bound for data with a density (tests/test_diffusion.py: the Gaussian gap goes to 0 with T).
+    n_classes : int
+        C > 0: a label-conditional eps_theta(x_t, t, y), y in 0..C-1, trained with the null label C in place of
+        y with probability ``p_uncond`` so that it also learns eps_theta(x_t, t) (classifier-free guidance,
+        notes 000; Ho & Salimans 2022).  :meth:`model`, :meth:`guide` and :meth:`chain_elbo` then take y.
+    p_uncond : float
+        The label-dropout probability in training.
     image_shape : sequence of int, optional
         Shape of one example; images ((H, W) or (C, H, W)) get data in [0, 1] mapped to [-1, 1] and
         the discretized decoder (eq. 13).
@@ -190,8 +206,8 @@ class DDPM(GenerativeModel):
                  loss: Literal["simple", "elbo"] = DDPMConfig.loss, t_per_step: int | None = DDPMConfig.t_per_step,
                  arch: Literal["auto", "mlp", "unet"] = DDPMConfig.arch, hidden: Sequence[int] = DDPMConfig.hidden,
                  base_channels: int = DDPMConfig.base_channels, coord_freqs: int = 0,
-                 variance: Literal["beta", "beta_tilde"] = DDPMConfig.variance,
-                 image_shape: Sequence[int] | None = None):
+                 variance: Literal["beta", "beta_tilde"] = DDPMConfig.variance, n_classes: int = 0,
+                 p_uncond: float = DDPMConfig.p_uncond, image_shape: Sequence[int] | None = None):
         super().__init__()
         check_choice("schedule", schedule, SCHEDULES)
         check_choice("loss", loss, LOSSES)
@@ -201,19 +217,57 @@ class DDPM(GenerativeModel):
             raise InputError(f"x_dim must be a positive integer; got {x_dim!r}")
         if t_per_step is not None and (not isinstance(t_per_step, int) or not 1 <= t_per_step <= timesteps):
             raise InputError(f"t_per_step must be an integer in 1..timesteps ({timesteps}) or None; got {t_per_step!r}")
+        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 0:
+            raise InputError(f"n_classes must be an integer >= 0 (0: unconditional); got {n_classes!r}")
+        if not 0 <= p_uncond < 1:
+            raise InputError(f"p_uncond must be in [0, 1); got {p_uncond!r}")
         self._store_config(locals())
         shape = tuple(int(s) for s in image_shape) if image_shape else (x_dim,)
         if int(np.prod(shape)) != x_dim:
             raise InputError(f"image_shape {shape} does not hold x_dim={x_dim} values")
         self.image_shape, self.is_image = shape, len(shape) >= 2
         self.x_dim, self.timesteps, self.loss, self.variance = x_dim, timesteps, loss, variance
-        self.t_per_step = t_per_step
+        self.t_per_step, self.n_classes, self.p_uncond = t_per_step, n_classes, p_uncond
+        self._guidance: tuple[torch.Tensor, float] | None = None       # set by :meth:`conditioned`
         self.schedule = NoiseSchedule(timesteps, schedule)
         if arch == "auto":
             arch = "unet" if self.is_image and shape[-1] % 4 == 0 and shape[-2] % 4 == 0 else "mlp"
         self.arch = arch
-        self.net = (UNet(shape, base_channels) if arch == "unet"
-                    else EpsMLP(x_dim, tuple(hidden), coord_freqs=coord_freqs))
+        self.net = (UNet(shape, base_channels, n_classes=n_classes) if arch == "unet"
+                    else EpsMLP(x_dim, tuple(hidden), coord_freqs=coord_freqs, n_classes=n_classes))
+
+    @property
+    def conditional(self) -> bool:
+        return self.n_classes > 0
+
+    def labels(self, y, n: int | None = None) -> torch.Tensor:
+        """``y`` (an int or a sequence) as labels in 0..C-1 on the model's device, shape (n,) if ``n`` is given;
+        refused in one line for an unconditional DDPM or labels out of range."""
+        if not self.conditional:
+            raise InputError("labels need a conditional DDPM (ppl-dgm fit ddpm --conditional); this one has none")
+        y = torch.as_tensor(y, device=self.device).long()
+        y = y.expand(n) if n is not None and y.dim() == 0 else y
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
+            raise InputError(f"expected labels in 0..{self.n_classes - 1}; got {int(y.min())}..{int(y.max())}")
+        return y
+
+    @contextlib.contextmanager
+    def conditioned(self, y, guidance: float = 0.0):
+        """Within the block, :meth:`eps` called without labels (by the samplers, :meth:`score`, :meth:`denoise`) is
+        eps_theta(x_t, t, y), and with guidance w > 0 the classifier-free guided
+
+        .. math::  \\tilde\\epsilon = (1 + w)\\, \\epsilon_\\theta(x_t, t, y) - w\\, \\epsilon_\\theta(x_t, t),
+
+        i.e. the score grad log p(x_t) + (1 + w) grad log p(y | x_t) (notes 000, classifier-free guidance).
+        y : int or (N,) labels of the N rows being drawn; w = 0 is conditional sampling without guidance.
+        """
+        if not guidance >= 0 or guidance != guidance:
+            raise InputError(f"guidance must be a number >= 0; got {guidance!r}")
+        before, self._guidance = self._guidance, (self.labels(y), float(guidance))
+        try:
+            yield self
+        finally:
+            self._guidance = before
 
     # -- pieces of the chain -------------------------------------------------------------
     def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
@@ -229,16 +283,26 @@ class DDPM(GenerativeModel):
         """Examples x steps per network call when evaluating (bounds the UNet's memory)."""
         return 4096 if self.arch == "unet" else 1 << 18
 
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor, max_rows: int | None = None) -> torch.Tensor:
-        """eps_theta(x_t, t): x_t (..., D), t broadcastable to x_t.shape[:-1]; returns (..., D).
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, max_rows: int | None = None,
+            y: torch.Tensor | None = None) -> torch.Tensor:
+        """eps_theta(x_t, t) or eps_theta(x_t, t, y): x_t (..., D), t and y broadcastable to x_t.shape[:-1];
+        returns (..., D).
 
         ``max_rows``: if given, x_t of shape (k, N, D) and t (k, 1) go through the network a few steps at a
-        time (at most ``max_rows`` rows per call); the values are the same.
+        time (at most ``max_rows`` rows per call); the values are the same.  ``y`` None: the labels and
+        guidance of :meth:`conditioned`, if inside it; else the null label (the unconditional eps).
         """
+        if y is None and self._guidance is not None:
+            y, w = self._guidance
+            if w:
+                return (1 + w) * self._net(x_t, t, y, max_rows) - w * self._net(x_t, t, None, max_rows)
+        return self._net(x_t, t, y, max_rows)
+
+    def _net(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, max_rows: int | None) -> torch.Tensor:
         if max_rows is None or x_t.dim() != 3:
-            return self.net(x_t, t)
+            return self.net(x_t, t, y)
         chunk = max(1, max_rows // x_t.shape[1])
-        return torch.cat([self.net(x_t[i: i + chunk], t[i: i + chunk]) for i in range(0, len(x_t), chunk)])
+        return torch.cat([self.net(x_t[i: i + chunk], t[i: i + chunk], y) for i in range(0, len(x_t), chunk)])
 
     def p_mean(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """mu_theta(x_t, t) of eq. 11; x_t, eps of shape (..., D), t broadcastable to x_t.shape[:-1]."""
@@ -318,19 +382,33 @@ class DDPM(GenerativeModel):
     # -- the training program: the chain ELBO with subsampled steps -----------------------
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """p(x_T) and, for k subsampled steps t, p_theta(x_{t-1} | x_t) (t >= 2) or p_theta(x_0 | x_1) (t = 1)."""
-        x0 = self.to_model_space(x)
+        x0, y = self.to_model_space(x), self._train_labels(y, len(x))
         with pyro.plate("data", x0.shape[0], dim=-1):
             pyro.sample(f"x_{self.timesteps}", self._prior(x0))
             with self._time_plate(x0) as idx:
                 t = (idx + 1).reshape(-1, 1)                           # (k, 1): steps in 1..T
                 x_t = pyro.sample("x_t", self.q_t(x0, t))              # same law as in the guide: log-ratio 0
-                eps = self.eps(x_t, t, None if self.training else self.max_rows)
+                eps = self.eps(x_t, t, None if self.training else self.max_rows, y)
                 with poutine.scale(scale=self._weight(t, x0)):
                     with poutine.mask(mask=t > 1):
                         mean = self.p_mean(x_t, t, eps)
                         pyro.sample("x_{t-1}", dist.Normal(mean, self.p_var(t, x0).sqrt().expand_as(mean)).to_event(1))
                     with poutine.mask(mask=t == 1):
                         pyro.sample("x", self.decoder(x_t, eps), obs=x0)
+
+    def _train_labels(self, y: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """The labels eps_theta sees in :meth:`model`: y (checked), with the null label C in place of each with
+        probability ``p_uncond`` in training (classifier-free guidance); None for an unconditional DDPM."""
+        if not self.conditional:
+            return None
+        if y is None:
+            raise InputError("a conditional DDPM needs labels y for its training data; got none")
+        y = self.labels(y)
+        if y.shape != (n,):
+            raise InputError(f"expected {n} labels, one per example; got shape {tuple(y.shape)}")
+        if self.training and self.p_uncond:
+            y = torch.where(torch.rand(n, device=y.device) < self.p_uncond, self.n_classes, y)
+        return y
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """q(x_T | x_0) and, for the same k steps, x_t ~ q(x_t | x_0), x_{t-1} ~ q(x_{t-1} | x_t, x_0)."""
@@ -367,9 +445,10 @@ class DDPM(GenerativeModel):
 
     # -- evaluation ---------------------------------------------------------------------
     @torch.no_grad()
-    def chain_elbo(self, x: torch.Tensor, *, max_rows: int | None = None, seed: int | None = None,
-                   noise: torch.Tensor | None = None) -> ChainELBO:
-        """The full-chain ELBO L_T + sum_{t>=2} L_{t-1} + L_0 (eq. 5), every step, analytic KLs.
+    def chain_elbo(self, x: torch.Tensor, y: torch.Tensor | None = None, *, max_rows: int | None = None,
+                   seed: int | None = None, noise: torch.Tensor | None = None) -> ChainELBO:
+        """The full-chain ELBO L_T + sum_{t>=2} L_{t-1} + L_0 (eq. 5), every step, analytic KLs; of log p(x | y)
+        for a conditional DDPM given labels y (N,) (without: of the unconditional log p(x), the null label).
 
         Each L_{t-1} is E_{q(x_t|x_0)} of a closed form; x_t is drawn once per example and step.
         x : (N, D) data; ``max_rows`` bounds examples x steps per network call; ``noise`` (T, N, D), if
@@ -383,6 +462,7 @@ class DDPM(GenerativeModel):
         if seed is not None:
             torch.manual_seed(seed)
         x0 = self.to_model_space(x.to(self.device))
+        y = None if y is None else self.labels(y)
         n, T = x0.shape[0], self.timesteps
         chunk = max(1, (max_rows or self.max_rows) // n)
         L = torch.zeros(T, dtype=torch.float64)
@@ -391,7 +471,7 @@ class DDPM(GenerativeModel):
             t = torch.arange(start, min(T, start + chunk - 1) + 1, device=x0.device).reshape(-1, 1)
             x_t = self.q_t(x0, t).sample() if noise is None else \
                 self.schedule.q_sample(x0, t, noise[start - 1: start - 1 + len(t)].to(x0))
-            eps = self.eps(x_t, t)
+            eps = self.eps(x_t, t, y=y)
             mean, var = self.schedule.q_posterior(x_t, x0, t)
             p_mean = self.p_mean(x_t, t, eps)
             kl = kl_divergence(dist.Normal(mean, var.clamp_min(1e-30).sqrt().expand_as(mean)),
@@ -428,7 +508,8 @@ class DDPM(GenerativeModel):
         """Draw n examples and keep ``record`` snapshots (data space); see :mod:`.samplers`.
 
         ``steps``: DDIM's number of steps, or Langevin / corrector steps per level; ``eta``: DDIM only;
-        ``kw``: the score samplers' options (``step_size``, ``rtol``, ``atol``, ...).
+        ``kw``: the score samplers' options (``step_size``, ``rtol``, ``atol``, ...), and for a conditional
+        DDPM ``y`` (an int or (n,) labels) and ``guidance`` w (:meth:`conditioned`).
         """
         if sampler == "ddim":
             kw.update(steps=steps or 50, eta=eta)
@@ -439,5 +520,6 @@ class DDPM(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, *, sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
                **kw) -> torch.Tensor:
-        """n new examples of shape (n, D) in data space (the last step is the noiseless mean, as in Ho et al.)."""
+        """n new examples of shape (n, D) in data space (the last step is the noiseless mean, as in Ho et al.);
+        ``y=``, ``guidance=``: labels and classifier-free guidance of a conditional DDPM (:meth:`conditioned`)."""
         return self.trajectory(n, sampler=sampler, steps=steps, eta=eta, record=1, **kw).x

@@ -22,7 +22,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import check_choice, check_number, check_sizes
+from ..errors import InputError, check_choice, check_number, check_sizes
 
 if TYPE_CHECKING:  # annotations only: this module (and so ``ppl-dgm --help``) imports no torch
     from ..data import Dataset
@@ -45,7 +45,7 @@ class FieldSpec:
 
     Attributes
     ----------
-    kind : {"int", "float", "choice", "sizes", "any"}
+    kind : {"int", "float", "bool", "choice", "sizes", "any"}
         ``int``, ``float``, a ``Literal[...]``, ``tuple[int, ...]`` (sizes >= 1), or anything else (unchecked).
     optional : bool
         The annotation is ``X | None``: None is accepted.
@@ -57,7 +57,7 @@ class FieldSpec:
         The bound itself is refused.
     """
 
-    kind: Literal["int", "float", "choice", "sizes", "any"]
+    kind: Literal["int", "float", "bool", "choice", "sizes", "any"]
     optional: bool = False
     choices: tuple = ()
     min: float | None = None
@@ -74,6 +74,10 @@ class FieldSpec:
             return check_choice(name, value, self.choices)
         if self.kind == "sizes":
             return check_sizes(name, value)
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise InputError(f"expected {name} as True or False; got {value!r}")
+            return value
         if self.kind in ("int", "float"):
             return check_number(name, value, integer=self.kind == "int", min=self.min, min_open=self.min_open,
                                 max=self.max, max_open=self.max_open)
@@ -89,6 +93,8 @@ def _field_spec(f: dataclasses.Field, hint: Any) -> FieldSpec:
         return FieldSpec("choice", optional, choices=typing.get_args(hint))
     if typing.get_origin(hint) is tuple and typing.get_args(hint) == (int, ...):
         return FieldSpec("sizes", optional)
+    if hint is bool:
+        return FieldSpec("bool", optional)
     if hint in (int, float):
         bounds = {k: f.metadata[k] for k in ("min", "min_open", "max", "max_open") if k in f.metadata}
         return FieldSpec(hint.__name__, optional, **bounds)
@@ -100,6 +106,15 @@ def field_specs(config: type[FitOptions]) -> dict[str, FieldSpec]:
     """Field name -> :class:`FieldSpec` of every field of the config dataclass ``config``, in field order."""
     hints = typing.get_type_hints(config)
     return {f.name: _field_spec(f, hints[f.name]) for f in fields(config)}
+
+
+def n_classes_of(ds: Dataset) -> int:
+    """C = 1 + the largest label of a labelled dataset (at least 2); unlabelled data are refused in one line."""
+    if ds.y_train is None or ds.y_test is None:
+        raise InputError(f"a conditional model needs labelled data (y and y_test); {ds.name} has none")
+    y = ds.y_train if not len(ds.y_test) else ds.y_test if not len(ds.y_train) else None
+    top = int(y.max()) if y is not None else max(int(ds.y_train.max()), int(ds.y_test.max()))
+    return max(2, top + 1)
 
 
 @dataclass

@@ -48,7 +48,8 @@ class Family:
     encoder : bool
         Has ``encode_mean`` / ``decode_mean``: latent tools, reconstructions, ``sample --mean``.
     conditional : bool
-        Takes labels ``y`` (training data need them; ``sample --label``).
+        Can take labels ``y`` (training data need them; ``sample --label``): always (cvae), or when fitted so
+        (``ddpm --conditional``); the model's ``conditional`` says which.
     samplers : tuple of str
         The ``sample --sampler`` choices (first = default); empty if there is one way to sample.
     figures : tuple of str
@@ -118,7 +119,7 @@ REGISTRY: dict[str, Family] = {f.name: f for f in (
            summary="Autoencoder: the VAE's model with a point-mass amortized guide q(z | x) = delta(z - g_mu(x))."),
     Family("hvae", ".hvae:HVAE", ".hvae:HVAEConfig", "svi", "iwae", encoder=True, figures=_SVI_FIGURES,
            summary="Markovian HVAE with L stochastic layers z_1 (next to x) ... z_L (top)."),
-    Family("ddpm", ".diffusion:DDPM", ".diffusion:DDPMConfig", "svi", "chain",
+    Family("ddpm", ".diffusion:DDPM", ".diffusion:DDPMConfig", "svi", "chain", conditional=True,
            samplers=("ddpm", "ddim", "langevin", "pc", "ode"),
            figures=("elbo", "samples", "trajectory", "loss_per_t"),
            summary="Denoising diffusion probabilistic model with an epsilon-prediction network."),

@@ -345,19 +345,36 @@ SCORE_SAMPLERS = {"langevin": langevin_sample, "pc": pc_sample, "ode": ode_sampl
 
 
 @torch.no_grad()
-def draw(model, n: int, sampler: str, *, record: int = 10, **kw) -> Trajectory:
+def draw(model, n: int, sampler: str, *, record: int = 10, y=None, guidance: float = 0.0, **kw) -> Trajectory:
     """Run ``sampler`` (one of ``model.samplers``) on ``model`` in eval mode; ``kw`` go to the sampler.
 
     "ddpm" and "ddim" run a DDPM's chain; "langevin", "pc" and "ode" its (or a score model's)
-    :class:`ScoreField`.
+    :class:`ScoreField`.  ``y`` (an int, or (n,) labels) and ``guidance`` w: a conditional model's
+    labels and classifier-free guidance weight (its ``conditioned(y, w)``); the draws go in batches,
+    each with its own rows of ``y``.
     """
     check_choice("sampler", sampler, model.samplers)
     _check_positive("n", n, integer=True)
+    if y is None and guidance:
+        raise InputError("guidance needs labels y (sample --label); got none")
+
+    def run(m: int):
+        if sampler in SCORE_SAMPLERS:
+            return SCORE_SAMPLERS[sampler](model.score_field(), m, record=record, **kw)
+        return {"ddpm": ddpm_sample, "ddim": ddim_sample}[sampler](model, m, record=record, **kw)
+
     was = model.training
     model.eval()
     try:
-        if sampler in SCORE_SAMPLERS:
-            return SCORE_SAMPLERS[sampler](model.score_field(), n, record=record, **kw)
-        return {"ddpm": ddpm_sample, "ddim": ddim_sample}[sampler](model, n, record=record, **kw)
+        if y is None:
+            return run(n)
+        labels, parts, start = model.labels(y, n), [], 0
+        if labels.shape != (n,):
+            raise InputError(f"expected {n} labels (one per draw) or one; got shape {tuple(labels.shape)}")
+        for m in _batches(n, model):
+            with model.conditioned(labels[start: start + m], guidance):
+                parts.append(run(m))
+            start += m
+        return Trajectory(torch.cat([p.x for p in parts]), parts[0].steps, torch.cat([p.xs for p in parts], 1))
     finally:
         model.train(was)

@@ -35,6 +35,28 @@ class TimeEmbedding(nn.Module):
         return self.mlp(sinusoidal_embedding(t, self.dim).to(self.mlp[0].weight.dtype))
 
 
+class LabelEmbedding(nn.Module):
+    """Labels 0..C-1, and C for "no label" (the null label of classifier-free guidance), -> (..., out_dim).
+
+    ``forward(y, batch)``: y of integer labels broadcastable to ``batch`` (None: the null label everywhere).
+    """
+
+    def __init__(self, n_classes: int, out_dim: int):
+        super().__init__()
+        self.n_classes = n_classes
+        self.emb = nn.Embedding(n_classes + 1, out_dim)
+
+    def forward(self, y: torch.Tensor | None, batch: tuple[int, ...]) -> torch.Tensor:
+        device = self.emb.weight.device
+        y = torch.full((), self.n_classes, device=device) if y is None else torch.as_tensor(y, device=device)
+        return self.emb(y.long().expand(batch))
+
+
+def label_embedding(n_classes: int, out_dim: int) -> LabelEmbedding | None:
+    """A :class:`LabelEmbedding` for a conditional network (``n_classes`` >= 1), else None."""
+    return LabelEmbedding(n_classes, out_dim) if n_classes else None
+
+
 class CoordinateFeatures(nn.Module):
     """Per-coordinate sinusoidal features at geometric frequencies, concatenated with x (Tancik et al. 2020).
 
@@ -79,25 +101,31 @@ class EpsMLP(nn.Module):
         Size of the sinusoidal features of t.
     coord_freqs : int
         F of :class:`CoordinateFeatures`: x enters as x and sin/cos of 2^k x_d, k < F (0: x alone).
+    n_classes : int
+        C > 0: a label y in 0..C (C: none) is embedded and added to the time embedding (eps_theta(x_t, t, y)).
 
-    ``forward(x, t)``: x of shape (..., D), t of shape broadcastable to x.shape[:-1]; returns (..., D).
+    ``forward(x, t, y=None)``: x of shape (..., D), t and y broadcastable to x.shape[:-1]; returns (..., D).
     """
 
-    def __init__(self, x_dim: int, hidden: Sequence[int] = (128, 128, 128), t_dim: int = 64, coord_freqs: int = 0):
+    def __init__(self, x_dim: int, hidden: Sequence[int] = (128, 128, 128), t_dim: int = 64, coord_freqs: int = 0,
+                 n_classes: int = 0):
         super().__init__()
         width = int(hidden[0])
         self.coords = CoordinateFeatures(x_dim, coord_freqs)
         self.inp = nn.Linear(self.coords.out_dim, width)
         self.temb = TimeEmbedding(t_dim, width)
+        self.label = label_embedding(n_classes, width)
         self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(width, width)) for _ in hidden)
         self.tproj = nn.ModuleList(nn.Linear(width, width) for _ in hidden)
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(width, x_dim))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         # the embedding is computed at t's own shape and broadcast: k distinct steps cost k rows, not k * N
         t = torch.as_tensor(t, device=x.device)
         t = t.reshape((1,) * (x.dim() - 1 - t.dim()) + tuple(t.shape))
         h, e = self.inp(self.coords(x)), self.temb(t)
+        if self.label is not None:
+            e = e + self.label(y, x.shape[:-1])
         for block, proj in zip(self.blocks, self.tproj):
             h = h + block(h + proj(e))
         return self.out(h)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .time_embedding import TimeEmbedding
+from .time_embedding import TimeEmbedding, label_embedding
 
 
 def _norm(c: int) -> nn.GroupNorm:
@@ -42,12 +42,14 @@ class UNet(nn.Module):
     image_shape : (C, H, W) or (H, W)
     base : int
         Channels at full resolution (2*base and 2*base below).
+    n_classes : int
+        C > 0: a label y in 0..C (C: none) is embedded and added to the time embedding.
 
-    ``forward(x, t)``: x of shape (..., C*H*W) (flattened, as the family stores data), t broadcastable
-    to x.shape[:-1]; returns (..., C*H*W).
+    ``forward(x, t, y=None)``: x of shape (..., C*H*W) (flattened, as the family stores data), t and y
+    broadcastable to x.shape[:-1]; returns (..., C*H*W).
     """
 
-    def __init__(self, image_shape, base: int = 32, t_dim: int = 64):
+    def __init__(self, image_shape, base: int = 32, t_dim: int = 64, n_classes: int = 0):
         super().__init__()
         shape = tuple(int(s) for s in image_shape)
         if len(shape) == 2:
@@ -58,6 +60,7 @@ class UNet(nn.Module):
         c, b = shape[0], base
         e = 4 * b
         self.temb = TimeEmbedding(t_dim, e)
+        self.label = label_embedding(n_classes, e)
         self.inp = nn.Conv2d(c, b, 3, padding=1)
         self.d1 = ResBlock(b, b, e)
         self.down1 = nn.Conv2d(b, b, 3, stride=2, padding=1)
@@ -72,11 +75,13 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         batch = x.shape[:-1]
         t = torch.as_tensor(t, device=x.device).expand(batch).reshape(-1)
         h0 = self.inp(x.reshape(-1, *self.shape))
         e = self.temb(t)
+        if self.label is not None:
+            e = e + self.label(y, batch).reshape(-1, e.shape[-1])
         h1 = self.d1(h0, e)                       # H
         h2 = self.d2(self.down1(h1), e)           # H/2
         m = self.mid(self.down2(h2), e)           # H/4

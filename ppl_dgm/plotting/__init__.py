@@ -38,7 +38,7 @@ def sample_labels(run: Run, n: int, label: int | None = None) -> np.ndarray | No
     """The labels n samples of a conditional run are drawn with: ``label`` for all, else 0, 1, ..., C-1 in
     turn (as the conditional families' ``sample``); None for other families.  Pass them to
     :func:`plot_samples` (``labels=``) to name them in the picture."""
-    if not run.family.conditional:
+    if not run.model.conditional:
         return None
     return np.full(n, label) if label is not None else np.arange(n) % run.model.n_classes
 
@@ -46,7 +46,7 @@ def sample_labels(run: Run, n: int, label: int | None = None) -> np.ndarray | No
 def _samples(run: Run, ds: Dataset) -> None:
     image = ds.kind == "image"
     mean = image and run.family.encoder
-    labels = sample_labels(run, 8 * run.model.n_classes if run.family.conditional else 0)
+    labels = sample_labels(run, 8 * run.model.n_classes if run.model.conditional else 0)
     n = len(labels) if labels is not None else 64 if image else 2000
     kw = {"mean": True} if mean else {}
     if labels is not None:
@@ -67,7 +67,7 @@ def _reference(ds: Dataset):
 def _reconstructions(run: Run, ds: Dataset) -> None:
     x, _ = _reference(ds)
     xs = x[:16] if ds.kind == "image" else x[:500]
-    y = (ds.y_test if len(ds.x_test) else ds.y_train)[: len(xs)].to(run.model.device) if run.family.conditional \
+    y = (ds.y_test if len(ds.x_test) else ds.y_train)[: len(xs)].to(run.model.device) if run.model.conditional \
         else None
     rec = run.model.reconstruct(xs.to(run.model.device), y).float().cpu().numpy()
     plot_reconstructions(xs.numpy(), rec, ds.shape, run.path / "reconstructions.png", n=len(xs),

@@ -19,12 +19,12 @@ from ..utils import atomic_write_json, resolve_device, seed_everything, set_thre
 from .store import DataSpec, Run, clear_run, load_run, out_dir_for, read_config, run_config, run_lock
 
 
-def check_data(family: Family, ds: Dataset, model_cfg: dict) -> None:
+def check_data(model: GenerativeModel, ds: Dataset, model_cfg: dict) -> None:
     """Data the model cannot score are refused before anything is written."""
     if model_cfg.get("likelihood") in ("bernoulli", "continuous-bernoulli") and ds.binarize == "none":
         check_unit_interval(ds.x_train, f"{ds.name} (train)")
         check_unit_interval(ds.x_test, f"{ds.name} (test)")
-    if family.conditional:
+    if model.conditional:
         if ds.y_train is None or ds.y_test is None:
             raise InputError(f"a conditional model needs labelled data (y and y_test); {ds.name} has none")
         y = torch.cat([ds.y_train, ds.y_test])
@@ -86,9 +86,9 @@ def train_run(family: str | Family, options: FitOptions, data: DataSpec, *, out:
     if family.trainer == "em":
         return _train_em(family, options, data, ds, out_path, overwrite, device, echo)
     model_cfg = model_cfg or options.model_kwargs(ds)
-    check_data(family, ds, model_cfg)
     seed_everything(data.seed)  # the initial weights follow the seed
     model = family.model(**model_cfg)
+    check_data(model, ds, model_cfg)
     loss = objective_for(options, model)  # built before anything is written: bad combinations are refused
     set_threads(threads, n_params=sum(p.numel() for p in model.parameters()), device=device)
     with run_lock(out_path):
@@ -101,7 +101,7 @@ def train_run(family: str | Family, options: FitOptions, data: DataSpec, *, out:
 
 
 def _fit_svi(family, model, loss, options, ds, seed, out_path, config, resume, device, progress, echo) -> Run:
-    data = (lambda x, y: (x, y)) if family.conditional else (lambda x, y: x)
+    data = (lambda x, y: (x, y)) if model.conditional else (lambda x, y: x)
     test = data(ds.x_test, ds.y_test) if len(ds.x_test) else None
     result = fit_svi(model, data(ds.x_train, ds.y_train), test=test, loss=loss,
                      resume=resume, device=device, seed=seed, progress=progress, transform=ds.batch_transform(),

@@ -16,9 +16,9 @@ from .store import Run
 
 
 def label_args(run: Run, y: torch.Tensor | None, name: str) -> tuple[torch.Tensor, ...]:
-    """The extra model arguments: the labels of a conditional family, on the model's device (refused if the data
-    have none, or labels outside 0..C-1); () for other families."""
-    if not run.family.conditional:
+    """The extra model arguments: the labels of a conditional model, on the model's device (refused if the data
+    have none, or labels outside 0..C-1); () for other models."""
+    if not run.model.conditional:
         return ()
     if y is None:
         raise InputError(f"a conditional model needs labels; {name} has none")
@@ -26,6 +26,14 @@ def label_args(run: Run, y: torch.Tensor | None, name: str) -> tuple[torch.Tenso
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= c):
         raise InputError(f"expected labels in 0..{c - 1}; {name} has labels in {int(y.min())}..{int(y.max())}")
     return (y.to(run.model.device),)
+
+
+def require_conditional(run: Run, what: str) -> None:
+    """Refuse ``what`` in one line unless the run's model is conditional (a cvae run, or ddpm --conditional)."""
+    require(run.family, "conditional", what)
+    if not run.model.conditional:
+        raise InputError(f"{what} needs a conditional run (cvae, or {run.family.name} fitted with --conditional); got "
+                         f"{run.family.name!r} fitted without --conditional ({run.path})")
 
 
 def evaluate_run(run: Run, x: torch.Tensor, y: torch.Tensor | None = None, *, name: str = "data",
@@ -59,7 +67,7 @@ def evaluate_run(run: Run, x: torch.Tensor, y: torch.Tensor | None = None, *, na
 
 def _bound(run: Run, model, x: torch.Tensor, y: torch.Tensor | None, name: str, iwae_k: int, seed: int) -> dict:
     if run.family.bound == "chain":
-        return model.chain_elbo(x, seed=seed).as_dict()
+        return model.chain_elbo(x, *label_args(run, y, name), seed=seed).as_dict()
     if run.family.bound == "dsm":
         return model.dsm_terms(x, seed=seed).as_dict()
     if run.family.bound == "exact":
@@ -101,16 +109,22 @@ def sampler_kwargs(run: Run, sampler: str | None, options: dict) -> dict:
 
 @torch.no_grad()
 def sample_run(run: Run, n: int, *, seed: int = 0, mean: bool = False, label: int | None = None,
-               sampler: str | None = None, **options) -> np.ndarray:
+               guidance: float | None = None, sampler: str | None = None, **options) -> np.ndarray:
     """``n`` new examples of the run's example shape, float32; options the family or the sampler lacks are refused.
 
     ``options`` (None: the sampler's default): ``steps``, ``eta``, ``step_size``, ``rtol``, ``atol``; which
-    sampler reads which is :data:`SAMPLER_OPTIONS`.
+    sampler reads which is :data:`SAMPLER_OPTIONS`.  ``label`` (every sample's) and ``guidance`` w (classifier-free
+    guidance, w = 0: conditional without guidance) need a conditional run.
     """
     kw: dict = {}
     if label is not None:
-        require(run.family, "conditional", "--label")
+        require_conditional(run, "--label")
         kw["y"] = label
+    if guidance is not None:
+        require_conditional(run, "--guidance")
+        if label is None:
+            raise InputError("--guidance: expected a --label to steer towards; got none")
+        kw["guidance"] = guidance
     if mean:
         require(run.family, "encoder", "--mean (E[x | z])")
         kw["mean"] = True
@@ -121,10 +135,15 @@ def sample_run(run: Run, n: int, *, seed: int = 0, mean: bool = False, label: in
 
 
 @torch.no_grad()
-def trajectory_run(run: Run, n: int, *, seed: int = 0, record: int = 8, sampler: str | None = None, **options):
+def trajectory_run(run: Run, n: int, *, seed: int = 0, record: int = 8, sampler: str | None = None,
+                   label: int | None = None, guidance: float | None = None, **options):
     """The snapshots of ``n`` draws along a sampler of a diffusion or score run (a
-    :class:`~ppl_dgm.models.samplers.Trajectory`: ``steps`` and ``xs`` of shape (len(steps), n, D))."""
+    :class:`~ppl_dgm.models.samplers.Trajectory`: ``steps`` and ``xs`` of shape (len(steps), n, D)); ``label`` and
+    ``guidance`` as in :func:`sample_run`."""
     require(run.family, "samplers", "--trajectory")
     kw = sampler_kwargs(run, sampler, options)
+    if label is not None:
+        require_conditional(run, "--label")
+        kw.update(y=label, guidance=guidance or 0.0)
     torch.manual_seed(seed)
     return run.model.trajectory(n, record=record, **kw)
