@@ -97,7 +97,7 @@ def test_list_json_capabilities_unchanged(capsys):
     assert code == 0 and list(fams) == list(REGISTRY)
     assert fams["ddpm"] == {"trainer": "svi", "bound": "chain", "encoder": False, "conditional": True,
                             "samplers": ["ddpm", "ddim", "langevin", "pc", "ode"],
-                            "figures": ["elbo", "samples", "trajectory", "loss_per_t"],
+                            "figures": ["elbo", "samples", "trajectory", "loss_per_t"], "generative": True,
                             "exact_likelihood": False, "ode_likelihood": True, "summary": REGISTRY["ddpm"].summary,
                             "options": fams["ddpm"]["options"]}
     assert "timesteps" in fams["ddpm"]["options"]

@@ -14,28 +14,10 @@ from ppl_dgm.inference import fit_svi
 from ppl_dgm.inference.diagnostics import elbo_terms
 from ppl_dgm.models.diffusion import DDPM
 
+from .gaussian_helpers import OptimalEps
+
 MU = torch.tensor([0.5, -1.0], dtype=torch.float64)
 SIGMA = torch.tensor([[1.0, 0.6], [0.6, 0.8]], dtype=torch.float64)
-
-
-class OptimalEps(torch.nn.Module):
-    """E[eps | x_t] for x_0 ~ N(mu, Sigma): sqrt(1 - abar) C_t^{-1} (x_t - sqrt(abar) mu).
-
-    C_t = abar Sigma + (1 - abar) I is the covariance of q(x_t).
-    """
-
-    def __init__(self, schedule, mu, sigma):
-        super().__init__()
-        ab = schedule.alpha_bars
-        C = ab[:, None, None] * sigma + (1 - ab)[:, None, None] * torch.eye(len(mu), dtype=torch.float64)
-        self.register_buffer("A", (1 - ab).sqrt()[:, None, None] * torch.linalg.inv(C))
-        self.register_buffer("b", ab.sqrt()[:, None] * mu)
-        self.dummy = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, x, t):
-        t = torch.as_tensor(t).expand(x.shape[:-1])
-        A, b = self.A[t].to(x), self.b[t].to(x)
-        return ((x - b)[..., None, :] @ A.transpose(-1, -2))[..., 0, :]
 
 
 def closed_form_elbo(schedule, mu, sigma, variance="beta"):

@@ -52,7 +52,7 @@ def _exact_ddpm(T=100):
 
 @pytest.mark.parametrize("w", [0.0, 1.0, 3.0])
 def test_cfg_is_the_eps_of_the_tilted_density(w):
-    """(1 + w) eps(x, y) - w eps(x) = -sqrt(1 - abar) grad log [p_t(x | y)^(1+w) p_t(x)^(-w)], at 200 points x 4 steps."""
+    """(1 + w) eps(x, y) - w eps(x) = -sqrt(1 - abar) grad log [p_t(x | y)^(1+w) p_t(x)^(-w)] (200 x, 4 t)."""
     m = _exact_ddpm()
     x = torch.linspace(-4, 4, 200, dtype=torch.float64)[:, None].expand(4, 200, 1)
     t = torch.tensor([[1], [10], [50], [100]])
@@ -136,3 +136,67 @@ def test_cli_conditional_ddpm_with_guidance(tmp_path, capsys):
                             "--out", tmp_path / "m"], capsys)
     assert code == 2 and "a conditional model needs labelled data (y and y_test); moons has none" in err
     assert not (tmp_path / "m").exists()
+
+
+class ExactMixtureClassifier(nn.Module):
+    """p(y | x_t) of the two-class mixture, exactly, as a noise-conditional classifier on the DDPM's schedule."""
+
+    def __init__(self, ddpm):
+        super().__init__()
+        from ppl_dgm.models import Classifier
+
+        self.clf = Classifier(1, 2, noise_conditional=True, timesteps=ddpm.timesteps, hidden=(4,)).double()
+        self.clf.net = self                          # logits(x_t, t) -> log p_t(x | y) for y = 0, 1 (+ const)
+        self.schedule = ddpm.schedule
+
+    def forward(self, x, t, y=None):
+        abar = self.schedule.at("alpha_bars", t, x)
+        return torch.stack([_log_px(x, abar, 0), _log_px(x, abar, 1)], -1)
+
+
+@pytest.mark.parametrize("w", [1.0, 4.0])
+def test_classifier_guidance_is_the_eps_of_the_tilted_density(w):
+    """eps(x) - w sqrt(1 - abar) grad log p(y | x_t) = -sqrt(1 - abar) grad log [p_t(x) p_t(y | x)^w]."""
+    m = _exact_ddpm()
+    clf = ExactMixtureClassifier(m).clf
+    x = torch.linspace(-4, 4, 200, dtype=torch.float64)[:, None].expand(4, 200, 1)
+    t = torch.tensor([[1], [10], [50], [100]])
+    abar = m.schedule.at("alpha_bars", t, x)
+    for y in (0, 1):
+        with m.conditioned(torch.full((200,), y), guidance=w, classifier=clf):
+            guided = m.eps(x, t)
+        xx = x.clone().requires_grad_(True)
+        log_post = _log_px(xx, abar, y) - math.log(2) - _log_px(xx, abar)               # log p_t(y | x)
+        exact = -(1 - abar).sqrt() * torch.autograd.grad((_log_px(xx, abar) + w * log_post).sum(), xx)[0]
+        torch.testing.assert_close(guided, exact, rtol=1e-9, atol=1e-9)
+
+
+def test_classifier_guidance_is_checked():
+    from ppl_dgm.models import Classifier
+
+    m = _exact_ddpm()
+    with pytest.raises(InputError, match="noise-conditional classifier"):
+        m.sample(2, y=0, guidance=1.0, classifier=Classifier(1, 2, noise_conditional=False, timesteps=100))
+    with pytest.raises(InputError, match="the DDPM's noise schedule"):
+        m.sample(2, y=0, guidance=1.0, classifier=Classifier(1, 2, noise_conditional=True, timesteps=50))
+
+
+def test_cli_classifier_guidance(tmp_path, capsys):
+    common = ["--epochs", "1", "--timesteps", "10", "--quiet"]
+    assert run_cli(["fit", "ddpm", *common, "--base-channels", "8", "--out", tmp_path / "d"], capsys)[0] == 0
+    code, _, err = run_cli(["fit", "classifier", "--noise-conditional", *common, "--hidden", "16",
+                            "--out", tmp_path / "c"], capsys)
+    assert code == 0, err
+    code, out, err = run_cli(["evaluate", tmp_path / "c", "--json"], capsys)
+    import json
+
+    res = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and 0 <= res["accuracy"] <= 1 and [r["t"] for r in res["per_t"]] == [0]
+    code, out, err = run_cli(["sample", tmp_path / "d", "-n", "4", "--label", "2", "--guidance", "3", "--classifier",
+                              tmp_path / "c", "--out", tmp_path / "g.npy"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["sample", tmp_path / "c", "-n", "4", "--out", tmp_path / "x.npy"], capsys)
+    assert code == 2 and "ppl-dgm sample needs a generative family" in err
+    code, _, err = run_cli(["sample", tmp_path / "d", "-n", "4", "--label", "2", "--classifier", tmp_path / "c",
+                            "--out", tmp_path / "x.npy"], capsys)
+    assert code == 2 and "--classifier: expected --label and --guidance" in err

@@ -21,15 +21,16 @@ TINY = {
     "hvae": ["--epochs", "1", "--hidden", "8", "--latent-dim", "2"],
     "ddpm": ["--dataset", "moons", "--epochs", "1", "--batch-size", "1024", "--timesteps", "20", "--hidden", "16,16"],
     "score": ["--dataset", "moons", "--epochs", "1", "--batch-size", "1024", "--levels", "5", "--hidden", "16,16"],
+    "classifier": ["--epochs", "1", "--hidden", "8", "--noise-conditional", "--timesteps", "20"],
     "gmm": ["--dataset", "moons", "-k", "2"],
     "ppca": ["--latent-dim", "2"],
 }
 
 # command -> the families for which it works (all others must refuse in one line)
 WORKS = {
-    "evaluate": {"vae", "cvae", "hvae", "ddpm", "score", "gmm", "ppca"},
+    "evaluate": {"vae", "cvae", "hvae", "ddpm", "score", "classifier", "gmm", "ppca"},
     "evaluate --exact": {"ddpm", "score"},
-    "sample": set(TINY),
+    "sample": set(TINY) - {"classifier"},
     "sample --mean": {"vae", "cvae", "ae", "hvae", "ppca"},
     "sample --label": {"cvae"},
     "sample --sampler": {"ddpm", "score"},

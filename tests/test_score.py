@@ -10,8 +10,9 @@ from ppl_dgm.errors import InputError
 from ppl_dgm.inference import fit_svi
 from ppl_dgm.models.diffusion import DDPM
 from ppl_dgm.models.flow_ode import ode_log_likelihood
-from ppl_dgm.models.samplers import _interp
 from ppl_dgm.models.score import ScoreModel
+
+from .gaussian_helpers import GaussianEps
 
 MU = torch.tensor([0.5, -1.0], dtype=torch.float64)
 SIGMA = torch.tensor([[1.0, 0.6], [0.6, 0.8]], dtype=torch.float64)
@@ -60,24 +61,6 @@ class ScoreAsNet(torch.nn.Module):
         sigma = (c / 100).exp()
         col = sigma[..., None]
         return -col * self.fn(h * (1 + col**2).sqrt(), sigma)
-
-
-class GaussianEps(torch.nn.Module):
-    """E[eps | x_t] for x_0 ~ N(mu, Sigma) at fractional t (abar_t = 1/(1 + sigma_t^2), sigma_t as in vp_field)."""
-
-    def __init__(self, schedule, mu, cov):
-        super().__init__()
-        ab = schedule.alpha_bars[1:]
-        self.log_sig, self.mu, self.cov = ((1 - ab) / ab).sqrt().log(), mu, cov
-        self.dummy = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, x, t):
-        t = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[:-1])
-        steps = torch.arange(1, len(self.log_sig) + 1, dtype=torch.float64)
-        ab = 1 / (1 + _interp(t, steps, self.log_sig).exp() ** 2)[..., None, None]
-        C = ab * self.cov + (1 - ab) * torch.eye(len(self.mu), dtype=torch.float64)
-        r = (x.double() - ab[..., 0].sqrt() * self.mu)[..., None]
-        return ((1 - ab).sqrt() * torch.linalg.solve(C, r))[..., 0].to(x)
 
 
 def exact_score_model(score, x_dim=2, **kw):

@@ -16,6 +16,7 @@ import click
 from ..errors import InputError, NonFiniteError
 from .commands import cli
 from .latent import latent  # noqa: F401  (registers `ppl-dgm latent`)
+from .restore import restore  # noqa: F401  (registers `ppl-dgm restore`)
 
 __all__ = ["cli", "main"]
 

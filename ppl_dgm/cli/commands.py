@@ -157,6 +157,10 @@ def _evaluate_lines(run, res: dict, name: str, iwae_k: int) -> list[str]:
         lines.append(f"  log p(x) (exact)  {res['log_likelihood']:10.4f} nats   BIC {res['bic']:.1f}")
     elif run.family.bound == "chain":
         lines.append(f"  ELBO (full chain) {res['elbo']:10.3f} nats   bits/dim {res['bits_per_dim']:.4f}")
+    elif run.family.bound == "labels":
+        lines.append(f"  accuracy {res['accuracy']:.4f}   log p(y | x) {res['log_likelihood']:.4f} nats (clean x)")
+        lines += [f"  at t={r['t']:<4}   accuracy {r['accuracy']:.4f}   log p(y | x_t) {r['log_likelihood']:.4f}"
+                  for r in res["per_t"][1:]]
     elif run.family.bound == "dsm":
         lines.append(f"  score-matching loss {res['dsm_loss']:10.4f} (sum over {len(res['J'])} levels; not a "
                      f"likelihood{'' if 'ode' in res else ': --exact gives log p(x)'})")
@@ -183,7 +187,10 @@ def _evaluate_lines(run, res: dict, name: str, iwae_k: int) -> list[str]:
 @click.option("--label", type=click.IntRange(min=0), default=None,
               help="Conditional runs: the label of every sample (default: labels 0, 1, ... in turn).")
 @click.option("--guidance", type=FiniteFloat(min=0), default=None,
-              help="Conditional diffusion: classifier-free guidance w, (1 + w) eps(x, y) - w eps(x); 0: none.")
+              help="Conditional diffusion: classifier-free guidance w, (1 + w) eps(x, y) - w eps(x); 0: none. "
+                   "With --classifier: classifier guidance, eps(x) - w sqrt(1 - abar) grad log p(y | x).")
+@click.option("--classifier", "classifier_dir", type=click.Path(), default=None,
+              help="A noise-conditional classifier run on the DDPM's schedule, for classifier guidance.")
 @click.option("--sampler", default=None, help="Families with several samplers (ddpm: ddpm, ddim, langevin, pc, ode; "
               "score: langevin, pc, ode).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
@@ -199,8 +206,8 @@ def _evaluate_lines(run, res: dict, name: str, iwae_k: int) -> list[str]:
               help="ODE: the solver's absolute tolerance (default 1e-5).")
 @click.option("--trajectory", type=click.Path(dir_okay=False), default=None,
               help="Families with samplers: also draw the sampler's snapshots of the first draws into FILE.png.")
-def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, guidance, sampler, trajectory,
-           **sampler_options):
+def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, guidance, classifier_dir, sampler,
+           trajectory, **sampler_options):
     """Draw N new examples from a fitted run."""
     import numpy as np
 
@@ -219,14 +226,16 @@ def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, guid
         from ..models import require
 
         require(run.family, "samplers", "--trajectory")
-    x = sample_run(run, n, seed=seed, mean=mean, label=label, guidance=guidance, sampler=sampler, **sampler_options)
+    classifier = load(classifier_dir, device, "last", threads) if classifier_dir is not None else None
+    x = sample_run(run, n, seed=seed, mean=mean, label=label, guidance=guidance, classifier=classifier, sampler=sampler,
+                   **sampler_options)
     if trajectory is not None:
         from ..plotting import plot_run_trajectory
         from ..runs import trajectory_run
 
         image = len(run.shape) >= 2
         traj = trajectory_run(run, min(n, 8) if image else n, seed=seed, sampler=sampler, label=label,
-                              guidance=guidance, **sampler_options)
+                              guidance=guidance, classifier=classifier, **sampler_options)
         plot_run_trajectory(run, traj, Path(trajectory), sampler or run.family.samplers[0],
                             None if image else run.eval_data()[0][:2000].numpy())
     if out.suffix == ".npy":

@@ -14,6 +14,7 @@ from .registry import REGISTRY, Family, families_with, get_family, require
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
     from .ae import AE
     from .base import EStep, GenerativeModel
+    from .classifier import Classifier
     from .cvae import CVAE
     from .diffusion import DDPM
     from .gmm import GMM
@@ -22,12 +23,13 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from .score import ScoreModel
     from .vae import VAE
 
-__all__ = ["GenerativeModel", "EStep", "VAE", "CVAE", "AE", "DDPM", "HVAE", "GMM", "PPCA", "ScoreModel", "REGISTRY",
-           "Family", "get_family", "families_with", "require"]
+__all__ = ["GenerativeModel", "EStep", "VAE", "CVAE", "AE", "DDPM", "HVAE", "GMM", "PPCA", "ScoreModel", "Classifier",
+           "REGISTRY", "Family", "get_family", "families_with", "require"]
 
 # public name -> its module (relative to this package)
 _LAZY = {"GenerativeModel": ".base", "EStep": ".base", "VAE": ".vae", "CVAE": ".cvae", "AE": ".ae",
-         "DDPM": ".diffusion", "HVAE": ".hvae", "GMM": ".gmm", "PPCA": ".ppca", "ScoreModel": ".score"}
+         "DDPM": ".diffusion", "HVAE": ".hvae", "GMM": ".gmm", "PPCA": ".ppca", "ScoreModel": ".score",
+         "Classifier": ".classifier"}
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

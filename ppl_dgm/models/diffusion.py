@@ -228,7 +228,7 @@ class DDPM(GenerativeModel):
         self.image_shape, self.is_image = shape, len(shape) >= 2
         self.x_dim, self.timesteps, self.loss, self.variance = x_dim, timesteps, loss, variance
         self.t_per_step, self.n_classes, self.p_uncond = t_per_step, n_classes, p_uncond
-        self._guidance: tuple[torch.Tensor, float] | None = None       # set by :meth:`conditioned`
+        self._guidance: tuple | None = None       # (labels, w, classifier or None), set by :meth:`conditioned`
         self.schedule = NoiseSchedule(timesteps, schedule)
         if arch == "auto":
             arch = "unet" if self.is_image and shape[-1] % 4 == 0 and shape[-2] % 4 == 0 else "mlp"
@@ -240,19 +240,21 @@ class DDPM(GenerativeModel):
     def conditional(self) -> bool:
         return self.n_classes > 0
 
-    def labels(self, y, n: int | None = None) -> torch.Tensor:
-        """``y`` (an int or a sequence) as labels in 0..C-1 on the model's device, shape (n,) if ``n`` is given;
-        refused in one line for an unconditional DDPM or labels out of range."""
-        if not self.conditional:
-            raise InputError("labels need a conditional DDPM (ppl-dgm fit ddpm --conditional); this one has none")
+    def labels(self, y, n: int | None = None, classifier=None) -> torch.Tensor:
+        """``y`` (an int or a sequence) as labels in 0..C-1 on the model's device, shape (n,) if ``n`` is given (C: of
+        the guiding ``classifier`` if given); refused in one line without labels to use or out of range."""
+        if classifier is None and not self.conditional:
+            raise InputError("labels need a conditional DDPM (ppl-dgm fit ddpm --conditional) or a classifier to "
+                             "guide it; this one has neither")
+        c = classifier.n_classes if classifier is not None else self.n_classes
         y = torch.as_tensor(y, device=self.device).long()
         y = y.expand(n) if n is not None and y.dim() == 0 else y
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
-            raise InputError(f"expected labels in 0..{self.n_classes - 1}; got {int(y.min())}..{int(y.max())}")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= c):
+            raise InputError(f"expected labels in 0..{c - 1}; got {int(y.min())}..{int(y.max())}")
         return y
 
     @contextlib.contextmanager
-    def conditioned(self, y, guidance: float = 0.0):
+    def conditioned(self, y, guidance: float = 0.0, classifier=None):
         """Within the block, :meth:`eps` called without labels (by the samplers, :meth:`score`, :meth:`denoise`) is
         eps_theta(x_t, t, y), and with guidance w > 0 the classifier-free guided
 
@@ -260,10 +262,23 @@ class DDPM(GenerativeModel):
 
         i.e. the score grad log p(x_t) + (1 + w) grad log p(y | x_t) (notes 000, classifier-free guidance).
         y : int or (N,) labels of the N rows being drawn; w = 0 is conditional sampling without guidance.
+
+        With a ``classifier`` (a noise-conditional :class:`~ppl_dgm.models.classifier.Classifier` on the same
+        schedule), classifier guidance instead: eps_theta(x_t, t) - w sqrt(1 - abar_t) grad log p_phi(y | x_t, t),
+        the score grad log p(x_t) + w grad log p_phi(y | x_t) (notes 000, classifier guidance).
         """
         if not guidance >= 0 or guidance != guidance:
             raise InputError(f"guidance must be a number >= 0; got {guidance!r}")
-        before, self._guidance = self._guidance, (self.labels(y), float(guidance))
+        if classifier is not None:
+            if not classifier.noise_conditional:
+                raise InputError("classifier guidance needs a noise-conditional classifier "
+                                 "(ppl-dgm fit classifier --noise-conditional); got one trained on clean data")
+            if (classifier.timesteps, classifier.config["schedule"]) != (self.timesteps, self.config["schedule"]):
+                raise InputError(f"classifier guidance needs the DDPM's noise schedule (T={self.timesteps}, "
+                                 f"{self.config['schedule']}); the classifier has T={classifier.timesteps}, "
+                                 f"{classifier.config['schedule']}")
+        before = self._guidance
+        self._guidance = (self.labels(y, classifier=classifier), float(guidance), classifier)
         try:
             yield self
         finally:
@@ -293,7 +308,11 @@ class DDPM(GenerativeModel):
         guidance of :meth:`conditioned`, if inside it; else the null label (the unconditional eps).
         """
         if y is None and self._guidance is not None:
-            y, w = self._guidance
+            y, w, classifier = self._guidance
+            if classifier is not None:
+                grad = classifier.grad_log_prob(y, x_t, t)
+                scale = (1 - self.schedule.at("alpha_bars", t, x_t)).sqrt()
+                return self._net(x_t, t, None, max_rows) - w * scale * grad
             if w:
                 return (1 + w) * self._net(x_t, t, y, max_rows) - w * self._net(x_t, t, None, max_rows)
         return self._net(x_t, t, y, max_rows)

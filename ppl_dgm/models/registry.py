@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .options import FitOptions
 
 Trainer = Literal["svi", "em", "adversarial", "ml"]
-Bound = Literal["iwae", "chain", "exact", "dsm"]
+Bound = Literal["iwae", "chain", "exact", "dsm", "labels"]
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ class Family:
     bound : {"iwae", "chain", "exact", "dsm"} or None
         What ``evaluate`` reports: ELBO and IWAE log p(x); the diffusion chain ELBO; the exact
         log-likelihood; the held-out denoising score-matching loss (not a bound: ``evaluate --exact`` gives
-        log p(x) by the probability-flow ODE).  None: nothing to score (a point-mass guide).
+        log p(x) by the probability-flow ODE); a classifier's accuracy and log p(y | x).  None: nothing to score (a
+        point-mass guide).
     encoder : bool
         Has ``encode_mean`` / ``decode_mean``: latent tools, reconstructions, ``sample --mean``.
     conditional : bool
@@ -54,6 +55,8 @@ class Family:
         The ``sample --sampler`` choices (first = default); empty if there is one way to sample.
     figures : tuple of str
         The pictures written into its run directory (see :mod:`ppl_dgm.plotting`).
+    generative : bool
+        Draws examples (``sample``) and has latents or a chain to diagnose; False for a classifier.
     summary : str, optional
         One line: the first line of the model's docstring (read from the class when not given;
         ``tests/test_cli_help.py`` checks that the two agree).
@@ -68,6 +71,7 @@ class Family:
     conditional: bool = False
     samplers: tuple[str, ...] = ()
     figures: tuple[str, ...] = ()
+    generative: bool = True
     summary: str = ""
 
     def __post_init__(self) -> None:
@@ -95,7 +99,8 @@ class Family:
 
     def capabilities(self) -> dict:
         """JSON-able capabilities (``ppl-dgm list --json``)."""
-        caps = {k: getattr(self, k) for k in ("trainer", "bound", "encoder", "conditional", "samplers", "figures")}
+        caps = {k: getattr(self, k) for k in ("trainer", "bound", "encoder", "conditional", "samplers", "figures",
+                                              "generative")}
         return {**caps, "exact_likelihood": self.exact_likelihood, "ode_likelihood": self.ode, "summary": self.summary,
                 "options": [f.name for f in fields(self.config)]}
 
@@ -126,6 +131,10 @@ REGISTRY: dict[str, Family] = {f.name: f for f in (
     Family("score", ".score:ScoreModel", ".score:ScoreConfig", "svi", "dsm", samplers=("langevin", "pc", "ode"),
            figures=("elbo", "samples", "trajectory", "loss_per_sigma"),
            summary="Noise-conditional score network s_theta(x, sigma) trained by denoising score matching."),
+    Family("classifier", ".classifier:Classifier", ".classifier:ClassifierConfig", "svi", "labels", conditional=True,
+           figures=("elbo",), generative=False,
+           summary="Classifier p_phi(y | x_t, t) of noisy (or clean) examples, for classifier guidance and sample "
+                   "scores."),
     Family("gmm", ".gmm:GMM", ".gmm:GMMConfig", "em", "exact", figures=("loglik", "samples", "ellipses"),
            summary="Gaussian mixture fitted by EM: c ~ Categorical(pi), x | c ~ N(mu_c, Sigma_c); exact posterior "
                    "guide."),
@@ -141,6 +150,7 @@ _PHRASES = {
     "samplers": "a family with a choice of samplers",
     "bound": "a family with a likelihood bound",
     "ode": "a family with a probability-flow ODE",
+    "generative": "a generative family",
     "svi": "a family fitted by SVI",
 }
 

@@ -151,6 +151,16 @@ def _run(model, n: int, taus: list[int], update, record: int, std: float = 1.0) 
     return Trajectory(torch.cat(outs), sorted(set(steps), reverse=True), torch.cat(snaps, 1))
 
 
+def in_batches(model, n: int, draw_rows: Callable[[slice], Trajectory]) -> Trajectory:
+    """``draw_rows(rows)`` for each batch of the n rows (rows carrying their own labels or measurements),
+    concatenated into one :class:`Trajectory`."""
+    parts, start = [], 0
+    for m in _batches(n, model):
+        parts.append(draw_rows(slice(start, start + m)))
+        start += m
+    return Trajectory(torch.cat([p.x for p in parts]), parts[0].steps, torch.cat([p.xs for p in parts], 1))
+
+
 def _check_positive(name: str, value, integer: bool = False) -> None:
     if integer and (not isinstance(value, int) or isinstance(value, bool)) or not value > 0:
         raise InputError(f"{name} must be a positive {'integer' if integer else 'number'}; got {value!r}")
@@ -345,13 +355,14 @@ SCORE_SAMPLERS = {"langevin": langevin_sample, "pc": pc_sample, "ode": ode_sampl
 
 
 @torch.no_grad()
-def draw(model, n: int, sampler: str, *, record: int = 10, y=None, guidance: float = 0.0, **kw) -> Trajectory:
+def draw(model, n: int, sampler: str, *, record: int = 10, y=None, guidance: float = 0.0, classifier=None,
+         **kw) -> Trajectory:
     """Run ``sampler`` (one of ``model.samplers``) on ``model`` in eval mode; ``kw`` go to the sampler.
 
     "ddpm" and "ddim" run a DDPM's chain; "langevin", "pc" and "ode" its (or a score model's)
     :class:`ScoreField`.  ``y`` (an int, or (n,) labels) and ``guidance`` w: a conditional model's
-    labels and classifier-free guidance weight (its ``conditioned(y, w)``); the draws go in batches,
-    each with its own rows of ``y``.
+    labels and classifier-free guidance weight (its ``conditioned(y, w)``), or with a ``classifier`` the weight
+    of classifier guidance; the draws go in batches, each with its own rows of ``y``.
     """
     check_choice("sampler", sampler, model.samplers)
     _check_positive("n", n, integer=True)
@@ -368,13 +379,14 @@ def draw(model, n: int, sampler: str, *, record: int = 10, y=None, guidance: flo
     try:
         if y is None:
             return run(n)
-        labels, parts, start = model.labels(y, n), [], 0
+        labels = model.labels(y, n, classifier)
         if labels.shape != (n,):
             raise InputError(f"expected {n} labels (one per draw) or one; got shape {tuple(labels.shape)}")
-        for m in _batches(n, model):
-            with model.conditioned(labels[start: start + m], guidance):
-                parts.append(run(m))
-            start += m
-        return Trajectory(torch.cat([p.x for p in parts]), parts[0].steps, torch.cat([p.xs for p in parts], 1))
+
+        def rows(r: slice) -> Trajectory:
+            with model.conditioned(labels[r], guidance, classifier):
+                return run(r.stop - r.start)
+
+        return in_batches(model, n, rows)
     finally:
         model.train(was)

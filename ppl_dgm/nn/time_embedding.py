@@ -103,12 +103,15 @@ class EpsMLP(nn.Module):
         F of :class:`CoordinateFeatures`: x enters as x and sin/cos of 2^k x_d, k < F (0: x alone).
     n_classes : int
         C > 0: a label y in 0..C (C: none) is embedded and added to the time embedding (eps_theta(x_t, t, y)).
+    out_dim : int, optional
+        Outputs (default D; C logits for a classifier).
 
-    ``forward(x, t, y=None)``: x of shape (..., D), t and y broadcastable to x.shape[:-1]; returns (..., D).
+    ``forward(x, t, y=None)``: x of shape (..., D), t and y broadcastable to x.shape[:-1]; returns (..., out_dim).
+    ``features(x, t, y=None)``: the last hidden layer, (..., hidden[0]).
     """
 
     def __init__(self, x_dim: int, hidden: Sequence[int] = (128, 128, 128), t_dim: int = 64, coord_freqs: int = 0,
-                 n_classes: int = 0):
+                 n_classes: int = 0, out_dim: int | None = None):
         super().__init__()
         width = int(hidden[0])
         self.coords = CoordinateFeatures(x_dim, coord_freqs)
@@ -117,9 +120,12 @@ class EpsMLP(nn.Module):
         self.label = label_embedding(n_classes, width)
         self.blocks = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Linear(width, width)) for _ in hidden)
         self.tproj = nn.ModuleList(nn.Linear(width, width) for _ in hidden)
-        self.out = nn.Sequential(nn.SiLU(), nn.Linear(width, x_dim))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(width, out_dim or x_dim))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.out(self.features(x, t, y))
+
+    def features(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         # the embedding is computed at t's own shape and broadcast: k distinct steps cost k rows, not k * N
         t = torch.as_tensor(t, device=x.device)
         t = t.reshape((1,) * (x.dim() - 1 - t.dim()) + tuple(t.shape))
@@ -128,4 +134,4 @@ class EpsMLP(nn.Module):
             e = e + self.label(y, x.shape[:-1])
         for block, proj in zip(self.blocks, self.tproj):
             h = h + block(h + proj(e))
-        return self.out(h)
+        return h

@@ -26,7 +26,8 @@ __all__ = ["write_run_figures", "write_diagnostic_figures", "sample_labels", "pl
 
 def _elbo(run: Run, ds: Dataset) -> None:
     plot_history(run.history, run.path / "elbo.png", title=f"{run.family.name} on {ds.name}: per epoch",
-                 held_out="held-out -(score-matching loss)" if run.family.bound == "dsm" else "held-out ELBO")
+                 held_out={"dsm": "held-out -(score-matching loss)", "labels": "held-out log p(y | x_t)"}.get(
+                     run.family.bound, "held-out ELBO"))
 
 
 def _loglik(run: Run, ds: Dataset) -> None:

@@ -76,6 +76,7 @@ def diagnose_run(run: Run, x: torch.Tensor, y: torch.Tensor | None = None, *, na
     directory for latent-code families; the figures are drawn by :mod:`ppl_dgm.plotting`.
     """
     require(run.family, "svi", "ppl-dgm diagnose")
+    require(run.family, "generative", "ppl-dgm diagnose")
     t0 = time.perf_counter()
     model = run.model
     x = x.to(model.device)

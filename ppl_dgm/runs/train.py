@@ -108,8 +108,10 @@ def _fit_svi(family, model, loss, options, ds, seed, out_path, config, resume, d
                      out_dir=out_path, config=config, **options.values("train"))
     if result.history:
         last = result.history[-1]
-        held = (f"held-out score-matching loss {-last.get('test_elbo', float('nan')):.4f}" if family.bound == "dsm"
-                else f"held-out ELBO {last.get('test_elbo', float('nan')):.3f} nats/example")
+        value = last.get("test_elbo", float("nan"))
+        held = {"dsm": f"held-out score-matching loss {-value:.4f}",
+                "labels": f"held-out log p(y | x) {value:.4f} nats/example"}.get(
+            family.bound, f"held-out ELBO {value:.3f} nats/example")
         rows = options.held_out_examples
         echo(f"done: epoch {last['epoch']}, train objective {last['train_elbo']:.3f}, {held}"
              f"{f' (first {rows} held-out rows)' if rows and rows < len(ds.x_test) else ''}; run dir {out_path}")

@@ -70,6 +70,13 @@ def _bound(run: Run, model, x: torch.Tensor, y: torch.Tensor | None, name: str, 
         return model.chain_elbo(x, *label_args(run, y, name), seed=seed).as_dict()
     if run.family.bound == "dsm":
         return model.dsm_terms(x, seed=seed).as_dict()
+    if run.family.bound == "labels":
+        (y,) = label_args(run, y, name)
+        steps = (0, *(t for t in (100, 300, 500, 700, 900) if t <= model.timesteps)) if model.noise_conditional \
+            else (0,)
+        torch.manual_seed(seed)
+        per_t = [model.accuracy(x, y, t) for t in steps]
+        return {**per_t[0], "per_t": per_t, "n": len(x), "dim": x.shape[1]}
     if run.family.bound == "exact":
         ll = model.log_prob(x).double()
         n, d = x.shape
@@ -85,6 +92,30 @@ def _bound(run: Run, model, x: torch.Tensor, y: torch.Tensor | None, name: str, 
 # size; the ODE solver's tolerances
 SAMPLER_OPTIONS = {"ddim": ("steps", "eta"), "langevin": ("steps", "step_size"), "pc": ("steps", "step_size"),
                    "ode": ("rtol", "atol")}
+
+
+def guidance_kwargs(run: Run, label: int | None, guidance: float | None, classifier: Run | None) -> dict:
+    """``y``, ``guidance`` and ``classifier`` for ``run.model.sample``: a label needs a conditional run or a guiding
+    classifier run (noise-conditional, a diffusion run only); guidance needs a label."""
+    if classifier is not None:
+        if run.family.name != "ddpm":
+            raise InputError(f"--classifier guides a ddpm run; got {run.family.name!r}")
+        if classifier.family.name != "classifier":
+            raise InputError(f"--classifier: expected a classifier run; got a {classifier.family.name!r} run")
+        if label is None or guidance is None:
+            raise InputError("--classifier: expected --label and --guidance to steer with it; got "
+                             f"{'no --label' if label is None else 'no --guidance'}")
+        return {"y": label, "guidance": guidance, "classifier": classifier.model}
+    kw: dict = {}
+    if label is not None:
+        require_conditional(run, "--label")
+        kw["y"] = label
+    if guidance is not None:
+        require_conditional(run, "--guidance")
+        if label is None:
+            raise InputError("--guidance: expected a --label to steer towards; got none")
+        kw["guidance"] = guidance
+    return kw
 
 
 def sampler_kwargs(run: Run, sampler: str | None, options: dict) -> dict:
@@ -109,22 +140,17 @@ def sampler_kwargs(run: Run, sampler: str | None, options: dict) -> dict:
 
 @torch.no_grad()
 def sample_run(run: Run, n: int, *, seed: int = 0, mean: bool = False, label: int | None = None,
-               guidance: float | None = None, sampler: str | None = None, **options) -> np.ndarray:
+               guidance: float | None = None, classifier: Run | None = None, sampler: str | None = None,
+               **options) -> np.ndarray:
     """``n`` new examples of the run's example shape, float32; options the family or the sampler lacks are refused.
 
     ``options`` (None: the sampler's default): ``steps``, ``eta``, ``step_size``, ``rtol``, ``atol``; which
     sampler reads which is :data:`SAMPLER_OPTIONS`.  ``label`` (every sample's) and ``guidance`` w (classifier-free
-    guidance, w = 0: conditional without guidance) need a conditional run.
+    guidance, w = 0: conditional without guidance) need a conditional run, or a ``classifier`` run (a
+    noise-conditional classifier on the DDPM's schedule: classifier guidance of weight w).
     """
-    kw: dict = {}
-    if label is not None:
-        require_conditional(run, "--label")
-        kw["y"] = label
-    if guidance is not None:
-        require_conditional(run, "--guidance")
-        if label is None:
-            raise InputError("--guidance: expected a --label to steer towards; got none")
-        kw["guidance"] = guidance
+    require(run.family, "generative", "ppl-dgm sample")
+    kw = guidance_kwargs(run, label, guidance, classifier)
     if mean:
         require(run.family, "encoder", "--mean (E[x | z])")
         kw["mean"] = True
@@ -136,14 +162,11 @@ def sample_run(run: Run, n: int, *, seed: int = 0, mean: bool = False, label: in
 
 @torch.no_grad()
 def trajectory_run(run: Run, n: int, *, seed: int = 0, record: int = 8, sampler: str | None = None,
-                   label: int | None = None, guidance: float | None = None, **options):
+                   label: int | None = None, guidance: float | None = None, classifier: Run | None = None, **options):
     """The snapshots of ``n`` draws along a sampler of a diffusion or score run (a
     :class:`~ppl_dgm.models.samplers.Trajectory`: ``steps`` and ``xs`` of shape (len(steps), n, D)); ``label`` and
     ``guidance`` as in :func:`sample_run`."""
     require(run.family, "samplers", "--trajectory")
-    kw = sampler_kwargs(run, sampler, options)
-    if label is not None:
-        require_conditional(run, "--label")
-        kw.update(y=label, guidance=guidance or 0.0)
+    kw = {**sampler_kwargs(run, sampler, options), **guidance_kwargs(run, label, guidance, classifier)}
     torch.manual_seed(seed)
     return run.model.trajectory(n, record=record, **kw)
