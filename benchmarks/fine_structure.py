@@ -22,7 +22,7 @@ Fit times are wall seconds and process CPU seconds (the machine is shared: CPU t
 
     OMP_NUM_THREADS=1 python benchmarks/fine_structure.py            # rings, two-spirals in full; moons,
                                                                      # checkerboard without the plain references
-    [--datasets rings,two-spirals] [--quick-datasets checkerboard,moons] [--epochs N] [--no-plain]
+    [--datasets rings,two-spirals] [--quick-datasets checkerboard,moons] [--epochs N] [--no-plain] [--runs DIR]
 
 Writes benchmarks/results/fine_structure.json (the "tuning" key of an existing file is kept) and
 fine_structure_<dataset>.png (one panel per method: samples in colour over the held-out data in grey).
@@ -48,7 +48,7 @@ from ppl_dgm.models.samplers import langevin_sample
 from ppl_dgm.models.schedule import NoiseSchedule
 from ppl_dgm.models.score import ScoreConfig, geometric_sigmas
 from ppl_dgm.nn import EpsMLP
-from ppl_dgm.runs import DataSpec, train_run
+from ppl_dgm.runs import DataSpec, load_run, train_run
 
 OUT = Path(__file__).parent / "results"
 N_SAMPLES = 4000
@@ -142,19 +142,28 @@ def plain_dsm(x: torch.Tensor, cfg: ScoreConfig, seed: int = 0):
     return xs.numpy(), fit, smp
 
 
-def package_fit(family: str, name: str, cfg, samplers: dict[str, dict], threads: int):
-    """``ppl-dgm fit FAMILY --dataset NAME`` (options ``cfg``) into a temporary run directory; samples of each
-    of ``samplers`` ({label: sample kwargs})."""
-    with tempfile.TemporaryDirectory() as out:
-        with Clock() as fit:
-            run = train_run(family, cfg, DataSpec(dataset=name), out=out, progress=False, threads=threads,
-                            echo=lambda s: None)
+def package_fit(family: str, name: str, cfg, samplers: dict[str, dict], threads: int, runs: str | None):
+    """``ppl-dgm fit FAMILY --dataset NAME`` (options ``cfg``) into a run directory (``runs/FAMILY-NAME``, or a
+    temporary one); samples of each of ``samplers`` ({label: sample kwargs}).  A run already in ``runs`` (with
+    its recorded fit times) is loaded instead of fitted again: to re-measure samplers without refitting."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(runs) / f"{family}-{name}" if runs else Path(tmp)
+        times = out / "bench_fit_seconds.json"
+        fit = Clock()
+        if runs and times.exists():
+            run = load_run(out)
+            fit.wall, fit.cpu = json.loads(times.read_text())
+        else:
+            with fit:
+                run = train_run(family, cfg, DataSpec(dataset=name), out=out, progress=False, threads=threads,
+                                overwrite=True, echo=lambda s: None)
+            times.write_text(json.dumps([fit.wall, fit.cpu]))
         draws = {}
         for label, kw in samplers.items():
             torch.manual_seed(1)
             with Clock() as smp:
-                draws[label] = run.model.sample(N_SAMPLES, **kw).numpy()
-            draws[label] = (draws[label], smp)
+                x = run.model.sample(N_SAMPLES, **kw).numpy()
+            draws[label] = (x, smp)
     return draws, fit
 
 
@@ -216,11 +225,11 @@ def run_dataset(name: str, args, full: bool) -> dict:
 
     print(f"{name:13s} gaussian         MMD² {g:.6f}", flush=True)
     draws, fit = package_fit("ddpm", name, dcfg, {"ddpm": {"sampler": "ddpm"},
-                                                  "ddim50": {"sampler": "ddim", "steps": 50}}, args.threads)
+                                                  "ddim50": {"sampler": "ddim", "steps": 50}}, args.threads, args.runs)
     for label, (x, smp) in draws.items():
         add(label, x, fit, smp)
     draws, fit = package_fit("score", name, scfg, {f"score_{s}": {"sampler": s} for s in ("langevin", "pc", "ode")},
-                             args.threads)
+                             args.threads, args.runs)
     for label, (x, smp) in draws.items():
         add(label, x, fit, smp)
     if full and not args.no_plain:
@@ -252,6 +261,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override the default epochs (all methods)")
     ap.add_argument("--no-plain", action="store_true", help="skip the plain-PyTorch references")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, from OMP_NUM_THREADS)")
+    ap.add_argument("--runs", default=None, help="keep the package's runs in RUNS/FAMILY-DATASET; runs found there "
+                                                 "are loaded, not refitted (re-measure samplers)")
     ap.add_argument("--out", default=str(OUT / "fine_structure.json"))
     args = ap.parse_args()
     args.threads = args.threads or torch.get_num_threads()
