@@ -89,6 +89,8 @@ def _fit_command(family: Family) -> click.Command:
         from ..runs import DataSpec, train_run
 
         one_source(dataset, data_path)
+        if fields.get("latent_of") and (dataset or data_path or test_path):
+            raise InputError("--latent-of takes the encoder run's own data; expected no --dataset/--data/--test-data")
         if resume and overwrite:
             raise InputError("expected one of --resume (continue the run in --out) or --overwrite (replace it); "
                              "got both")
@@ -233,7 +235,7 @@ def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, guid
         from ..plotting import plot_run_trajectory
         from ..runs import trajectory_run
 
-        image = len(run.shape) >= 2
+        image = len(run.sample_shape) >= 2
         traj = trajectory_run(run, min(n, 8) if image else n, seed=seed, sampler=sampler, label=label,
                               guidance=guidance, classifier=classifier, **sampler_options)
         plot_run_trajectory(run, traj, Path(trajectory), sampler or run.family.samplers[0],
@@ -243,10 +245,10 @@ def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, guid
         np.save(buf, x)
         atomic_write_bytes(out, buf.getvalue())
     else:
-        plot_samples(x.reshape(n, -1), run.shape, out, f"{run.family.name}: {n} samples",
+        plot_samples(x.reshape(n, -1), run.sample_shape, out, f"{run.family.name}: {n} samples",
                      labels=sample_labels(run, n, label))
     also = f" and their trajectory to {trajectory}" if trajectory else ""
-    click.echo(f"wrote {n} samples of shape {run.shape} to {out}{also} (parameters from {run.checkpoint})")
+    click.echo(f"wrote {n} samples of shape {run.sample_shape} to {out}{also} (parameters from {run.checkpoint})")
 
 
 @cli.command()

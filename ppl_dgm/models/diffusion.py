@@ -121,6 +121,9 @@ class DDPMConfig(DiffusionOptions):
                                "classifier-free guidance).")
     p_uncond: float = option(0.1, "Conditional: probability of training with the null label instead of y (CFG).",
                              min=0, max=1, max_open=True)
+    latent_of: str | None = option(None, "A fitted VAE (or other unconditional encoder) run: model its posterior "
+                                   "means E[z | x] of its data, and decode samples through it (latent diffusion).",
+                                   role="data")
 
     def model_kwargs(self, ds: Dataset) -> dict:
         kw = super().model_kwargs(ds)

@@ -45,19 +45,22 @@ def sample_labels(run: Run, n: int, label: int | None = None) -> np.ndarray | No
 
 
 def _samples(run: Run, ds: Dataset) -> None:
-    image = ds.kind == "image"
+    image = len(run.sample_shape) >= 2                    # a latent diffusion run's samples are decoded images
     mean = image and run.family.encoder
     labels = sample_labels(run, 8 * run.model.n_classes if run.model.conditional else 0)
     n = len(labels) if labels is not None else 64 if image else 2000
     kw = {"mean": True} if mean else {}
     if labels is not None:
         kw["y"] = torch.as_tensor(labels, device=run.model.device)
-    x = run.model.sample(n, **kw)
+    x = run.decode(run.model.sample(n, **kw))
     given = "" if labels is None else " | y" if not mean else ", y"
     what = (run.model.sample_title if run.family.samplers
             else f"E[x | z{given}], z ~ p(z)" if mean else f"x ~ p(x{given})")
-    plot_samples(x.float().cpu().numpy(), ds.shape, run.path / "samples.png", f"{run.family.name} samples: {what}",
-                 reference=None if image else _reference(ds)[0].numpy(), labels=labels)
+    if run.decoder is not None:
+        what = f"latent diffusion, decoded by {run.decoder.path.name}"
+    plot_samples(x.float().cpu().numpy(), run.sample_shape, run.path / "samples.png",
+                 f"{run.family.name} samples: {what}", reference=None if image else _reference(ds)[0].numpy(),
+                 labels=labels)
 
 
 def _reference(ds: Dataset):
@@ -76,7 +79,7 @@ def _reconstructions(run: Run, ds: Dataset) -> None:
 
 
 def _trajectory(run: Run, ds: Dataset) -> None:
-    image = ds.kind == "image"
+    image = len(run.sample_shape) >= 2
     traj = run.model.trajectory(8 if image else 2000, record=8)
     plot_run_trajectory(run, traj, run.path / "trajectory.png", run.family.samplers[0],
                         None if image else _reference(ds)[0][:2000].numpy())
@@ -89,7 +92,7 @@ def plot_run_trajectory(run: Run, traj, path: Path, sampler: str, reference: np.
     what = {"ddpm": "x_t along the reverse chain", "ddim": "x_t along the DDIM chain",
             "langevin": "annealed Langevin dynamics", "pc": "predictor-corrector",
             "ode": "the probability-flow ODE"}[sampler]
-    plot_trajectory(traj.xs.cpu().numpy(), traj.steps, run.shape, path,
+    plot_trajectory(run.decode(traj.xs).cpu().numpy(), traj.steps, run.sample_shape, path,
                     f"{run.family.name}: {what}" + ("" if chain else ", noise levels left to go"), reference,
                     step_name="t" if chain else "levels left")
 

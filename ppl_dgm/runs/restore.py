@@ -106,6 +106,8 @@ def restore_run(run: Run, y, task: str, *, mask=None, sigma_y: float = 0.05, sca
     """
     if run.family.name != "ddpm":
         raise InputError(f"ppl-dgm restore needs a diffusion run (ddpm); got {run.family.name!r}")
+    if run.decoder is not None:
+        raise InputError("ppl-dgm restore needs a ddpm on the data itself; got a latent diffusion run (--latent-of)")
     check_choice("task", task, TASKS)
     sigma_y = check_number("sigma_y", sigma_y, min=0, min_open=True)
     y = check_array(y, "input")

@@ -14,6 +14,7 @@ A run directory holds
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -50,6 +51,8 @@ class DataSpec:
     whose file has changed since still loads it, with a :class:`DataChangedWarning`.
     ``test_path`` (or an ``.npz``'s own ``x_test``) holds the held-out rows, and then every row of
     ``path`` trains; otherwise ``val_fraction`` of the rows are held out (seeded; 0 allowed).
+    ``latent_of``: the data are the posterior means E_q[z | x] of a fitted encoder run's own data and split
+    (latent diffusion, notes 004); the other fields are then unused.
     """
 
     dataset: str | None = None
@@ -60,13 +63,17 @@ class DataSpec:
     test_path: str | None = None
     val_fraction: float = 0.2
     fingerprints: dict[str, dict] = field(default_factory=dict)
+    latent_of: str | None = None
 
     def __post_init__(self) -> None:
-        self.path, self.test_path = (str(Path(p).absolute()) if p else None for p in (self.path, self.test_path))
+        self.path, self.test_path, self.latent_of = (str(Path(p).absolute()) if p else None
+                                                     for p in (self.path, self.test_path, self.latent_of))
 
     def load(self) -> Dataset:
         from ..data import fingerprint
 
+        if self.latent_of:
+            return encoded_dataset(load_run(self.latent_of))
         for key in ("path", "test_path"):
             stored, file = self.fingerprints.get(key), getattr(self, key)
             if stored and Path(file).is_file() and fingerprint(file) != stored:
@@ -86,6 +93,22 @@ class DataSpec:
         spec = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
         spec.fingerprints = spec.fingerprints if isinstance(spec.fingerprints, dict) else {}
         return spec
+
+
+@torch.no_grad()
+def encoded_dataset(run: Run, batch: int = 4096) -> Dataset:
+    """The posterior means E_q[z | x] (N, K) of the run's own training and held-out data, with their labels: the
+    data of a latent diffusion model (notes 004).  The run needs an encoder and no labels."""
+    from ..models import require
+
+    require(run.family, "encoder", "--latent-of")
+    if run.model.conditional:
+        raise InputError(f"--latent-of: expected an unconditional encoder run; got a conditional {run.family.name!r}")
+    ds = run.dataset()
+    enc = [torch.cat([run.model.encode_mean(part.to(run.model.device)).float().cpu() for part in x.split(batch)])
+           if len(x) else torch.zeros(0, run.model.config["latent_dim"]) for x in (ds.x_train, ds.x_test)]
+    return Dataset(f"latents of {run.path.name} ({ds.name})", enc[0], enc[1], ds.y_train, ds.y_test,
+                   (enc[0].shape[1],), "vector", "none", ds.held_out)
 
 
 @dataclass
@@ -116,8 +139,24 @@ class Run:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """The shape of one example, e.g. (8, 8) or (2,)."""
+        """The shape of one example the model sees, e.g. (8, 8) or (2,) (a latent diffusion run: (K,))."""
         return tuple(self.config["data"]["shape"])
+
+    @functools.cached_property
+    def decoder(self) -> Run | None:
+        """The encoder run whose latents a latent diffusion run models (it decodes the samples); else None."""
+        latent_of = self.config["data"].get("latent_of")
+        return load_run(latent_of, device=str(self.model.device)) if latent_of else None
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample as drawn by ``sample``: decoded through :attr:`decoder` if there is one."""
+        return self.decoder.shape if self.decoder is not None else self.shape
+
+    @torch.no_grad()
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples x (n, D) of the model to examples: E[x | z] of the decoder run for latent diffusion."""
+        return self.decoder.model.decode_mean(x) if self.decoder is not None else x
 
     def dataset(self) -> Dataset:
         """The run's own data, loaded as at fit time."""
@@ -127,6 +166,12 @@ class Run:
         """``(x, y, name)``: the run's test split, ``dataset``'s test split, or every example of ``path``
         (``x_test`` of an .npz that has one), binarized as the run's data (seeded)."""
         d = self.config["data"]
+        if d.get("latent_of") and (dataset or path):
+            raise InputError("a latent diffusion run scores its encoder run's own held-out data; expected no "
+                             "--dataset/--data")
+        if d.get("latent_of"):
+            ds = DataSpec.from_config(d).load()
+            return ds.x_test, ds.y_test, ds.name
         if path is not None:
             _, _, x_np, y_np, _ = load_array_file(path, d["seed"], evaluation=True)
             x, y, name = to_tensor_x(x_np), to_tensor_y(y_np), str(path)

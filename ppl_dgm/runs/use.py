@@ -156,8 +156,8 @@ def sample_run(run: Run, n: int, *, seed: int = 0, mean: bool = False, label: in
         kw["mean"] = True
     kw.update(sampler_kwargs(run, sampler, options))
     torch.manual_seed(seed)
-    x = run.model.sample(n, **kw)
-    return x.float().cpu().numpy().reshape(n, *run.shape)
+    x = run.decode(run.model.sample(n, **kw))
+    return x.float().cpu().numpy().reshape(n, *run.sample_shape)
 
 
 @torch.no_grad()
