@@ -48,6 +48,7 @@ TINY = {
     "hvae": ["--epochs", "1", "--hidden", "4", "--latent-dim", "2", "--layers", "2"],
     "ddpm": ["--epochs", "1", "--timesteps", "5", "--hidden", "4", "--t-per-step", "2", "--base-channels", "8"],
     "score": ["--epochs", "1", "--levels", "3", "--hidden", "4", "--sigmas-per-step", "2", "--base-channels", "8"],
+    "classifier": ["--epochs", "1", "--hidden", "4", "--noise-conditional", "--timesteps", "5"],
     "gmm": ["--components", "2", "--max-iter", "5"],
     "ppca": ["--latent-dim", "1", "--max-iter", "5"],
 }

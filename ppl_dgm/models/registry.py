@@ -131,7 +131,7 @@ REGISTRY: dict[str, Family] = {f.name: f for f in (
     Family("score", ".score:ScoreModel", ".score:ScoreConfig", "svi", "dsm", samplers=("langevin", "pc", "ode"),
            figures=("elbo", "samples", "trajectory", "loss_per_sigma"),
            summary="Noise-conditional score network s_theta(x, sigma) trained by denoising score matching."),
-    Family("classifier", ".classifier:Classifier", ".classifier:ClassifierConfig", "svi", "labels", conditional=True,
+    Family("classifier", ".classifier:Classifier", ".classifier:ClassifierConfig", "svi", "labels",
            figures=("elbo",), generative=False,
            summary="Classifier p_phi(y | x_t, t) of noisy (or clean) examples, for classifier guidance and sample "
                    "scores."),
