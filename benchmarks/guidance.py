@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ppl_dgm.data import load_dataset  # noqa: E402
+from ppl_dgm.evaluation import frechet_distance  # noqa: E402
 from ppl_dgm.models import get_family  # noqa: E402
 from ppl_dgm.runs import DataSpec, load_run, train_run  # noqa: E402
 from ppl_dgm.runs.restore import psnr, restore_run  # noqa: E402
@@ -85,19 +86,6 @@ class Clock:
 
     def as_dict(self) -> dict:
         return {"wall_seconds": round(self.wall, 1), "cpu_seconds": round(self.cpu, 1)}
-
-
-def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2) between Gaussians fitted to two feature
-    sets (N_a, F), (N_b, F); the matrix square roots by symmetric eigendecompositions (PSD, so no complex
-    round-off as with sqrtm of the non-symmetric S_a S_b)."""
-    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    va, ua = np.linalg.eigh(s_a)
-    half = (ua * np.sqrt(np.clip(va, 0, None))) @ ua.T
-    cross = np.sqrt(np.clip(np.linalg.eigvalsh(half @ s_b @ half), 0, None)).sum()
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * cross)
 
 
 def fit(family: str, options: dict, dataset: str, out: Path, timings: dict):
