@@ -44,7 +44,6 @@ import torch
 from ppl_dgm.data import load_dataset
 from ppl_dgm.evaluation.mmd import mmd2
 from ppl_dgm.models.diffusion import DDPMConfig
-from ppl_dgm.models.samplers import langevin_sample
 from ppl_dgm.models.schedule import NoiseSchedule
 from ppl_dgm.models.score import ScoreConfig, geometric_sigmas
 from ppl_dgm.nn import EpsMLP
@@ -53,6 +52,7 @@ from ppl_dgm.runs import DataSpec, load_run, train_run
 OUT = Path(__file__).parent / "results"
 N_SAMPLES = 4000
 TARGET = 0.2
+LANGEVIN_STEP = 0.2  # the package's default Langevin step, in units of sigma_L^2 (samplers.langevin_sample)
 
 
 def score(samples: np.ndarray, held_out: np.ndarray) -> float:
@@ -70,8 +70,24 @@ class Clock:
         self.wall, self.cpu = time.perf_counter() - self.w0, time.process_time() - self.c0
 
 
-def _train(x: torch.Tensor, cfg, net: torch.nn.Module, loss_fn, seed: int) -> torch.nn.Module:
-    """Adam, cosine lr per epoch, bias-corrected EMA after every step (as ``fit_svi``); returns the EMA net."""
+def _train(x: torch.Tensor, cfg, net: torch.nn.Module, loss_fn, seed: int, cache: Path | None = None):
+    """Adam, cosine lr per epoch, bias-corrected EMA after every step (as ``fit_svi``); returns the EMA net and
+    the fit's Clock.  With ``cache``, a net saved there (with its fit times) is loaded instead."""
+    if cache is not None and cache.exists():
+        state = torch.load(cache)
+        net.load_state_dict(state["ema"])
+        fit = Clock()
+        fit.wall, fit.cpu = state["seconds"]
+        return net, fit
+    with Clock() as fit:
+        ema = _train_loop(x, cfg, net, loss_fn, seed)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"ema": ema.state_dict(), "seconds": [fit.wall, fit.cpu]}, cache)
+    return ema, fit
+
+
+def _train_loop(x: torch.Tensor, cfg, net: torch.nn.Module, loss_fn, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     ema, decay = copy.deepcopy(net), cfg.ema
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
@@ -91,7 +107,7 @@ def _train(x: torch.Tensor, cfg, net: torch.nn.Module, loss_fn, seed: int) -> to
     return ema
 
 
-def plain_ddpm(x: torch.Tensor, cfg: DDPMConfig, coord_freqs: int, seed: int = 0):
+def plain_ddpm(x: torch.Tensor, cfg: DDPMConfig, coord_freqs: int, seed: int = 0, cache: Path | None = None):
     """The reference DDPM: eps-MSE (Ho et al. 2020, Algorithm 1) at k = t_per_step distinct uniform steps per
     minibatch, each example at all k; ancestral sampling with sigma_t^2 = beta_t (Algorithm 2)."""
     s, T, k = NoiseSchedule(cfg.timesteps, cfg.schedule), cfg.timesteps, cfg.t_per_step
@@ -101,8 +117,7 @@ def plain_ddpm(x: torch.Tensor, cfg: DDPMConfig, coord_freqs: int, seed: int = 0
         eps = torch.randn(k, *x0.shape)
         return (net(s.q_sample(x0, t, eps), t) - eps).pow(2).sum(-1).mean()
 
-    with Clock() as fit:
-        ema = _train(x, cfg, EpsMLP(2, cfg.hidden, coord_freqs=coord_freqs), loss, seed)
+    ema, fit = _train(x, cfg, EpsMLP(2, cfg.hidden, coord_freqs=coord_freqs), loss, seed, cache)
     with torch.no_grad(), Clock() as smp:
         torch.manual_seed(seed + 1)
         xt = torch.randn(N_SAMPLES, 2)
@@ -113,10 +128,10 @@ def plain_ddpm(x: torch.Tensor, cfg: DDPMConfig, coord_freqs: int, seed: int = 0
     return xt.numpy(), fit, smp
 
 
-def plain_dsm(x: torch.Tensor, cfg: ScoreConfig, seed: int = 0):
+def plain_dsm(x: torch.Tensor, cfg: ScoreConfig, step: float, seed: int = 0, cache: Path | None = None):
     """The reference score model: sigma^2-weighted DSM at k = sigmas_per_step distinct levels per minibatch,
-    s = -net(x / sqrt(1 + sigma^2), 100 log sigma) / sigma; annealed Langevin (M = 10, eps = 0.2 sigma_L^2)
-    ending with Tweedie's denoiser, written out here."""
+    s = -net(x / sqrt(1 + sigma^2), 100 log sigma) / sigma; annealed Langevin (M = 10, eps = ``step`` sigma_L^2,
+    the package's default) ending with Tweedie's denoiser, written out here."""
     sig = geometric_sigmas(cfg.sigma_max, cfg.sigma_min, cfg.levels).float()
     k = cfg.sigmas_per_step
 
@@ -129,11 +144,10 @@ def plain_dsm(x: torch.Tensor, cfg: ScoreConfig, seed: int = 0):
         return (net((x0 + sigma[..., None] * eps) / (1 + sigma[..., None] ** 2).sqrt(), 100 * sigma.log())
                 - eps).pow(2).sum(-1).mean()
 
-    with Clock() as fit:
-        ema = _train(x, cfg, EpsMLP(2, cfg.hidden, coord_freqs=cfg.coord_freqs), loss, seed)
+    ema, fit = _train(x, cfg, EpsMLP(2, cfg.hidden, coord_freqs=cfg.coord_freqs), loss, seed, cache)
     with torch.no_grad(), Clock() as smp:
         torch.manual_seed(seed + 1)
-        xs, step = sig[0] * torch.randn(N_SAMPLES, 2), 0.2 * sig[-1] ** 2
+        xs, step = sig[0] * torch.randn(N_SAMPLES, 2), step * sig[-1] ** 2
         for sigma in sig:
             alpha = step * sigma**2 / sig[-1] ** 2
             for _ in range(10):
@@ -232,18 +246,22 @@ def run_dataset(name: str, args, full: bool) -> dict:
                              args.threads, args.runs)
     for label, (x, smp) in draws.items():
         add(label, x, fit, smp)
+    def cache(label):
+        return Path(args.runs) / f"{label}-{name}.pt" if args.runs else None
+
     if full and not args.no_plain:
         for f in sorted({0, dcfg.coord_freqs}):
-            x, fit, smp = plain_ddpm(ds.x_train, dcfg, f)
+            x, fit, smp = plain_ddpm(ds.x_train, dcfg, f, cache=cache(f"plain_ddpm_f{f}"))
             add(f"plain_ddpm_f{f}", x, fit, smp)
-        x, fit, smp = plain_dsm(ds.x_train, scfg)
+        x, fit, smp = plain_dsm(ds.x_train, scfg, LANGEVIN_STEP, cache=cache("plain_dsm"))
         add("plain_dsm", x, fit, smp)
     picture(name, panels, res, te, OUT / f"fine_structure_{name}.png")
     return {**info, "methods": res}
 
 
 def table(results: dict) -> str:
-    lines = ["| dataset | method | MMD² | ratio to Gaussian | fit s (wall) | fit s (CPU) |", "|---|---|---|---|---|---|"]
+    lines = ["| dataset | method | MMD² | ratio to Gaussian | fit s (wall) | fit s (CPU) |",
+             "|---|---|---|---|---|---|"]
     for name, r in results.items():
         if not isinstance(r, dict) or "methods" not in r:
             continue
@@ -272,7 +290,8 @@ def main() -> None:
                "target": f"MMD² < {TARGET} x the fitted Gaussian's (issue 11 item 6)"}
     if "tuning" in old:
         results["tuning"] = old["tuning"]
-    jobs = [(n, True) for n in args.datasets.split(",") if n] + [(n, False) for n in args.quick_datasets.split(",") if n]
+    jobs = [(n, True) for n in args.datasets.split(",") if n]
+    jobs += [(n, False) for n in args.quick_datasets.split(",") if n]
     for name, full in jobs:
         results[name] = run_dataset(name, args, full)
         Path(args.out).write_text(json.dumps(results, indent=1, default=str))
