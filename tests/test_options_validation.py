@@ -32,6 +32,8 @@ def _bad_values(spec) -> list:
         return [*bad, (0,), (), (2.5,), (True,), (4, -1), 4, "8,8"]
     if spec.kind == "bool":
         return [*bad, 1, 0, "yes", math.nan]
+    if spec.kind == "text":
+        return [*bad, math.nan, True, 1, "", "  "]
     number = [*bad, math.nan, math.inf, -math.inf, True, "1"]
     if spec.kind == "int":
         number.append(2.5)
@@ -90,6 +92,8 @@ def test_valid_values_pass_and_are_normalized(cls):
             values = list(spec.choices)
         elif spec.kind == "bool":
             values = [True, False]
+        elif spec.kind == "text":
+            values = ["runs/vae-digits"]
         elif spec.kind == "sizes":
             values = [[3, 2], (1,)]
         elif spec.kind == "int":

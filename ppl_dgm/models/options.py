@@ -45,7 +45,7 @@ class FieldSpec:
 
     Attributes
     ----------
-    kind : {"int", "float", "bool", "choice", "sizes", "any"}
+    kind : {"int", "float", "bool", "text", "choice", "sizes", "any"}
         ``int``, ``float``, a ``Literal[...]``, ``tuple[int, ...]`` (sizes >= 1), or anything else (unchecked).
     optional : bool
         The annotation is ``X | None``: None is accepted.
@@ -57,7 +57,7 @@ class FieldSpec:
         The bound itself is refused.
     """
 
-    kind: Literal["int", "float", "bool", "choice", "sizes", "any"]
+    kind: Literal["int", "float", "bool", "text", "choice", "sizes", "any"]
     optional: bool = False
     choices: tuple = ()
     min: float | None = None
@@ -74,6 +74,10 @@ class FieldSpec:
             return check_choice(name, value, self.choices)
         if self.kind == "sizes":
             return check_sizes(name, value)
+        if self.kind == "text":
+            if not isinstance(value, str) or not value.strip():
+                raise InputError(f"expected {name} as a non-empty string; got {value!r}")
+            return value
         if self.kind == "bool":
             if not isinstance(value, bool):
                 raise InputError(f"expected {name} as True or False; got {value!r}")
@@ -95,6 +99,8 @@ def _field_spec(f: dataclasses.Field, hint: Any) -> FieldSpec:
         return FieldSpec("sizes", optional)
     if hint is bool:
         return FieldSpec("bool", optional)
+    if hint is str:
+        return FieldSpec("text", optional)
     if hint in (int, float):
         bounds = {k: f.metadata[k] for k in ("min", "min_open", "max", "max_open") if k in f.metadata}
         return FieldSpec(hint.__name__, optional, **bounds)
