@@ -35,11 +35,11 @@ import copy
 import json
 import math
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import Clock  # noqa: E402
 
 from ppl_dgm.data import load_dataset
 from ppl_dgm.evaluation.mmd import mmd2
@@ -57,17 +57,6 @@ LANGEVIN_STEP = 0.2  # the package's default Langevin step, in units of sigma_L^
 
 def score(samples: np.ndarray, held_out: np.ndarray) -> float:
     return mmd2(samples, held_out, bandwidths=(0.3,), max_n=N_SAMPLES)
-
-
-class Clock:
-    """Wall and process-CPU seconds of a block."""
-
-    def __enter__(self):
-        self.w0, self.c0 = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.w0, time.process_time() - self.c0
 
 
 def _train(x: torch.Tensor, cfg, net: torch.nn.Module, loss_fn, seed: int, cache: Path | None = None):

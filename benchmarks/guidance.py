@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import matplotlib
@@ -36,6 +35,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _timing import Clock  # noqa: E402
 
 from ppl_dgm.data import load_dataset  # noqa: E402
 from ppl_dgm.evaluation import frechet_distance  # noqa: E402
@@ -72,20 +72,6 @@ BUDGETS = {
 }
 QUICK = {"ddpm": dict(epochs=2), "guide_classifier": dict(epochs=2), "score_classifier": dict(epochs=2),
          "per_label": 5, "n_test": 8, "n_val": 4}
-
-
-class Clock:
-    """Wall and process-CPU seconds of a block."""
-
-    def __enter__(self):
-        self.w0, self.c0 = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.w0, time.process_time() - self.c0
-
-    def as_dict(self) -> dict:
-        return {"wall_seconds": round(self.wall, 1), "cpu_seconds": round(self.cpu, 1)}
 
 
 def fit(family: str, options: dict, dataset: str, out: Path, timings: dict):

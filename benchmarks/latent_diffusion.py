@@ -16,12 +16,11 @@ Writes benchmarks/results/latent_diffusion.json and latent_diffusion_samples.png
 from __future__ import annotations
 
 import json
-import resource
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import Clock
 from torch.nn import functional as F
 
 from ppl_dgm.data import load_dataset
@@ -36,15 +35,10 @@ HERE = Path(__file__).parent
 RUNS, OUT = HERE / "runs_guidance" / "digits", HERE / "results"
 
 
-def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def fit(family: str, options, data: DataSpec, out: Path) -> tuple:
-    t0, c0 = time.perf_counter(), cpu_seconds()
-    run = train_run(family, options, data, out=out, progress=False, overwrite=True, threads=1, echo=print)
-    return run, {"wall": time.perf_counter() - t0, "cpu": cpu_seconds() - c0}
+    with Clock() as clock:
+        run = train_run(family, options, data, out=out, progress=False, overwrite=True, threads=1, echo=print)
+    return run, clock.as_dict()
 
 
 @torch.no_grad()
