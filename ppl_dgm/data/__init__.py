@@ -16,6 +16,7 @@ from ._dataset import (
     apply_binarize,
     apply_binarize_to,
     check_array,
+    check_label_range,
     check_labels,
     check_split,
     check_unit_interval,
@@ -43,7 +44,7 @@ IMAGE_DATASETS = {
 DATASETS = {**IMAGE_DATASETS, **{k: f"2-D toy '{k}', drawn from the seed" for k in TOYS}}
 
 __all__ = ["Dataset", "DATASETS", "BINARIZE", "load_dataset", "fingerprint", "check_array", "check_labels",
-           "check_unit_interval", "dynamic_binarize", "sample_toy", "apply_binarize_to"]
+           "check_label_range", "check_unit_interval", "dynamic_binarize", "sample_toy", "apply_binarize_to"]
 
 
 def _named(name: str, data_dir, seed: int, n_toy: int):

@@ -120,6 +120,17 @@ def check_labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def check_label_range(y, n_classes: int, source: str | None = None) -> None:
+    """Refuse integer labels ``y`` (a tensor or array) outside 0..C-1 in one line naming their range (and
+    ``source``, the data they came from, if given)."""
+    if len(y) == 0:
+        return
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= n_classes:
+        got = f"{source} has labels in {lo}..{hi}" if source else f"got {lo}..{hi}"
+        raise InputError(f"expected labels in 0..{n_classes - 1}; {got}")
+
+
 def check_split(x, y, x_test, y_test, what: str, shape: tuple[int, ...] | None = None):
     """Check a training part (and a test part, if ``x_test`` is not None) of one source.
 

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch.nn import functional as F
 
-from ..data import Dataset
+from ..data import Dataset, check_label_range
 from ..errors import InputError
 from ..nn import MLP
 from .options import n_classes_of, option
@@ -82,9 +82,7 @@ class CVAE(VAE):
         if y.is_floating_point() and not torch.equal(y, y.round()):
             raise InputError(f"expected integer class labels; got non-integer values such as {y.flatten()[0]}")
         y = y.long().reshape(-1)
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
-            raise InputError(f"expected labels in 0..{self.n_classes - 1}; got values in "
-                             f"{int(y.min())}..{int(y.max())}")
+        check_label_range(y, self.n_classes)
         return F.one_hot(y, self.n_classes).to(like.dtype)
 
     def _net_input(self, t: torch.Tensor, y) -> torch.Tensor:

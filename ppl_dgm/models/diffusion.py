@@ -52,7 +52,7 @@ import pyro.poutine as poutine
 import torch
 from torch.distributions import kl_divergence
 
-from ..data import Dataset
+from ..data import Dataset, check_label_range
 from ..errors import InputError, check_choice
 from ..nn import EpsMLP, UNet
 from ..utils import LN2
@@ -252,8 +252,7 @@ class DDPM(GenerativeModel):
         c = classifier.n_classes if classifier is not None else self.n_classes
         y = torch.as_tensor(y, device=self.device).long()
         y = y.expand(n) if n is not None and y.dim() == 0 else y
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= c):
-            raise InputError(f"expected labels in 0..{c - 1}; got {int(y.min())}..{int(y.max())}")
+        check_label_range(y.reshape(-1), c)
         return y
 
     @contextlib.contextmanager

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import Dataset, check_unit_interval
+from ..data import Dataset, check_label_range, check_unit_interval
 from ..errors import InputError
 from ..inference import fit_svi, make_objective
 from ..inference.checkpoint import CHECKPOINT_NAME, save_checkpoint
@@ -27,10 +27,7 @@ def check_data(model: GenerativeModel, ds: Dataset, model_cfg: dict) -> None:
     if model.conditional:
         if ds.y_train is None or ds.y_test is None:
             raise InputError(f"a conditional model needs labelled data (y and y_test); {ds.name} has none")
-        y = torch.cat([ds.y_train, ds.y_test])
-        lo, hi = int(y.min()), int(y.max())
-        if lo < 0 or hi >= model_cfg["n_classes"]:
-            raise InputError(f"expected labels in 0..{model_cfg['n_classes'] - 1}; {ds.name} has labels in {lo}..{hi}")
+        check_label_range(torch.cat([ds.y_train, ds.y_test]), model_cfg["n_classes"], ds.name)
 
 
 def objective_for(options: FitOptions, model: GenerativeModel):

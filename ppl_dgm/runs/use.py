@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from ..data import check_unit_interval
+from ..data import check_label_range, check_unit_interval
 from ..errors import InputError
 from ..evaluation import evaluate_model
 from ..models import require
@@ -22,9 +22,7 @@ def label_args(run: Run, y: torch.Tensor | None, name: str) -> tuple[torch.Tenso
         return ()
     if y is None:
         raise InputError(f"a conditional model needs labels; {name} has none")
-    c = run.model.n_classes
-    if len(y) and (int(y.min()) < 0 or int(y.max()) >= c):
-        raise InputError(f"expected labels in 0..{c - 1}; {name} has labels in {int(y.min())}..{int(y.max())}")
+    check_label_range(y, run.model.n_classes, name)
     return (y.to(run.model.device),)
 
 
