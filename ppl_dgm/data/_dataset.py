@@ -38,6 +38,9 @@ class Dataset:
     held_out : str
         Where the rows of ``x_test`` come from, e.g. ``"the official test split"``
         or ``"0.2 of the rows, seed 0"``.  ``x_test`` may have 0 rows.
+    levels : int or None
+        Discrete data: every entry is one of the values 0, 1, ..., levels - 1 (stored as float32): 2 once
+        binarized, K for the code maps of a VQ-VAE.  None: continuous (or grey-level) data.
     """
 
     name: str
@@ -49,6 +52,7 @@ class Dataset:
     kind: Literal["image", "vector"]
     binarize: str = "none"
     held_out: str = ""
+    levels: int | None = None
 
     @property
     def dim(self) -> int:
@@ -183,7 +187,7 @@ def apply_binarize(ds: Dataset, binarize: str, seed: int) -> Dataset:
         x_train = torch.bernoulli(ds.x_train, generator=torch.Generator().manual_seed(seed + 7919))
     else:
         x_train = ds.x_train
-    return replace(ds, x_train=x_train, x_test=x_test, binarize=binarize)
+    return replace(ds, x_train=x_train, x_test=x_test, binarize=binarize, levels=2)
 
 
 def apply_binarize_to(x: torch.Tensor, binarize: str, seed: int, what: str) -> torch.Tensor:

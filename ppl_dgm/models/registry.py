@@ -40,7 +40,9 @@ class Family:
         its fit options and their defaults), as ``"module:Name"`` (relative to ``ppl_dgm.models``)
         or the classes themselves; :attr:`model` and :attr:`config` are the classes.
     trainer : {"svi", "em", "adversarial", "ml"}
-        How it is fitted: ``fit_svi``, EM through its scikit-learn estimator, ...
+        How it is fitted: ``fit_svi`` (svi); EM through its scikit-learn estimator (em); ``fit_svi`` with an
+        empty guide, so the ELBO is the exact log-likelihood and SVI is maximum likelihood (ml: no latents,
+        hence no ``diagnose``); ...
     bound : {"iwae", "chain", "exact", "dsm"} or None
         What ``evaluate`` reports: ELBO and IWAE log p(x); the diffusion chain ELBO; the exact
         log-likelihood; the held-out denoising score-matching loss (not a bound: ``evaluate --exact`` gives
@@ -151,7 +153,7 @@ _PHRASES = {
     "bound": "a family with a likelihood bound",
     "ode": "a family with a probability-flow ODE",
     "generative": "a generative family",
-    "svi": "a family fitted by SVI",
+    "svi": "a family with latent variables fitted by SVI",
 }
 
 

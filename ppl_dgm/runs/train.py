@@ -46,7 +46,7 @@ def _resumed(family: Family, out: str | Path | None, epochs: int | None):
     cfg = read_config(out)
     if cfg["family"] != family.name:
         raise InputError(f"--resume: {out} holds a {cfg['family']!r} run; got `fit {family.name}`")
-    if family.trainer != "svi":
+    if family.trainer not in ("svi", "ml"):
         raise InputError(f"--resume: {family.name} is fitted by {family.trainer} in one call; fit it into a new --out")
     if not (Path(out) / CHECKPOINT_NAME).is_file():
         raise InputError(f"--resume: expected {Path(out) / CHECKPOINT_NAME} to continue from; found none "
@@ -109,7 +109,8 @@ def _fit_svi(family, model, loss, options, ds, seed, out_path, config, resume, d
         last = result.history[-1]
         value = last.get("test_elbo", float("nan"))
         held = {"dsm": f"held-out score-matching loss {-value:.4f}",
-                "labels": f"held-out log p(y | x) {value:.4f} nats/example"}.get(
+                "labels": f"held-out log p(y | x) {value:.4f} nats/example",
+                "exact": f"held-out log-likelihood {value:.3f} nats/example"}.get(
             family.bound, f"held-out ELBO {value:.3f} nats/example")
         rows = options.held_out_examples
         echo(f"done: epoch {last['epoch']}, train objective {last['train_elbo']:.3f}, {held}"
