@@ -255,8 +255,9 @@ def main() -> None:
                          "of a job replace its part of an existing JSON, so jobs can run in parallel processes")
     ap.add_argument("--restore-run", type=Path, default=None,
                     help="the DDPM run restoration uses (default: the conditional DDPM trained here)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the fits always use one)")
     a = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     budget = {k: (dict(v, **QUICK[k]) if isinstance(v, dict) else QUICK[k]) if a.quick else v
               for k, v in BUDGETS[a.dataset].items()}
     suffix = ("" if a.dataset == "digits" else f"_{a.dataset}") + ("_quick" if a.quick else "")
