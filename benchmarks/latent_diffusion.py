@@ -2,8 +2,9 @@
 
 A VAE (the `ppl-dgm fit vae` defaults, dynamic binarization, K = 8; Fashion-MNIST: the conv VAE for 30 epochs)
 and a DDPM on its posterior means (`ppl-dgm fit ddpm --latent-of`, the vector defaults). 1,000 samples of each
-decoder mean E[x | z], with z ~ N(0, I) (the VAE's prior) or z ~ the latent DDPM; scored by the independent clean-data classifier of
-`benchmarks/guidance.py` (run that first): Fréchet distance of its features to the held-out digits, the mean
+decoder mean E[x | z], with z ~ N(0, I) (the VAE's prior) or z ~ the latent DDPM; scored by the independent
+clean-data classifier of `benchmarks/guidance.py` (run that first): Fréchet distance of its features to the
+held-out examples, the mean
 confidence max_y p(y | x), and the entropy of the predicted-label histogram (log 10 = 2.303 when every digit
 is drawn equally often). Also the same figures for the decoded training posterior means (what a perfect model of
 the latents would give) and the MMD^2 of the latents themselves to the training posterior means.

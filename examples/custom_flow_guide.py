@@ -10,8 +10,9 @@ it and ``fit_svi`` trains and checkpoints them.  The decoder is the VAE's own.
     q(z | x):  z_0 ~ N(g_mu(x), diag g_sigma(x)^2),  z = f_L o ... o f_1 (z_0),
     log q(z | x) = log N(z_0) - sum_l log |det df_l / dz_{l-1}|
 
-with f_l inverse autoregressive (affine, Kingma et al. 2016) or elementwise rational-quadratic
-splines (Durkan et al. 2019) from ``pyro.distributions.transforms``.
+with f_l inverse autoregressive layers, affine (IAF, Kingma et al. 2016) or rational-quadratic spline
+(Durkan et al. 2019), and a permutation between layers: the package's flow layers
+(:func:`ppl_dgm.nn.autoregressive_flow`, Pyro transforms), the same blocks as the ``flow`` family's couplings.
 """
 
 from __future__ import annotations
@@ -20,13 +21,11 @@ import argparse
 
 import pyro
 import pyro.distributions as dist
-import pyro.distributions.transforms as T
 import torch
-from pyro.nn import AutoRegressiveNN
 from torch import nn
 from torch.nn import functional as F
 
-from ppl_dgm.nn import MLP
+from ppl_dgm.nn import MLP, autoregressive_flow
 
 
 class FlowGuide(nn.Module):
@@ -39,8 +38,10 @@ class FlowGuide(nn.Module):
     hidden : sequence of int
         Encoder widths.
     n_flows : int
-        Number of flow layers (alternating variable order for IAF).
+        Number of flow layers (a fixed permutation between consecutive ones).
     flow : {"iaf", "spline"}
+        Affine (IAF) or rational-quadratic spline autoregressive layers, each with an autoregressive MLP of
+        width 4 K.
     """
 
     def __init__(self, x_dim: int, latent_dim: int, hidden=(256,), n_flows: int = 2, flow: str = "iaf"):
@@ -49,22 +50,15 @@ class FlowGuide(nn.Module):
             raise ValueError(f"flow must be 'iaf' or 'spline'; got {flow!r}")
         self.latent_dim = latent_dim
         self.encoder = MLP(x_dim, list(hidden), 2 * latent_dim)
-        layers = []
-        for i in range(n_flows):
-            if flow == "iaf":
-                perm = torch.arange(latent_dim) if i % 2 == 0 else torch.arange(latent_dim).flip(0)
-                layers.append(T.AffineAutoregressive(AutoRegressiveNN(latent_dim, [4 * latent_dim],
-                                                                      permutation=perm)))
-            else:
-                layers.append(T.Spline(latent_dim, count_bins=8, bound=4.0))
-        self.flows = nn.ModuleList(layers)
+        self.flows = autoregressive_flow(latent_dim, n_flows, [4 * latent_dim], "iaf" if flow == "iaf" else "spline-ar",
+                                         bound=4.0)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         h = self.encoder(x)
         loc, scale = h[..., : self.latent_dim], F.softplus(h[..., self.latent_dim:]) + 1e-4
         base = dist.Normal(loc, scale).to_event(1)
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.TransformedDistribution(base, list(self.flows)))
+            pyro.sample("z", dist.TransformedDistribution(base, self.flows.transforms))
 
 
 def main() -> None:

@@ -46,11 +46,15 @@ TINY = {
     "cvae": ["--epochs", "1", "--hidden", "4", "--latent-dim", "2"],
     "ae": ["--epochs", "1", "--hidden", "4", "--latent-dim", "2"],
     "hvae": ["--epochs", "1", "--hidden", "4", "--latent-dim", "2", "--layers", "2"],
+    "vqvae": ["--epochs", "1", "--hidden", "4", "--n-codes", "4", "--code-dim", "2"],
     "ddpm": ["--epochs", "1", "--timesteps", "5", "--hidden", "4", "--t-per-step", "2", "--base-channels", "8"],
     "score": ["--epochs", "1", "--levels", "3", "--hidden", "4", "--sigmas-per-step", "2", "--base-channels", "8"],
     "classifier": ["--epochs", "1", "--hidden", "4", "--noise-conditional", "--timesteps", "5"],
     "gmm": ["--components", "2", "--max-iter", "5"],
     "ppca": ["--latent-dim", "1", "--max-iter", "5"],
+    "flow": ["--epochs", "1", "--layers", "1", "--hidden", "4"],
+    "fvsbn": ["--epochs", "1"],
+    "pixelcnn": ["--epochs", "1", "--channels", "4", "--layers", "1", "--first-kernel-size", "3"],
 }
 FAMILIES = sorted(REGISTRY)
 

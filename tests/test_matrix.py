@@ -19,23 +19,28 @@ TINY = {
     "cvae": ["--epochs", "1", "--hidden", "8", "--latent-dim", "2"],
     "ae": ["--epochs", "1", "--hidden", "8", "--latent-dim", "2"],
     "hvae": ["--epochs", "1", "--hidden", "8", "--latent-dim", "2"],
+    "vqvae": ["--epochs", "1", "--hidden", "8", "--n-codes", "4", "--code-dim", "2"],
     "ddpm": ["--dataset", "moons", "--epochs", "1", "--batch-size", "1024", "--timesteps", "20", "--hidden", "16,16"],
     "score": ["--dataset", "moons", "--epochs", "1", "--batch-size", "1024", "--levels", "5", "--hidden", "16,16"],
     "classifier": ["--epochs", "1", "--hidden", "8", "--noise-conditional", "--timesteps", "20"],
     "gmm": ["--dataset", "moons", "-k", "2"],
     "ppca": ["--latent-dim", "2"],
+    "flow": ["--epochs", "1", "--layers", "2", "--hidden", "8"],
+    "fvsbn": ["--epochs", "1"],
+    "pixelcnn": ["--epochs", "1", "--channels", "4", "--layers", "1"],
 }
 
 # command -> the families for which it works (all others must refuse in one line)
 WORKS = {
-    "evaluate": {"vae", "cvae", "hvae", "ddpm", "score", "classifier", "gmm", "ppca"},
+    "evaluate": {"vae", "cvae", "hvae", "vqvae", "ddpm", "score", "classifier", "gmm", "ppca", "fvsbn", "pixelcnn",
+                 "flow"},
     "evaluate --exact": {"ddpm", "score"},
     "sample": set(TINY) - {"classifier"},
-    "sample --mean": {"vae", "cvae", "ae", "hvae", "ppca"},
+    "sample --mean": {"vae", "cvae", "ae", "hvae", "vqvae", "ppca"},
     "sample --label": {"cvae"},
     "sample --sampler": {"ddpm", "score"},
-    "latent": {"vae", "cvae", "ae", "hvae", "ppca"},
-    "diagnose": {"vae", "cvae", "ae", "hvae", "ddpm", "score"},
+    "latent": {"vae", "cvae", "ae", "hvae", "vqvae", "ppca"},
+    "diagnose": {"vae", "cvae", "ae", "hvae", "vqvae", "ddpm", "score"},
 }
 
 

@@ -91,6 +91,8 @@ def _fit_command(family: Family) -> click.Command:
         one_source(dataset, data_path)
         if fields.get("latent_of") and (dataset or data_path or test_path):
             raise InputError("--latent-of takes the encoder run's own data; expected no --dataset/--data/--test-data")
+        if fields.get("codes_of") and (dataset or data_path or test_path):
+            raise InputError("--codes-of takes the VQ-VAE run's own data; expected no --dataset/--data/--test-data")
         if resume and overwrite:
             raise InputError("expected one of --resume (continue the run in --out) or --overwrite (replace it); "
                              "got both")
@@ -168,9 +170,14 @@ def _evaluate_lines(run, res: dict, name: str, iwae_k: int) -> list[str]:
                      f"likelihood{'' if 'ode' in res else ': --exact gives log p(x)'})")
     else:
         lines += [f"  ELBO            {res['elbo']:10.3f} nats  (reconstruction {res['reconstruction']:.3f}, "
-                  f"KL {res['kl']:.3f})", f"  log p(x), k={iwae_k:<5} {res['log_likelihood']:10.3f} nats"]
+                  f"KL {res['kl']:.3f})",
+                  f"  log p(x), k={res.get('iwae_k', iwae_k):<5} {res['log_likelihood']:10.3f} nats"]
     if run.family.bound in ("exact", "iwae"):
         lines.append(f"  bits/dim        {res['bits_per_dim']:10.4f}")
+    if two := res.get("two_stage"):  # a VQ-VAE's prior: the bound on the images, with this prior
+        lines.append(f"  images: log p(x) >= {two['elbo']:.3f} nats = log p(x | z_q) {two['reconstruction']:.3f} + "
+                     f"log p(z_q) {two['log_prior']:.3f}   bits/dim {two['bits_per_dim']:.4f}   (uniform prior: "
+                     f"{two['uniform_prior_elbo']:.3f})")
     if ode := res.get("ode"):
         how = "exact divergence" if ode["exact"] else f"Hutchinson, {ode['probes']} probes"
         lines.append(f"  log p(x) (ODE)  {ode['log_prob']:10.3f} +- {ode['log_prob_se']:.3f} nats   bits/dim "

@@ -59,8 +59,8 @@ def config_options(config: type[FitOptions]):
             if specs[fld.name].kind == "bool":
                 kw.update(is_flag=True, default=bool(default))
             elif specs[fld.name].kind == "sizes":
-                kw.update(default=",".join(map(str, default)), callback=_int_list(flag[0].lstrip("-")),
-                          show_default=True)
+                kw.update(default=None if default is None else ",".join(map(str, default)),
+                          callback=_int_list(flag[0].lstrip("-")), show_default=default is not None)
             else:
                 kw.update(type=_click_type(specs[fld.name]), show_default=default is not None)
             f = click.option(*flag, fld.name, **kw)(f)
@@ -131,7 +131,8 @@ def run_options(f):
     for opt in reversed([
         click.option("--out", type=click.Path(), default=None, help="Run directory (default runs/<family>-<data>)."),
         click.option("--binarize", type=click.Choice(["none", "static", "dynamic"]), default=None,
-                     help="Binarize images (default: dynamic for a Bernoulli likelihood on images, else none)."),
+                     help="Binarize images (default: dynamic for a Bernoulli likelihood on images, static for the "
+                          "discrete fvsbn and pixelcnn, else none)."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint."),
         click.option("--overwrite", is_flag=True, help="Replace the run in --out (its files are removed first)."),
         click.option("--quiet", is_flag=True, help="No progress bar."),

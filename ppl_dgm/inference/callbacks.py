@@ -70,6 +70,19 @@ class EpochFunction(Callback):
         self.fn(record["epoch"], record, run.model)
 
 
+class ModelEpochEnd(Callback):
+    """The model's own end-of-epoch work (``end_epoch()``, e.g. a VQ-VAE's codebook usage and dead-code restarts),
+    first of the epoch-end hooks: its metrics join the epoch's history record (and the progress bar)."""
+
+    def __init__(self, end_epoch: Callable[[], dict[str, Any]]):
+        self.end_epoch = end_epoch
+
+    def on_epoch_end(self, run: SVILoop, record: dict[str, Any]) -> None:
+        metrics = self.end_epoch() or {}
+        record.update(metrics)
+        run.metrics = tuple(metrics)
+
+
 class DivergenceGuard(Callback):
     """Stop when training explodes: the epoch's train ELBO is more than ``factor`` times further below
     than the first minibatch's was from zero (L_epoch < L_0 - factor (|L_0| + 1), nats per example).
@@ -275,6 +288,7 @@ class ProgressBar(Callback):
     def on_epoch_end(self, run: SVILoop, record: dict[str, Any]) -> None:
         if self.bar is not None:
             test = f" test {record['test_elbo']:.3f}" if "test_elbo" in record else ""
+            test += "".join(f" {k} {record[k]:.4g}" for k in run.metrics if k in record)
             self.bar.set_postfix_str(f"epoch {record['epoch']}/{run.epochs} elbo {record['train_elbo']:.3f}{test}")
 
     def on_fit_end(self, run: SVILoop) -> None:

@@ -193,7 +193,8 @@ def gradient_snr(module: torch.nn.Module, x: torch.Tensor, *rest: torch.Tensor, 
     Gradients of the per-example loss (default ``TraceMeanField_ELBO``) are taken at the current
     parameters for ``num_draws`` minibatches of ``batch_size`` random examples (and fresh z), then
 
-    - ``snr`` = ||mean g|| / sqrt(sum_j var g_j)  (the group's signal against its noise),
+    - ``snr`` = ||mean g|| / sqrt(sum_j var g_j)  (the group's signal against its noise; inf for a nonzero
+      gradient without noise, nan for a group the loss gives no gradient),
     - ``snr_elementwise`` = mean over coordinates of |mean g_j| / std g_j,
     - ``grad_norm`` = ||mean g||, ``n_params``.
 
@@ -233,7 +234,8 @@ def gradient_snr(module: torch.nn.Module, x: torch.Tensor, *rest: torch.Tensor, 
         ok = var > 0
         elem = float((mean[ok].abs() / var[ok].sqrt()).mean()) if ok.any() else float("nan")
         noise = float(var.sum().sqrt())
-        out[g] = {"snr": float(mean.norm()) / noise if noise > 0 else float("inf"),
+        signal = float(mean.norm())  # no gradient at all (e.g. a VQ-VAE's codebook under the ELBO): no SNR
+        out[g] = {"snr": signal / noise if noise > 0 else float("inf") if signal > 0 else float("nan"),
                   "snr_elementwise": elem, "grad_norm": float(mean.norm()), "n_params": int(G.shape[1])}
     return out
 

@@ -218,12 +218,14 @@ def _per_dim_kl(q, p, name: str) -> tuple[torch.Tensor, int]:
 def _negative_elbo(g_tr, m_tr, kl_of) -> torch.Tensor | None:
     """-ELBO of one particle from a guide trace and the replayed model trace.
 
-    -sum_observed log p(x | .) + sum_latent kl_of(name, q_site, p_site); None when a guide
+    -sum_observed log p(x | .) + sum_latent kl_of(name, q_site, p_site), plus the log-factor of every
+    ``pyro.factor`` of the guide (it enters log q, as in Pyro's ``Trace_ELBO``); None when a latent guide
     site has no model counterpart or a model latent no guide counterpart.
     """
-    if any(name not in m_tr.nodes for name, _ in sample_sites(g_tr)):
+    guide_only = [site for name, site in sample_sites(g_tr) if name not in m_tr.nodes]
+    if any(not site["is_observed"] for site in guide_only):
         return None
-    loss = 0.0
+    loss = sum((scaled_log_prob(site).sum() for site in guide_only), 0.0)
     for name, site in sample_sites(m_tr):
         if name in g_tr.nodes:
             loss = loss + kl_of(name, g_tr.nodes[name], site)

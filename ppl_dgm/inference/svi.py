@@ -39,6 +39,7 @@ from .callbacks import (
     DivergenceGuard,
     EpochFunction,
     HeldOutELBO,
+    ModelEpochEnd,
     ProgressBar,
     StopTraining,
 )
@@ -250,6 +251,8 @@ class SVILoop:
         Applied to each minibatch's first tensor.
     history, start_epoch, epoch, checkpoint, stopped
         The run so far (the checkpoint callback restores them on resume).
+    metrics : tuple of str
+        The keys of the model's own per-epoch metrics (``end_epoch``), shown by the progress bar.
     """
 
     state: SVIState
@@ -266,6 +269,7 @@ class SVILoop:
     epoch: int = -1
     checkpoint: Path | None = None
     stopped: str | None = None
+    metrics: tuple[str, ...] = ()
 
     @property
     def n(self) -> int:
@@ -526,6 +530,7 @@ def fit_svi(
     objective = _loss_fn(loss)
     averager = EMA(ema) if ema else None
     hooks = [averager] if averager else []
+    hooks += [ModelEpochEnd(model.end_epoch)] if callable(getattr(model, "end_epoch", None)) else []
     hooks += [HeldOutELBO(test_t, test_particles)] if test_t and len(test_t[0]) else []
     hooks += [Clock(), DivergenceGuard()]
     if out_dir is not None:

@@ -17,19 +17,21 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from .classifier import Classifier
     from .cvae import CVAE
     from .diffusion import DDPM
+    from .flow import Flow
     from .gmm import GMM
     from .hvae import HVAE
     from .ppca import PPCA
     from .score import ScoreModel
     from .vae import VAE
+    from .vqvae import VQVAE
 
 __all__ = ["GenerativeModel", "EStep", "VAE", "CVAE", "AE", "DDPM", "HVAE", "GMM", "PPCA", "ScoreModel", "Classifier",
-           "REGISTRY", "Family", "get_family", "families_with", "require"]
+           "Flow", "VQVAE", "REGISTRY", "Family", "get_family", "families_with", "require"]
 
 # public name -> its module (relative to this package)
 _LAZY = {"GenerativeModel": ".base", "EStep": ".base", "VAE": ".vae", "CVAE": ".cvae", "AE": ".ae",
          "DDPM": ".diffusion", "HVAE": ".hvae", "GMM": ".gmm", "PPCA": ".ppca", "ScoreModel": ".score",
-         "Classifier": ".classifier"}
+         "Flow": ".flow", "Classifier": ".classifier", "VQVAE": ".vqvae"}
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -52,6 +52,9 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
     """The latent sites a KL weight (beta, warm-up, free bits) applies to."""
     conditional: bool = False
     """Takes labels y (training data need them; ``sample(n, y=...)``); ``n_classes`` labels 0..C-1."""
+    point_mass_guide: ClassVar[bool] = False
+    """The guide is a point mass (every draw of z is the same): the IWAE estimate equals the ELBO for every k, so
+    ``evaluate`` computes it with k = 1."""
 
     # -- the contract ----------------------------------------------------------------
     @abstractmethod
@@ -74,6 +77,13 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
     def decode_mean(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """E[x | z], shape (N, D) (families with ``encoder=True``)."""
         raise NotImplementedError(f"family {self.family!r} has no decoder")
+
+    # -- the training loop's hook ----------------------------------------------------------
+    def end_epoch(self) -> dict[str, float]:
+        """Called by ``fit_svi`` at the end of each training epoch, before the held-out evaluation and the
+        checkpoint: a family's per-epoch work (e.g. the VQ-VAE's codebook usage and dead-code restarts).
+        Returns metrics for the epoch's history record (default: none)."""
+        return {}
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

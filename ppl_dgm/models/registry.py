@@ -126,6 +126,8 @@ REGISTRY: dict[str, Family] = {f.name: f for f in (
            summary="Autoencoder: the VAE's model with a point-mass amortized guide q(z | x) = delta(z - g_mu(x))."),
     Family("hvae", ".hvae:HVAE", ".hvae:HVAEConfig", "svi", "iwae", encoder=True, figures=_SVI_FIGURES,
            summary="Markovian HVAE with L stochastic layers z_1 (next to x) ... z_L (top)."),
+    Family("vqvae", ".vqvae:VQVAE", ".vqvae:VQVAEConfig", "svi", "iwae", encoder=True, figures=_SVI_FIGURES,
+           summary="Vector-quantized VAE: z_ij ~ Uniform{e_1..e_K} per position, a nearest-code point-mass guide."),
     Family("ddpm", ".diffusion:DDPM", ".diffusion:DDPMConfig", "svi", "chain", conditional=True,
            samplers=("ddpm", "ddim", "langevin", "pc", "ode"),
            figures=("elbo", "samples", "trajectory", "loss_per_t"),
@@ -143,6 +145,15 @@ REGISTRY: dict[str, Family] = {f.name: f for f in (
     Family("ppca", ".ppca:PPCA", ".ppca:PPCAConfig", "em", "exact", encoder=True,
            figures=("loglik", "samples", "reconstructions"),
            summary="Probabilistic PCA: z ~ N(0, I), x | z ~ N(W z + mu, sigma^2 I); exact posterior guide."),
+    Family("flow", ".flow:Flow", ".flow:FlowConfig", "ml", "exact", figures=("elbo", "samples"),
+           summary="Normalizing flow (RealNVP or neural spline couplings) with an exact or dequantized "
+                   "log-likelihood."),
+    Family("fvsbn", ".fvsbn:FVSBN", ".fvsbn:FVSBNConfig", "ml", "exact", figures=("elbo", "samples"),
+           summary="Fully visible sigmoid belief network: p(x) = prod_i Bernoulli(x_i | sigmoid(a_i + sum_{j<i} "
+                   "W_ij x_j))."),
+    Family("pixelcnn", ".pixelcnn:PixelCNN", ".pixelcnn:PixelCNNConfig", "ml", "exact", figures=("elbo", "samples"),
+           summary="PixelCNN (gated, no blind spot): p(x) = prod_i Categorical(x_i | softmax f_theta(x_<i)_i) over "
+                   "the pixels."),
 )}
 
 # what each capability means in a refusal: "<command> needs <phrase>"

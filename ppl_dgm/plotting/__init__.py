@@ -26,8 +26,8 @@ __all__ = ["write_run_figures", "write_diagnostic_figures", "sample_labels", "pl
 
 def _elbo(run: Run, ds: Dataset) -> None:
     plot_history(run.history, run.path / "elbo.png", title=f"{run.family.name} on {ds.name}: per epoch",
-                 held_out={"dsm": "held-out -(score-matching loss)", "labels": "held-out log p(y | x_t)"}.get(
-                     run.family.bound, "held-out ELBO"))
+                 held_out={"dsm": "held-out -(score-matching loss)", "labels": "held-out log p(y | x_t)",
+                           "exact": "held-out log p(x)"}.get(run.family.bound, "held-out ELBO"))
 
 
 def _loglik(run: Run, ds: Dataset) -> None:
@@ -57,7 +57,8 @@ def _samples(run: Run, ds: Dataset) -> None:
     what = (run.model.sample_title if run.family.samplers
             else f"E[x | z{given}], z ~ p(z)" if mean else f"x ~ p(x{given})")
     if run.decoder is not None:
-        what = f"latent diffusion, decoded by {run.decoder.path.name}"
+        what = (f"code maps, decoded by the VQ-VAE {run.decoder.path.name}" if run.config["data"].get("codes_of")
+                else f"latent diffusion, decoded by {run.decoder.path.name}")
     plot_samples(x.float().cpu().numpy(), run.sample_shape, run.path / "samples.png",
                  f"{run.family.name} samples: {what}", reference=None if image else _reference(ds)[0].numpy(),
                  labels=labels)

@@ -52,7 +52,8 @@ class DataSpec:
     ``test_path`` (or an ``.npz``'s own ``x_test``) holds the held-out rows, and then every row of
     ``path`` trains; otherwise ``val_fraction`` of the rows are held out (seeded; 0 allowed).
     ``latent_of``: the data are the posterior means E_q[z | x] of a fitted encoder run's own data and split
-    (latent diffusion, notes 004); the other fields are then unused.
+    (latent diffusion, notes 004); ``codes_of``: the code maps of a fitted VQ-VAE run's own data and split (the
+    data of its prior); the other fields are then unused.
     """
 
     dataset: str | None = None
@@ -64,16 +65,19 @@ class DataSpec:
     val_fraction: float = 0.2
     fingerprints: dict[str, dict] = field(default_factory=dict)
     latent_of: str | None = None
+    codes_of: str | None = None
 
     def __post_init__(self) -> None:
-        self.path, self.test_path, self.latent_of = (str(Path(p).absolute()) if p else None
-                                                     for p in (self.path, self.test_path, self.latent_of))
+        self.path, self.test_path, self.latent_of, self.codes_of = (
+            str(Path(p).absolute()) if p else None for p in (self.path, self.test_path, self.latent_of, self.codes_of))
 
     def load(self) -> Dataset:
         from ..data import fingerprint
 
         if self.latent_of:
             return encoded_dataset(load_run(self.latent_of))
+        if self.codes_of:
+            return encoded_dataset(load_run(self.codes_of), codes=True)
         for key in ("path", "test_path"):
             stored, file = self.fingerprints.get(key), getattr(self, key)
             if stored and Path(file).is_file() and fingerprint(file) != stored:
@@ -96,17 +100,35 @@ class DataSpec:
 
 
 @torch.no_grad()
-def encoded_dataset(run: Run, batch: int = 4096) -> Dataset:
-    """The posterior means E_q[z | x] (N, K) of the run's own training and held-out data, with their labels: the
-    data of a latent diffusion model (notes 004).  The run needs an encoder and no labels."""
-    from ..models import require
+def encoded_dataset(run: Run, batch: int = 4096, *, codes: bool = False) -> Dataset:
+    """The run's own training and held-out data, encoded, with their labels and split.
 
-    require(run.family, "encoder", "--latent-of")
+    ``codes=False``: the posterior means E_q[z | x] (N, K), the data of a latent diffusion model (notes 004); the
+    run needs an encoder and no labels.  ``codes=True``: the code maps k(g(x)) of a VQ-VAE run, (N, h w) as
+    float32 integers 0..K-1, shape (h, w), kind "image", ``levels`` K: the data of its prior (a PixelCNN); the
+    training images of a dynamically binarized run are binarized once (seeded) first, as its held-out ones are.
+    """
+    from ..models import require
+    from ..models.vqvae import VQVAE
+
+    flag = "--codes-of" if codes else "--latent-of"
+    require(run.family, "encoder", flag)
+    if codes and not isinstance(run.model, VQVAE):
+        raise InputError(f"--codes-of: expected a vqvae run (a discrete code map); got a {run.family.name!r} run")
     if run.model.conditional:
-        raise InputError(f"--latent-of: expected an unconditional encoder run; got a conditional {run.family.name!r}")
+        raise InputError(f"{flag}: expected an unconditional encoder run; got a conditional {run.family.name!r}")
     ds = run.dataset()
-    enc = [torch.cat([run.model.encode_mean(part.to(run.model.device)).float().cpu() for part in x.split(batch)])
-           if len(x) else torch.zeros(0, run.model.config["latent_dim"]) for x in (ds.x_train, ds.x_test)]
+    x_train = ds.x_train
+    if codes and ds.binarize == "dynamic":  # the codes of binary images (one draw, its own seed), as trained on
+        x_train = apply_binarize_to(x_train, "dynamic", run.config["data"]["seed"] + 1, ds.name)
+    encode = (lambda x: run.model.encode_codes(x).flatten(1)) if codes else run.model.encode_mean
+    enc = [torch.cat([encode(part.to(run.model.device)).float().cpu() for part in x.split(batch)]) if len(x) else None
+           for x in (x_train, ds.x_test)]
+    width = next(e.shape[1] for e in enc if e is not None)  # a split may be empty (val_fraction 0)
+    enc = [torch.zeros(0, width) if e is None else e for e in enc]
+    if codes:
+        return Dataset(f"codes of {run.path.name} ({ds.name})", enc[0], enc[1], ds.y_train, ds.y_test,
+                       tuple(run.model.code_shape), "image", "none", ds.held_out, levels=run.model.n_codes)
     return Dataset(f"latents of {run.path.name} ({ds.name})", enc[0], enc[1], ds.y_train, ds.y_test,
                    (enc[0].shape[1],), "vector", "none", ds.held_out)
 
@@ -144,9 +166,10 @@ class Run:
 
     @functools.cached_property
     def decoder(self) -> Run | None:
-        """The encoder run whose latents a latent diffusion run models (it decodes the samples); else None."""
-        latent_of = self.config["data"].get("latent_of")
-        return load_run(latent_of, device=str(self.model.device)) if latent_of else None
+        """The encoder run whose latents (a latent diffusion run) or codes (a VQ-VAE's prior) this run models (it
+        decodes the samples); else None."""
+        source = self.config["data"].get("latent_of") or self.config["data"].get("codes_of")
+        return load_run(source, device=str(self.model.device)) if source else None
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -155,8 +178,14 @@ class Run:
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Samples x (n, D) of the model to examples: E[x | z] of the decoder run for latent diffusion."""
-        return self.decoder.model.decode_mean(x) if self.decoder is not None else x
+        """Samples x (..., D) of the model to examples: E[x | z] of the decoder run for latent diffusion,
+        E[x | e_codes] of the VQ-VAE run for code maps (the PixelCNN prior of ``--codes-of``)."""
+        if self.decoder is None:
+            return x
+        if self.config["data"].get("codes_of"):
+            flat = x.reshape(-1, x.shape[-1])
+            return self.decoder.model.decode_codes(flat.round().long()).reshape(*x.shape[:-1], -1)
+        return self.decoder.model.decode_mean(x)
 
     def dataset(self) -> Dataset:
         """The run's own data, loaded as at fit time."""
@@ -166,10 +195,11 @@ class Run:
         """``(x, y, name)``: the run's test split, ``dataset``'s test split, or every example of ``path``
         (``x_test`` of an .npz that has one), binarized as the run's data (seeded)."""
         d = self.config["data"]
-        if d.get("latent_of") and (dataset or path):
-            raise InputError("a latent diffusion run scores its encoder run's own held-out data; expected no "
-                             "--dataset/--data")
-        if d.get("latent_of"):
+        encoded = d.get("latent_of") or d.get("codes_of")
+        if encoded and (dataset or path):
+            what = "a VQ-VAE prior" if d.get("codes_of") else "a latent diffusion run"
+            raise InputError(f"{what} scores its encoder run's own held-out data; expected no --dataset/--data")
+        if encoded:
             ds = DataSpec.from_config(d).load()
             return ds.x_test, ds.y_test, ds.name
         if path is not None:
@@ -207,7 +237,7 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(cfg, dict) or cfg.get("format") != RUN_FORMAT:
         got = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
         raise CheckpointError(f"{path}: expected run format {RUN_FORMAT!r}; got {got!r}")
-    if cfg.get("family") not in REGISTRY:
+    if not isinstance(cfg.get("family"), str) or cfg["family"] not in REGISTRY:  # [] or {} are unhashable
         raise CheckpointError(f"{path}: unknown family {cfg.get('family')!r}; expected one of {', '.join(REGISTRY)}")
     _check_sections(cfg, path)
     return cfg

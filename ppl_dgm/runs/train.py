@@ -79,6 +79,8 @@ def train_run(family: str | Family, options: FitOptions, data: DataSpec, *, out:
         options, data, model_cfg = _resumed(family, out, getattr(options, "epochs", None))
     elif getattr(options, "latent_of", None):
         data = DataSpec(latent_of=options.latent_of, seed=data.seed)  # the encoder run's data, encoded
+    elif getattr(options, "codes_of", None):
+        data = DataSpec(codes_of=options.codes_of, seed=data.seed)  # the VQ-VAE run's data, as code maps
     ds = data.load()
     options = options.resolve(ds)
     out_path = out_dir_for(out, family.name, data)

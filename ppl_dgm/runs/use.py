@@ -76,14 +76,41 @@ def _bound(run: Run, model, x: torch.Tensor, y: torch.Tensor | None, name: str, 
         per_t = [model.accuracy(x, y, t) for t in steps]
         return {**per_t[0], "per_t": per_t, "n": len(x), "dim": x.shape[1]}
     if run.family.bound == "exact":
+        torch.manual_seed(seed)  # a dequantized flow draws its noise u
         ll = model.log_prob(x).double()
         n, d = x.shape
-        return {"log_likelihood": float(ll.mean()), "bits_per_dim": -float(ll.mean()) / (d * LN2),
-                "bic": float(-2 * ll.sum() + model.n_parameters * math.log(n)), "n": n, "dim": d}
+        out = {"log_likelihood": float(ll.mean()), "bits_per_dim": -float(ll.mean()) / (d * LN2),
+               "bic": float(-2 * ll.sum() + model.n_parameters * math.log(n)), "n": n, "dim": d}
+        return {**out, "two_stage": two_stage_bound(run, x, ll)} if run.config["data"].get("codes_of") else out
     if model.config.get("likelihood") in ("bernoulli", "continuous-bernoulli"):
         check_unit_interval(x, name)
     rest = label_args(run, y, name)
+    if model.point_mass_guide:  # every draw of z is the same: IWAE = ELBO for every k, one draw computes both
+        return evaluate_model(model, x, *rest, iwae_k=1, elbo_particles=1, seed=seed).as_dict()
     return evaluate_model(model, x, *rest, iwae_k=iwae_k, seed=seed).as_dict()
+
+
+def two_stage_bound(run: Run, codes: torch.Tensor, log_prior: torch.Tensor) -> dict:
+    """The bound of a VQ-VAE with a fitted prior (a ``--codes-of`` run), per example on the VQ-VAE run's held-out
+    images x (the first ``len(codes)``, whose code maps ``codes`` (N, h w) are):
+
+    .. math::  \\log p(x) \\ge \\log p(x \\mid e_{z_q(x)}) + \\log p_{prior}(z_q(x))
+
+    (the ELBO of the point-mass guide q(z | x) = delta(z - z_q(x)), with the prior's exact ``log_prior`` (N,) in
+    place of the uniform one's -h w log K).  In nats, and bits/dim over the D values of an image.
+    """
+    vq, chunk = run.decoder, 2048
+    x = vq.dataset().x_test[: len(codes)]
+    own = torch.cat([vq.model.encode_codes(part.to(vq.model.device)).flatten(1).cpu() for part in x.split(chunk)])
+    if not torch.equal(own.float(), codes.float().cpu()):
+        raise InputError(f"the codes of {run.path} are no longer those of {vq.path}'s held-out images (was the "
+                         f"VQ-VAE refitted?); fit the prior again")
+    rec = torch.cat([vq.model.code_log_likelihood(part.to(vq.model.device), c.to(vq.model.device)).double().cpu()
+                     for part, c in zip(x.split(chunk), own.split(chunk))])
+    bound = rec + log_prior.cpu()
+    return {"elbo": float(bound.mean()), "reconstruction": float(rec.mean()), "log_prior": float(log_prior.mean()),
+            "bits_per_dim": -float(bound.mean()) / (x.shape[1] * LN2), "dim": int(x.shape[1]),
+            "uniform_prior_elbo": float(rec.mean()) - vq.model.positions * math.log(vq.model.n_codes)}
 
 
 # which sampler reads which option: DDIM's S steps and eta; Langevin's and PC's steps per noise level and step
