@@ -256,10 +256,12 @@ def main() -> None:
     ap.add_argument("--restore-run", type=Path, default=None,
                     help="the DDPM run restoration uses (default: the conditional DDPM trained here)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the fits always use one)")
+    ap.add_argument("--per-label", type=int, default=None, help="guided samples per label (default: the budget's)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     budget = {k: (dict(v, **QUICK[k]) if isinstance(v, dict) else QUICK[k]) if a.quick else v
               for k, v in BUDGETS[a.dataset].items()}
+    budget["per_label"] = a.per_label or budget["per_label"]
     suffix = ("" if a.dataset == "digits" else f"_{a.dataset}") + ("_quick" if a.quick else "")
     runs = RUNS / (a.dataset + ("_quick" if a.quick else ""))
     jobs = set(a.only.split(","))
@@ -276,9 +278,12 @@ def main() -> None:
         results = {}
         results.update({
             "dataset": a.dataset, "quick": a.quick,
-            "command": "OMP_NUM_THREADS=1 nice -n 5 python benchmarks/guidance.py"
-                       + (f" --dataset {a.dataset}" if a.dataset != "digits" else "") + (" --quick" if a.quick else "")
-                       + (" --restore-run RUN" if a.restore_run else ""),
+            "commands": {",".join(sorted(jobs)): f"OMP_NUM_THREADS={a.threads} python benchmarks/guidance.py"
+                         + (f" --dataset {a.dataset}" if a.dataset != "digits" else "")
+                         + (" --quick" if a.quick else "") + f" --only {a.only}"
+                         + (f" --restore-run {a.restore_run}" if a.restore_run else "")
+                         + (f" --threads {a.threads}" if a.threads != 1 else "")
+                         + (f" --per-label {a.per_label}" if a.per_label else "")},
             "equivalent_cli": {
                 "ddpm": cli_of("ddpm", a.dataset, budget["ddpm"]),
                 "guide_classifier": cli_of("classifier", a.dataset, budget["guide_classifier"]),
@@ -333,7 +338,7 @@ def main() -> None:
                                             (a.restore_run / "config.json").read_text()).get("train")})
     results["total_seconds"] = {",".join(sorted(jobs)): total.as_dict()}
     old = json.loads(path.read_text()) if path.exists() else {}     # other jobs' parts, read at the end
-    for key in ("fit", "total_seconds"):
+    for key in ("fit", "total_seconds", "commands"):
         results[key] = {**old.get(key, {}), **results[key]}
     results = {**old, **results}
     path.write_text(json.dumps(results, indent=1))
