@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from _timing import Clock  # noqa: E402
 
 from ppl_dgm.data import load_dataset  # noqa: E402
-from ppl_dgm.evaluation import frechet_distance  # noqa: E402
+from ppl_dgm.evaluation import frechet_distance, precision_recall  # noqa: E402
 from ppl_dgm.models import get_family  # noqa: E402
 from ppl_dgm.runs import DataSpec, load_run, train_run  # noqa: E402
 from ppl_dgm.runs.restore import psnr, restore_run  # noqa: E402
@@ -47,6 +47,7 @@ HERE = Path(__file__).parent
 OUT = HERE / "results"
 RUNS = HERE / "runs_guidance"
 WS = (0.0, 1.0, 3.0, 7.0)
+PR_K = 3
 ZETAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 TASKS = {"inpaint": {"sigma_y": 0.01}, "denoise": {"sigma_y": 0.2}, "superres": {"sigma_y": 0.01, "scale": 2}}
 
@@ -127,26 +128,33 @@ def guidance_strength(ddpm, guide, scorer, ds, per_label: int, suffix: str, fd_f
                 x = ddpm.model.sample(len(labels), y=labels, guidance=w, sampler="ddim", steps=50, eta=0.0, **kw)
             x = x.float().clamp(0, 1)
             acc = scorer.model.accuracy(x, labels)
-            fd = frechet_distance(scorer.model.features(x).numpy(), test_feats)
+            feats = scorer.model.features(x).numpy()
+            fd = frechet_distance(feats, test_feats)
+            pr = precision_recall(test_feats[: len(labels)], feats, k=PR_K)
             out[kind][f"w{w:g}"] = {"w": w, "accuracy": acc["accuracy"], "log_p_y": acc["log_likelihood"],
-                                    "frechet_distance": fd, "n": len(labels), **c.as_dict()}
+                                    "frechet_distance": fd, "precision": pr["precision"], "recall": pr["recall"],
+                                    "pr_n_real": pr["n_real"],
+                                    "n": len(labels), **c.as_dict()}
             samples[(kind, w)] = x.numpy()
             print(kind, w, out[kind][f"w{w:g}"], flush=True)
     np.savez_compressed(RUNS / f"samples{suffix}.npz", labels=labels.numpy(),
                         **{f"{k}_w{w:g}": v for (k, w), v in samples.items()})
     shape = ddpm.shape
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for kind, marker in (("cfg", "o-"), ("classifier", "s--")):
-        pts = [(out[kind][f"w{w:g}"]["frechet_distance"], out[kind][f"w{w:g}"]["accuracy"]) for w in WS]
-        ax.plot(*zip(*pts), marker, label={"cfg": "classifier-free guidance",
-                                           "classifier": "classifier guidance (W=0: unconditional)"}[kind])
-        for w, (fx, fy) in zip(WS, pts):
-            ax.annotate(f"W={w:g}", (fx, fy), textcoords="offset points", xytext=(5, -10), fontsize=8)
-    ax.axvline(fd_floor, color="grey", lw=0.8, ls=":", label="FD floor (held-out vs training)")
-    ax.set_xlabel("Fréchet distance to held-out test examples (independent classifier's features)")
-    ax.set_ylabel("accuracy of the independent classifier")
-    ax.set_title(f"guidance strength on {ds.name}: DDIM-50, {per_label} samples per label")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    names = {"cfg": "classifier-free guidance", "classifier": "classifier guidance (W=0: unconditional)"}
+    for ax, key, xlabel in ((axes[0], "frechet_distance",
+                             "Fréchet distance to held-out test examples (independent classifier's features)"),
+                            (axes[1], "recall", f"recall (k-NN manifolds, k={PR_K}): the test set covered")):
+        for kind, marker in (("cfg", "o-"), ("classifier", "s--")):
+            pts = [(out[kind][f"w{w:g}"][key], out[kind][f"w{w:g}"]["accuracy"]) for w in WS]
+            ax.plot(*zip(*pts), marker, label=names[kind])
+            for w, (fx, fy) in zip(WS, pts):
+                ax.annotate(f"W={w:g}", (fx, fy), textcoords="offset points", xytext=(5, -10), fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=9)
+    axes[0].axvline(fd_floor, color="grey", lw=0.8, ls=":", label="FD floor (held-out vs training)")
+    axes[0].set_ylabel("accuracy of the independent classifier")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"guidance strength on {ds.name}: DDIM-50, {per_label} samples per label", fontsize=10)
     fig.tight_layout()
     fig.savefig(OUT / f"guidance_tradeoff{suffix}.png", dpi=120)
     plt.close(fig)
