@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ppl_dgm.data import DATASETS, load_dataset
+from ppl_dgm.data import DATASETS, TOY_MIXTURES, TOYS, load_dataset, sample_toy
 from ppl_dgm.data.images import read_idx
 from ppl_dgm.errors import InputError
 
@@ -46,13 +46,44 @@ def test_binarization_modes():
     assert (m - dyn.x_train[:200]).abs().max() < 0.12
 
 
-@pytest.mark.parametrize("name", ["moons", "circles", "eight-gaussians", "swiss-roll", "checkerboard", "pinwheel"])
+def test_toy_list():
+    assert list(TOYS) == ["moons", "circles", "eight-gaussians", "swiss-roll", "checkerboard", "pinwheel", "rings",
+                          "two-spirals", "grid-25"]
+    assert set(TOY_MIXTURES) == {"eight-gaussians", "grid-25"} and set(TOYS) <= set(DATASETS)
+
+
+@pytest.mark.parametrize("name", list(TOYS))
 def test_toys_seeded(name):
     a = load_dataset(name, seed=1, n_toy=1000)
     b = load_dataset(name, seed=1, n_toy=1000)
-    assert a.x_train.shape == (800, 2) and a.kind == "vector"
+    assert a.x_train.shape == (800, 2) and a.x_test.shape == (200, 2) and a.kind == "vector"
     assert torch.equal(a.x_train, b.x_train)
     assert a.x_train.abs().max() < 8
+
+
+def test_mixture_toys_known_centres_and_std():
+    grid, ring = TOY_MIXTURES["grid-25"], TOY_MIXTURES["eight-gaussians"]
+    assert grid.std == 0.05 and ring.std == 0.2
+    np.testing.assert_array_equal(np.sort(grid.centres, axis=0)[::5], np.tile([-4.0, -2.0, 0.0, 2.0, 4.0], (2, 1)).T)
+    assert len(np.unique(grid.centres, axis=0)) == 25
+    angles = 2 * np.pi * np.arange(8) / 8
+    np.testing.assert_allclose(ring.centres, 2.8 * np.stack([np.cos(angles), np.sin(angles)], 1), atol=1e-12)
+    for name, (centres, std) in TOY_MIXTURES.items():
+        ds = load_dataset(name, seed=0)  # 20,000 points, seeded 80/20 split
+        assert ds.x_train.shape == (16_000, 2) and ds.x_test.shape == (4_000, 2) and "0.2 of the rows" in ds.summary()
+        x = torch.cat([ds.x_train, ds.x_test]).double().numpy()
+        nearest = ((x[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
+        resid = x - centres[nearest]
+        np.testing.assert_allclose(resid.std(0), [std, std], rtol=0.03)
+        np.testing.assert_allclose(np.bincount(nearest) / len(x), 1 / len(centres), atol=0.01)  # equal weights
+
+
+def test_eight_gaussians_unchanged():
+    """Other benchmarks use it: the draws must stay those of the original formula."""
+    rng = np.random.default_rng(4)
+    angles = 2 * np.pi * rng.integers(0, 8, 500) / 8
+    old = 2.8 * np.stack([np.cos(angles), np.sin(angles)], 1) + 0.2 * rng.standard_normal((500, 2))
+    np.testing.assert_array_equal(sample_toy("eight-gaussians", 500, 4), old.astype(np.float32))
 
 
 def test_idx_folder_and_npz(tmp_path, monkeypatch):

@@ -55,6 +55,7 @@ TINY = {
     "flow": ["--epochs", "1", "--layers", "1", "--hidden", "4"],
     "fvsbn": ["--epochs", "1"],
     "pixelcnn": ["--epochs", "1", "--channels", "4", "--layers", "1", "--first-kernel-size", "3"],
+    "gan": ["--epochs", "1", "--hidden", "4", "--latent-dim", "2"],
 }
 FAMILIES = sorted(REGISTRY)
 

@@ -28,6 +28,7 @@ TINY = {
     "flow": ["--epochs", "1", "--layers", "2", "--hidden", "8"],
     "fvsbn": ["--epochs", "1"],
     "pixelcnn": ["--epochs", "1", "--channels", "4", "--layers", "1"],
+    "gan": ["--epochs", "1", "--hidden", "8", "--latent-dim", "2"],
 }
 
 # command -> the families for which it works (all others must refuse in one line)
@@ -35,17 +36,29 @@ WORKS = {
     "evaluate": {"vae", "cvae", "hvae", "vqvae", "ddpm", "score", "classifier", "gmm", "ppca", "fvsbn", "pixelcnn",
                  "flow"},
     "evaluate --exact": {"ddpm", "score"},
+    "evaluate --samples": set(TINY) - {"classifier"},  # digits: the digits scorer's features; moons: raw coordinates
     "sample": set(TINY) - {"classifier"},
-    "sample --mean": {"vae", "cvae", "ae", "hvae", "vqvae", "ppca"},
+    "sample --mean": {"vae", "cvae", "ae", "hvae", "vqvae", "ppca", "gan"},
     "sample --label": {"cvae"},
     "sample --sampler": {"ddpm", "score"},
-    "latent": {"vae", "cvae", "ae", "hvae", "vqvae", "ppca"},
+    "latent": {"vae", "cvae", "ae", "hvae", "vqvae", "ppca", "gan"},
     "diagnose": {"vae", "cvae", "ae", "hvae", "vqvae", "ddpm", "score"},
 }
 
 
 def test_every_family_has_a_row():
     assert set(TINY) == set(REGISTRY)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _scorer_home(tmp_path_factory):
+    """`evaluate --samples` trains a digits scorer once, by a tiny recipe, into a temporary PPL_DGM_HOME."""
+    from ppl_dgm.runs.quality import SCORER_RECIPES
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PPL_DGM_HOME", str(tmp_path_factory.mktemp("home")))
+        mp.setitem(SCORER_RECIPES, "mlp", {**SCORER_RECIPES["mlp"], "hidden": [16], "epochs": 2})
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +77,7 @@ def _args(command: str, run_dir, tmp):
         "evaluate": ["evaluate", run_dir, "--iwae-k", "3", "--json"],
         "evaluate --exact": ["evaluate", run_dir, "--exact", "--max-examples", "20", "--rtol", "1e-3", "--atol",
                              "1e-3"],
+        "evaluate --samples": ["evaluate", run_dir, "--samples", "20", "--json"],
         "sample": ["sample", run_dir, "-n", "4", "--out", tmp / "s.npy"],
         "sample --mean": ["sample", run_dir, "-n", "4", "--mean", "--out", tmp / "m.npy"],
         "sample --label": ["sample", run_dir, "-n", "4", "--label", "1", "--out", tmp / "l.npy"],

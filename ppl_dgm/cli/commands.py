@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
-from ..models.registry import REGISTRY, Family
+from ..models.registry import REGISTRY, Family, require
 from ..utils import atomic_write_bytes, atomic_write_json, ensure_writable_dir, set_threads
 from .options import (
     FiniteFloat,
@@ -134,17 +134,37 @@ def load(run_dir, device="cpu", checkpoint="last", threads="auto"):
               help="--exact, D > 16: Hutchinson probes per example (2 or more give a standard error).")
 @click.option("--max-examples", type=click.IntRange(min=1), default=None,
               help="Score only the first N examples (default all).")
+@click.option("--samples", "n_samples", type=click.IntRange(min=4), default=None,
+              help="Sample quality instead: draw N samples with the run's sampler and score them against N held-out "
+                   "examples (FD, KID, precision, recall, class confidence; the held-out-vs-train floor).")
+@click.option("--scorer", "scorer_dir", type=click.Path(), default=None,
+              help="--samples: the classifier run whose features score them (default: the dataset's own scorer, "
+                   "trained once into $PPL_DGM_HOME/scorers).")
+@click.option("--sampler", default=None, help="--samples: the sampler of a family with several (ddpm, score).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="--samples: DDIM steps, or Langevin/PC steps per noise level.")
 @checkpoint_option
 @compute_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
-def evaluate(run_dir, dataset, data_path, data_dir, iwae_k, exact, rtol, atol, probes, max_examples, checkpoint,
-             device, seed, threads, as_json):
+@click.pass_context
+def evaluate(ctx, run_dir, dataset, data_path, data_dir, iwae_k, exact, rtol, atol, probes, max_examples, n_samples,
+             scorer_dir, sampler, steps, checkpoint, device, seed, threads, as_json):
     """Held-out likelihood: ELBO and IWAE log p(x), the chain ELBO, the exact log-likelihood, or the
-    score-matching loss; bits/dim; --exact: log p(x) by the probability-flow ODE."""
+    score-matching loss; bits/dim; --exact: log p(x) by the probability-flow ODE; --samples N: sample quality."""
     from ..runs import evaluate_run
 
+    if n_samples is not None or scorer_dir or sampler or steps:
+        from .quality import evaluate_samples
+
+        return evaluate_samples(ctx, run_dir, n_samples, scorer_dir, sampler, steps, checkpoint, device, seed,
+                                threads, as_json)
     one_source(dataset, data_path)
     run = load(run_dir, device, checkpoint, threads)
+    if run.family.bound is None and run.family.generative:
+        try:
+            require(run.family, "bound", "ppl-dgm evaluate")
+        except InputError as e:
+            raise InputError(f"{e}; `ppl-dgm evaluate RUN --samples N` scores its samples instead") from None
     x, y, name = run.eval_data(dataset, data_path, data_dir)
     x, y = x[:max_examples], (None if y is None else y[:max_examples])
     res = {**evaluate_run(run, x, y, name=name, iwae_k=iwae_k, seed=seed, exact=exact, rtol=rtol, atol=atol,

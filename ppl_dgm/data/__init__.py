@@ -33,7 +33,7 @@ from .images import (
     load_digits_arrays,
     load_idx_folder,
 )
-from .toys import TOYS, sample_toy
+from .toys import TOY_MIXTURES, TOYS, sample_toy
 
 IMAGE_DATASETS = {
     "digits": "scikit-learn's bundled 8x8 handwritten digits (1797 images; seeded 80/20 split)",
@@ -44,7 +44,8 @@ IMAGE_DATASETS = {
 DATASETS = {**IMAGE_DATASETS, **{k: f"2-D toy '{k}', drawn from the seed" for k in TOYS}}
 
 __all__ = ["Dataset", "DATASETS", "BINARIZE", "load_dataset", "fingerprint", "check_array", "check_labels",
-           "check_label_range", "check_unit_interval", "dynamic_binarize", "sample_toy", "apply_binarize_to"]
+           "check_label_range", "check_unit_interval", "dynamic_binarize", "sample_toy", "apply_binarize_to",
+           "TOY_MIXTURES"]
 
 
 def _named(name: str, data_dir, seed: int, n_toy: int):

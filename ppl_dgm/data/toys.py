@@ -1,11 +1,53 @@
 """Two-dimensional toy distributions, drawn from a seed.
 
-Each sampler returns an array of shape (n, 2), roughly standardised to [-4, 4].
+Each sampler returns an array of shape (n, 2), roughly standardised to [-4, 4].  Two of them are equal-weight
+mixtures of isotropic Gaussians with known centres and standard deviation, listed in :data:`TOY_MIXTURES`
+for the mode-coverage metric (:func:`ppl_dgm.evaluation.modes.mode_coverage`):
+
+- ``eight-gaussians``: 8 centres on the circle of radius 2.8, std 0.2;
+- ``grid-25``: 25 centres on the grid {-4, -2, 0, 2, 4}^2, std 0.05 (the "2-D grid" of Srivastava et al. 2017,
+  VEEGAN, used to measure mode collapse of GANs: 3 std = 0.15, far below the spacing of 2).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
+
+
+class ToyMixture(NamedTuple):
+    """An equal-weight mixture of isotropic Gaussians: x = centres[k] + std * eps, k ~ Uniform{0..K-1}, eps ~ N(0, I).
+
+    Attributes
+    ----------
+    centres : ndarray, shape (K, 2)
+    std : float
+    """
+
+    centres: np.ndarray
+    std: float
+
+
+def _circle_centres(k: int, radius: float) -> np.ndarray:
+    angles = 2 * np.pi * np.arange(k) / k
+    return radius * np.stack([np.cos(angles), np.sin(angles)], 1)
+
+
+TOY_MIXTURES: dict[str, ToyMixture] = {
+    "eight-gaussians": ToyMixture(_circle_centres(8, 2.8), 0.2),
+    "grid-25": ToyMixture(np.array([[a, b] for a in (-4.0, -2.0, 0.0, 2.0, 4.0) for b in (-4.0, -2.0, 0.0, 2.0, 4.0)]),
+                          0.05),
+}
+for _toy in TOY_MIXTURES.values():
+    _toy.centres.setflags(write=False)
+
+
+def _mixture(n, rng, name):
+    """n draws of the equal-weight mixture ``TOY_MIXTURES[name]``: the component, then the Gaussian noise."""
+    centres, std = TOY_MIXTURES[name]
+    k = rng.integers(0, len(centres), n)
+    return centres[k] + std * rng.standard_normal((n, 2))
 
 
 def _moons(n, rng):
@@ -23,9 +65,11 @@ def _circles(n, rng):
 
 
 def _eight_gaussians(n, rng):
-    angles = 2 * np.pi * rng.integers(0, 8, n) / 8
-    centres = 2.8 * np.stack([np.cos(angles), np.sin(angles)], 1)
-    return centres + 0.2 * rng.standard_normal((n, 2))
+    return _mixture(n, rng, "eight-gaussians")
+
+
+def _grid_25(n, rng):
+    return _mixture(n, rng, "grid-25")
 
 
 def _swiss_roll(n, rng):
@@ -79,6 +123,7 @@ TOYS = {
     "pinwheel": _pinwheel,
     "rings": _rings,
     "two-spirals": _two_spirals,
+    "grid-25": _grid_25,
 }
 
 

@@ -261,10 +261,11 @@ class Checkpoint(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar over all remaining steps, showing the running train ELBO (and the held-out one)."""
+    """A tqdm bar over all remaining steps, showing the running train ELBO (and the held-out one); ``name`` is what
+    the training objective is called (``"V"`` for the adversarial trainer's value)."""
 
-    def __init__(self, desc: str):
-        self.desc, self.bar = desc, None
+    def __init__(self, desc: str, name: str = "elbo"):
+        self.desc, self.name, self.bar = desc, name, None
 
     def on_fit_start(self, run: SVILoop) -> None:
         if run.start_epoch < run.epochs:
@@ -283,13 +284,14 @@ class ProgressBar(Callback):
         self.bar.update(1)
         if step % 10 == 0 or step == run.steps - 1:
             running = -self.total / min(run.n, (step + 1) * run.batch_size)
-            self.bar.set_postfix_str(f"epoch {run.epoch + 1}/{run.epochs} elbo {running:.3f}", refresh=False)
+            self.bar.set_postfix_str(f"epoch {run.epoch + 1}/{run.epochs} {self.name} {running:.3f}", refresh=False)
 
     def on_epoch_end(self, run: SVILoop, record: dict[str, Any]) -> None:
         if self.bar is not None:
             test = f" test {record['test_elbo']:.3f}" if "test_elbo" in record else ""
             test += "".join(f" {k} {record[k]:.4g}" for k in run.metrics if k in record)
-            self.bar.set_postfix_str(f"epoch {record['epoch']}/{run.epochs} elbo {record['train_elbo']:.3f}{test}")
+            self.bar.set_postfix_str(f"epoch {record['epoch']}/{run.epochs} {self.name} "
+                                     f"{record['train_elbo']:.3f}{test}")
 
     def on_fit_end(self, run: SVILoop) -> None:
         if self.bar is not None:

@@ -135,6 +135,11 @@ class SVIState:
         self.optimizer.step()
         return value
 
+    def epoch_metrics(self) -> dict[str, float]:
+        """The state's own per-epoch figures for the history record (none for SVI; the adversarial trainer's
+        losses and discriminator outputs)."""
+        return {}
+
     def nonfinite(self, *batch: torch.Tensor) -> list[str]:
         """Non-finite parameters (``param NAME``) and sites (``guide z (value)``, ``model x (log_prob)``)."""
         bad = [f"param {name}" for name, p in self.params.items() if not torch.isfinite(p).all()]
@@ -330,7 +335,9 @@ class SVILoop:
                                      sites=e.sites) from None
             total += loss
             on_step(step, loss)
-        return {"epoch": epoch + 1, "train_elbo": -total / self.n, "lr": lr}
+        metrics = self.state.epoch_metrics()
+        self.metrics = tuple(dict.fromkeys((*self.metrics, *metrics)))
+        return {"epoch": epoch + 1, "train_elbo": -total / self.n, "lr": lr, **metrics}
 
 
 def _as_tuple(data) -> tuple[torch.Tensor, ...]:
@@ -374,6 +381,12 @@ def _lr_at(schedule: str, lr: float, epochs: int, gamma: float) -> Callable[[int
     if schedule == "exponential":
         return lambda epoch: lr * gamma**epoch
     return lambda epoch: lr
+
+
+def _is_adversarial(loss) -> bool:
+    from .adversarial import AdversarialObjective
+
+    return isinstance(loss, AdversarialObjective)
 
 
 def _loss_fn(loss) -> Callable:
@@ -441,6 +454,7 @@ def fit_svi(
     validate: bool = False,
     ema: float | None = None,
     held_out_examples: int | None = None,
+    beta1: float = 0.9,
 ) -> FitResult:
     """Fit a model–guide pair by SVI.
 
@@ -462,7 +476,10 @@ def fit_svi(
         :class:`~ppl_dgm.inference.objectives.AnalyticELBO` (analytic KL where available;
         the same value as Pyro's ``TraceMeanField_ELBO``, computed with less overhead).
         If it has ``set_epoch(epoch, epochs)`` (see :mod:`ppl_dgm.inference.objectives`:
-        beta warm-up) that is called at each epoch start.
+        beta warm-up) that is called at each epoch start.  An
+        :class:`~ppl_dgm.inference.adversarial.AdversarialObjective` plays the GAN game instead (the model
+        records its samples at a site ``"x"`` and has a ``discriminator`` module): the history's ``train_elbo``
+        is then the value V(D, G), with ``d_loss``, ``g_loss``, ``d_real``, ``d_fake`` beside it.
     guide : callable, optional
         Default ``model.guide``.  A function whose parameters are ``pyro.param`` /
         ``pyro.module`` sites, a module, or a Pyro autoguide (``AutoNormal(model_fn)``, ...).
@@ -502,6 +519,8 @@ def fit_svi(
     held_out_examples : int, optional
         Score only the first that many held-out examples after each epoch (the same ones every epoch, so
         epochs compare paired); None: all of them.  ``evaluate`` scores every row.
+    beta1 : float in [0, 1)
+        Adam's first-moment decay (0.5 is usual for GANs).
 
     Returns
     -------
@@ -515,6 +534,8 @@ def fit_svi(
         When the loss stops being finite; names the sites and the step; the last
         good checkpoint is kept.
     """
+    from .adversarial import AdversarialState, push_forward
+
     model_fn, guide_fn, modules, family = _model_guide(model, guide)
     _check_options(optimizer, lr_schedule, lr, epochs=epochs, batch_size=batch_size,
                    checkpoint_every=checkpoint_every)
@@ -527,7 +548,10 @@ def fit_svi(
     if not train_t or train_t[0].shape[0] == 0:
         raise InputError("expected at least one training example; got none")
     loss = loss if loss is not None else AnalyticELBO()
-    objective = _loss_fn(loss)
+    adversarial = _is_adversarial(loss)
+    objective = None if adversarial else _loss_fn(loss)
+    if not 0 <= beta1 < 1:
+        raise InputError(f"expected beta1 in [0, 1); got {beta1}")
     averager = EMA(ema) if ema else None
     hooks = [averager] if averager else []
     hooks += [ModelEpochEnd(model.end_epoch)] if callable(getattr(model, "end_epoch", None)) else []
@@ -536,22 +560,29 @@ def fit_svi(
     if out_dir is not None:
         hooks.append(Checkpoint(ensure_writable_dir(out_dir), family, every=checkpoint_every, resume=resume,
                                 config=config))
-    hooks += [ProgressBar(f"fit {family}")] if progress else []
+    hooks += [ProgressBar(f"fit {family}", "V" if adversarial else "elbo")] if progress else []
     hooks += [cb if isinstance(cb, Callback) else EpochFunction(cb) for cb in callbacks]
 
     seed_everything(seed)
     pyro.clear_param_store()
     for m in modules.values():
         m.to(dev)
-    check_guide(model_fn, guide_fn, *_minibatch(train_t, slice(0, batch_size), transform))  # creates lazy params
+    first = _minibatch(train_t, slice(0, batch_size), transform)
+    if adversarial:  # z comes from the prior, not from a guide: check that the push-forward runs
+        with pyro.validation_enabled(True), torch.no_grad():
+            push_forward(model_fn, guide_fn, *first)
+    else:
+        check_guide(model_fn, guide_fn, *first)  # creates lazy params
     params = collect_params(modules)
     if not params:
         raise InputError("expected parameters to fit (module parameters, pyro.param / pyro.module sites "
                          "or an autoguide's); got none")
-    opt = (torch.optim.Adam(params.values(), lr=lr) if optimizer == "adam"
-           else ClippedAdam(params.values(), lr=lr, clip_norm=clip_norm or 10.0))
-    state = SVIState(model_fn, guide_fn, objective, params, opt, modules, clip_norm if optimizer == "adam" else None,
-                     averager)
+    opt = (torch.optim.Adam(params.values(), lr=lr, betas=(beta1, 0.999)) if optimizer == "adam"
+           else ClippedAdam(params.values(), lr=lr, betas=(beta1, 0.999), clip_norm=clip_norm or 10.0))
+    clip = clip_norm if optimizer == "adam" else None
+    state = (AdversarialState(model_fn, guide_fn, None, params, opt, modules, clip, averager,
+                              critic=getattr(model, "discriminator", None), objective=loss) if adversarial
+             else SVIState(model_fn, guide_fn, objective, params, opt, modules, clip, averager))
     run = SVILoop(state, model, train_t, epochs, batch_size, seed, _lr_at(lr_schedule, lr, epochs, lr_gamma),
               getattr(loss, "set_epoch", None), transform)
     # The first traces (check_guide) ran with Pyro's argument validation on, catching model bugs early;

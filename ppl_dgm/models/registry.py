@@ -42,7 +42,8 @@ class Family:
     trainer : {"svi", "em", "adversarial", "ml"}
         How it is fitted: ``fit_svi`` (svi); EM through its scikit-learn estimator (em); ``fit_svi`` with an
         empty guide, so the ELBO is the exact log-likelihood and SVI is maximum likelihood (ml: no latents,
-        hence no ``diagnose``); ...
+        hence no ``diagnose``); the GAN game of :mod:`ppl_dgm.inference.adversarial` on the same loop
+        (adversarial: an implicit model, no likelihood, no ``evaluate`` bound).
     bound : {"iwae", "chain", "exact", "dsm"} or None
         What ``evaluate`` reports: ELBO and IWAE log p(x); the diffusion chain ELBO; the exact
         log-likelihood; the held-out denoising score-matching loss (not a bound: ``evaluate --exact`` gives
@@ -151,6 +152,10 @@ REGISTRY: dict[str, Family] = {f.name: f for f in (
     Family("fvsbn", ".fvsbn:FVSBN", ".fvsbn:FVSBNConfig", "ml", "exact", figures=("elbo", "samples"),
            summary="Fully visible sigmoid belief network: p(x) = prod_i Bernoulli(x_i | sigmoid(a_i + sum_{j<i} "
                    "W_ij x_j))."),
+    Family("gan", ".gan:GAN", ".gan:GANConfig", "adversarial", None, encoder=True,
+           figures=("game", "samples", "reconstructions"),
+           summary="Generative adversarial network: z ~ N(0, I), x = G_theta(z) (an implicit model), with a "
+                   "discriminator."),
     Family("pixelcnn", ".pixelcnn:PixelCNN", ".pixelcnn:PixelCNNConfig", "ml", "exact", figures=("elbo", "samples"),
            summary="PixelCNN (gated, no blind spot): p(x) = prod_i Categorical(x_i | softmax f_theta(x_<i)_i) over "
                    "the pixels."),

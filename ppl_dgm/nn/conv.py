@@ -7,20 +7,29 @@ from torch import nn
 
 
 class ConvEncoder28(nn.Module):
-    """(N, 784) -> (N, out_dim): two stride-2 convolutions (28 -> 14 -> 7) and an MLP head."""
+    """(N, 784) -> (N, out_dim): two stride-2 convolutions (28 -> 14 -> 7) and an MLP head.
 
-    def __init__(self, out_dim: int, hidden: int = 256, channels: int = 32):
+    ``activation``: the nonlinearity's class (or a factory), ReLU by default; a DCGAN discriminator uses
+    ``functools.partial(nn.LeakyReLU, 0.2)``.
+    """
+
+    def __init__(self, out_dim: int, hidden: int = 256, channels: int = 32, activation=nn.ReLU):
         super().__init__()
         c = channels
         self.conv = nn.Sequential(
-            nn.Conv2d(1, c, 4, 2, 1), nn.ReLU(),
-            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.ReLU(),
+            nn.Conv2d(1, c, 4, 2, 1), activation(),
+            nn.Conv2d(c, 2 * c, 4, 2, 1), activation(),
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * c * 49, hidden), nn.ReLU(),
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * c * 49, hidden), activation(),
                                   nn.Linear(hidden, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.conv(x.reshape(-1, 1, 28, 28)))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 784) -> (N, hidden): the head's hidden layer after its activation (the penultimate activations;
+        a classifier's feature space)."""
+        return self.head[:-1](self.conv(x.reshape(-1, 1, 28, 28)))
 
 
 class ConvDecoder28(nn.Module):

@@ -17,9 +17,10 @@ from ..runs import Diagnosis, Run
 from .diagnostics import plot_gap, plot_kl_per_dim, plot_terms
 from .diffusion import plot_loss_per_sigma, plot_loss_per_t, plot_trajectory
 from .em import plot_ellipses, plot_loglik
-from .figures import plot_history, plot_reconstructions, plot_rows, plot_samples
+from .figures import plot_game, plot_history, plot_reconstructions, plot_rows, plot_samples
 
 __all__ = ["write_run_figures", "write_diagnostic_figures", "sample_labels", "plot_run_trajectory", "plot_history",
+           "plot_game",
            "plot_samples", "plot_reconstructions", "plot_rows", "plot_trajectory", "plot_loss_per_t",
            "plot_loss_per_sigma", "plot_loglik", "plot_ellipses", "plot_terms", "plot_kl_per_dim", "plot_gap"]
 
@@ -28,6 +29,10 @@ def _elbo(run: Run, ds: Dataset) -> None:
     plot_history(run.history, run.path / "elbo.png", title=f"{run.family.name} on {ds.name}: per epoch",
                  held_out={"dsm": "held-out -(score-matching loss)", "labels": "held-out log p(y | x_t)",
                            "exact": "held-out log p(x)"}.get(run.family.bound, "held-out ELBO"))
+
+
+def _game(run: Run, ds: Dataset) -> None:
+    plot_game(run.history, run.path / "game.png", title=f"{run.family.name} on {ds.name}: the game per epoch")
 
 
 def _loglik(run: Run, ds: Dataset) -> None:
@@ -75,8 +80,10 @@ def _reconstructions(run: Run, ds: Dataset) -> None:
     y = (ds.y_test if len(ds.x_test) else ds.y_train)[: len(xs)].to(run.model.device) if run.model.conditional \
         else None
     rec = run.model.reconstruct(xs.to(run.model.device), y).float().cpu().numpy()
+    inversion = run.family.trainer == "adversarial"  # no encoder: z* = argmin ||G(z) - x||^2
     plot_reconstructions(xs.numpy(), rec, ds.shape, run.path / "reconstructions.png", n=len(xs),
-                         title=f"{run.family.name} reconstructions")
+                         title=f"{run.family.name} reconstructions" + (" by GAN inversion" if inversion else ""),
+                         **({"what": "G(z*), z* = argmin ||G(z) - x||^2"} if inversion else {}))
 
 
 def _trajectory(run: Run, ds: Dataset) -> None:
@@ -122,7 +129,7 @@ def _ellipses(run: Run, ds: Dataset) -> None:
 
 
 FIGURES: dict[str, Callable[[Run, Dataset], None]] = {
-    "elbo": _elbo, "loglik": _loglik, "samples": _samples, "reconstructions": _reconstructions,
+    "elbo": _elbo, "game": _game, "loglik": _loglik, "samples": _samples, "reconstructions": _reconstructions,
     "trajectory": _trajectory, "loss_per_t": _loss_per_t, "loss_per_sigma": _loss_per_sigma, "ellipses": _ellipses,
 }
 

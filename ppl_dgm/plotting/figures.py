@@ -103,11 +103,12 @@ def plot_samples(x: np.ndarray, shape: Sequence[int], path: str | os.PathLike, t
 
 
 def plot_reconstructions(x: np.ndarray, x_rec: np.ndarray, shape: Sequence[int],
-                         path: str | os.PathLike, n: int = 16, title: str = "reconstructions"):
+                         path: str | os.PathLike, n: int = 16, title: str = "reconstructions",
+                         what: str = "E[x | z = mean of q(z|x)]"):
     """Images: each row of data above the row of its reconstructions.  2-D data: each point joined to its
-    reconstruction.  x, x_rec : (N, D); the reconstruction is E[x | z] at z = the mean of q(z | x)."""
+    reconstruction.  x, x_rec : (N, D); the reconstruction is ``what``: by default E[x | z] at z = the mean of
+    q(z | x)."""
     n = min(n, len(x))
-    what = "E[x | z = mean of q(z|x)]"
     if n == 0:
         fig, ax = plt().subplots(figsize=(4, 1.5))
         ax.text(0.5, 0.5, "no held-out examples to reconstruct", ha="center", va="center")
@@ -146,5 +147,37 @@ def plot_rows(rows: np.ndarray, shape: Sequence[int], path: str | os.PathLike, t
     fig, ax = plt().subplots(figsize=(max(3.0, 0.75 * c + 1), max(2.0, 0.75 * r + 0.6)))
     show_images(ax, as_images(rows.reshape(r * c, -1), shape), c, col_labels or (), row_labels or ())
     ax.set_title(_with_notes(title, clip_note(rows)), fontsize=9)
+    save(fig, path)
+    return fig
+
+
+def plot_game(history: list[dict], path: str | os.PathLike, title: str = "GAN game per epoch"):
+    """The adversarial trainer's history: the value V(D, G) (train, and held-out where measured) beside its
+    equilibrium 2 JSD - log 4 = -log 4 (q = p, D = 1/2) on the left; D's mean output on real and generated
+    examples (both 1/2 at equilibrium) on the right.
+
+    Parameters
+    ----------
+    history : list of dict, length E
+        ``epoch``, ``train_elbo`` (= V), ``d_real``, ``d_fake``, and ``test_value`` where measured.
+    path : path of the PNG.
+    """
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt().subplots(1, 2, figsize=(10, 3.8))
+    curve(a, epochs, [h["train_elbo"] for h in history], color="tab:gray", label="V (training minibatches)")
+    held = [h for h in history if "test_value" in h]
+    if held:
+        curve(a, [h["epoch"] for h in held], [h["test_value"] for h in held], color="tab:blue",
+              label="V (held-out vs fresh samples)")
+    a.axhline(-np.log(4), color="k", lw=0.8, ls=":", label="-log 4 (equilibrium)")
+    a.set(title="value V(D, G) = E log D(x) + E log(1 - D(G(z)))", xlabel="epoch", ylabel="nats")
+    a.legend(fontsize=8)
+    curve(b, epochs, [h["d_real"] for h in history], color="tab:green", label="D(x), real")
+    curve(b, epochs, [h["d_fake"] for h in history], color="tab:red", label="D(G(z)), generated")
+    b.axhline(0.5, color="k", lw=0.8, ls=":")
+    b.set(title="discriminator's mean output", xlabel="epoch", ylim=(0, 1))
+    b.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
     save(fig, path)
     return fig

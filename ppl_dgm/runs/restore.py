@@ -2,7 +2,8 @@
 
 :func:`restore_run` builds the task's operator (:mod:`ppl_dgm.models.inverse`), draws one DPS sample per
 measurement, and scores it beside the baseline that uses the measurement alone: the masked input, the noisy
-input, or bicubic upsampling.  :func:`psnr` and :func:`ssim` are the quality figures for images in [0, 1].
+input, or bicubic upsampling.  PSNR and SSIM (:mod:`ppl_dgm.evaluation.quality`) are the quality figures for
+images in [0, 1].
 """
 
 from __future__ import annotations
@@ -13,38 +14,11 @@ import torch.nn.functional as F
 
 from ..data import check_array
 from ..errors import InputError, check_choice, check_number
+from ..evaluation.quality import psnr, ssim  # noqa: F401  (the figures; imported from here before they moved)
 from ..models import inverse
 from .store import Run
 
 TASKS = ("inpaint", "denoise", "superres")
-
-
-def psnr(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio per row, 10 log10(1 / MSE) dB for data in [0, 1]; x, ref (N, D) -> (N,)."""
-    mse = (x.double() - ref.double()).pow(2).mean(-1)
-    return 10 * torch.log10(1 / mse.clamp_min(1e-20))
-
-
-def ssim(x: torch.Tensor, ref: torch.Tensor, image_shape: tuple[int, ...], win: int = 7) -> torch.Tensor:
-    """Mean structural similarity per image (Wang et al. 2004), data range 1, K1 = 0.01, K2 = 0.03.
-
-    Local means, variances and covariance over a ``win`` x ``win`` uniform window (sample covariances,
-    normalised by n - 1), averaged over the windows inside the image and over channels: scikit-image's
-    ``structural_similarity`` defaults.  x, ref (N, D) with D = prod(image_shape) -> (N,).
-    """
-    shape = (1, *image_shape) if len(image_shape) == 2 else tuple(image_shape)
-    if min(shape[-2:]) < win:
-        raise InputError(f"SSIM needs images with sides >= {win}; got {tuple(image_shape)}")
-    a, b = (z.double().reshape(-1, *shape) for z in (x, ref))
-    mean = lambda z: F.avg_pool2d(z, win, stride=1)  # noqa: E731
-    n = win * win
-    mu_a, mu_b = mean(a), mean(b)
-    var_a = (mean(a * a) - mu_a**2) * n / (n - 1)
-    var_b = (mean(b * b) - mu_b**2) * n / (n - 1)
-    cov = (mean(a * b) - mu_a * mu_b) * n / (n - 1)
-    c1, c2 = 0.01**2, 0.03**2
-    s = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return s.flatten(1).mean(-1)
 
 
 def _operator(run: Run, task: str, y: np.ndarray, mask, scale: int):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 from ..data import Dataset, check_label_range, check_unit_interval
 from ..errors import InputError
-from ..inference import fit_svi, make_objective
+from ..inference import AdversarialObjective, fit_svi, make_objective
 from ..inference.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from ..models import Family, GenerativeModel, get_family
 from ..models.options import FitOptions
@@ -31,8 +32,11 @@ def check_data(model: GenerativeModel, ds: Dataset, model_cfg: dict) -> None:
 
 
 def objective_for(options: FitOptions, model: GenerativeModel):
-    """The training objective named by ``options``' objective fields (None: ``fit_svi``'s default)."""
+    """The training objective named by ``options``' objective fields (None: ``fit_svi``'s default); the GAN game
+    (:class:`~ppl_dgm.inference.AdversarialObjective`) for a family fitted by the adversarial trainer."""
     o = options.values("objective")
+    if get_family(model.family).trainer == "adversarial":
+        return AdversarialObjective(**o)
     if not o:
         return None
     return make_objective(o["objective"], o["particles"], o["beta"], o["warmup_epochs"], o["free_bits"],
@@ -46,7 +50,7 @@ def _resumed(family: Family, out: str | Path | None, epochs: int | None):
     cfg = read_config(out)
     if cfg["family"] != family.name:
         raise InputError(f"--resume: {out} holds a {cfg['family']!r} run; got `fit {family.name}`")
-    if family.trainer not in ("svi", "ml"):
+    if family.trainer not in ("svi", "ml", "adversarial"):
         raise InputError(f"--resume: {family.name} is fitted by {family.trainer} in one call; fit it into a new --out")
     if not (Path(out) / CHECKPOINT_NAME).is_file():
         raise InputError(f"--resume: expected {Path(out) / CHECKPOINT_NAME} to continue from; found none "
@@ -107,7 +111,13 @@ def _fit_svi(family, model, loss, options, ds, seed, out_path, config, resume, d
     result = fit_svi(model, data(ds.x_train, ds.y_train), test=test, loss=loss,
                      resume=resume, device=device, seed=seed, progress=progress, transform=ds.batch_transform(),
                      out_dir=out_path, config=config, **options.values("train"))
-    if result.history:
+    if result.history and family.trainer == "adversarial":
+        last = result.history[-1]
+        held = f", held-out V(D, G) {last['test_value']:.4f}" if "test_value" in last else ""
+        echo(f"done: epoch {last['epoch']}, V(D, G) {last['train_elbo']:.4f} (2 JSD - log 4 = {-math.log(4):.4f} "
+             f"when q = p and D is optimal), D(real) {last['d_real']:.3f}, D(fake) {last['d_fake']:.3f}{held}; "
+             f"run dir {out_path}")
+    elif result.history:
         last = result.history[-1]
         value = last.get("test_elbo", float("nan"))
         held = {"dsm": f"held-out score-matching loss {-value:.4f}",
