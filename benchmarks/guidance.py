@@ -38,9 +38,9 @@ import torch  # noqa: E402
 from _timing import Clock  # noqa: E402
 
 from ppl_dgm.data import load_dataset  # noqa: E402
-from ppl_dgm.evaluation import frechet_distance, precision_recall  # noqa: E402
+from ppl_dgm.evaluation import frechet_distance, precision_recall, sample_quality  # noqa: E402
 from ppl_dgm.models import get_family  # noqa: E402
-from ppl_dgm.runs import DataSpec, load_run, train_run  # noqa: E402
+from ppl_dgm.runs import DataSpec, load_run, scorer_for, train_run  # noqa: E402
 from ppl_dgm.runs.restore import psnr, restore_run  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -140,24 +140,8 @@ def guidance_strength(ddpm, guide, scorer, ds, per_label: int, suffix: str, fd_f
     np.savez_compressed(RUNS / f"samples{suffix}.npz", labels=labels.numpy(),
                         **{f"{k}_w{w:g}": v for (k, w), v in samples.items()})
     shape = ddpm.shape
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
-    names = {"cfg": "classifier-free guidance", "classifier": "classifier guidance (W=0: unconditional)"}
-    for ax, key, xlabel in ((axes[0], "frechet_distance",
-                             "Fréchet distance to held-out test examples (independent classifier's features)"),
-                            (axes[1], "recall", f"recall (k-NN manifolds, k={PR_K}): the test set covered")):
-        for kind, marker in (("cfg", "o-"), ("classifier", "s--")):
-            pts = [(out[kind][f"w{w:g}"][key], out[kind][f"w{w:g}"]["accuracy"]) for w in WS]
-            ax.plot(*zip(*pts), marker, label=names[kind])
-            for w, (fx, fy) in zip(WS, pts):
-                ax.annotate(f"W={w:g}", (fx, fy), textcoords="offset points", xytext=(5, -10), fontsize=8)
-        ax.set_xlabel(xlabel, fontsize=9)
-    axes[0].axvline(fd_floor, color="grey", lw=0.8, ls=":", label="FD floor (held-out vs training)")
-    axes[0].set_ylabel("accuracy of the independent classifier")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"guidance strength on {ds.name}: DDIM-50, {per_label} samples per label", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(OUT / f"guidance_tradeoff{suffix}.png", dpi=120)
-    plt.close(fig)
+    tradeoff_figure(out, fd_floor, OUT / f"guidance_tradeoff{suffix}.png",
+                    f"guidance strength on {ds.name}: DDIM-50, {per_label} samples per label")
     cols = min(per_label, 10)
     pick = (np.arange(n_classes)[:, None] * per_label + np.arange(cols)[None]).ravel()
     for w in (0.0, 3.0):
@@ -169,6 +153,57 @@ def guidance_strength(ddpm, guide, scorer, ds, per_label: int, suffix: str, fd_f
         fig.tight_layout()
         fig.savefig(OUT / f"guidance_samples_w{w:g}{suffix}.png", dpi=120)
         plt.close(fig)
+    return out
+
+
+def tradeoff_figure(out: dict, fd_floor: float, path: Path, title: str, what: str = "the independent classifier's"):
+    """Accuracy against the Fréchet distance (left) and against recall (right), one curve per guidance kind."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    names = {"cfg": "classifier-free guidance", "classifier": "classifier guidance (W=0: unconditional)"}
+    for ax, key, xlabel in ((axes[0], "frechet_distance", f"Fréchet distance to held-out test examples ({what} "
+                             "features)"),
+                            (axes[1], "recall", f"recall (k-NN manifolds, k={PR_K}): the test set covered")):
+        for kind, marker in (("cfg", "o-"), ("classifier", "s--")):
+            pts = [(out[kind][f"w{w:g}"][key], out[kind][f"w{w:g}"]["accuracy"]) for w in WS]
+            ax.plot(*zip(*pts), marker, label=names[kind])
+            for w, (fx, fy) in zip(WS, pts):
+                ax.annotate(f"W={w:g}", (fx, fy), textcoords="offset points", xytext=(5, -10), fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=9)
+    axes[0].axvline(fd_floor, color="grey", lw=0.8, ls=":", label="FD floor (held-out vs training)")
+    axes[0].set_ylabel(f"accuracy of {what[:-2]}" if what.endswith("'s") else "accuracy")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def rescore(dataset: str, ds, suffix: str) -> dict:
+    """The saved guided samples scored in the features of the package's sample-quality scorer
+    (``ppl_dgm.runs.scorer_for``: a conv classifier on 28x28 images, trained once per dataset): its accuracy on
+    the samples' labels, FD, KID, precision, recall against as many held-out examples (a seeded random subset),
+    with the floor (held-out against training examples); accuracy on every sample, the others on as many samples
+    (a seeded random subset) as held-out examples."""
+    saved = np.load(RUNS / f"samples{suffix}.npz")
+    labels = torch.as_tensor(saved["labels"])
+    scorer = scorer_for(DataSpec(dataset=dataset))
+    n = min(len(labels), len(ds.x_test))  # equal numbers of real and generated examples (digits: 359 < 1,000)
+    pick = torch.as_tensor(np.random.default_rng(0).permutation(len(ds.x_test))[:n])
+    pick_fake = torch.as_tensor(np.random.default_rng(1).permutation(len(labels))[:n])
+    out: dict = {"scorer": str(scorer.path), "scorer_recipe": json.loads((scorer.path / "recipe.json").read_text()),
+                 "n": n}
+    for kind in ("cfg", "classifier"):
+        out[kind] = {}
+        for w in WS:
+            x = torch.as_tensor(saved[f"{kind}_w{w:g}"]).float()
+            q = sample_quality(scorer.model, ds.x_test[pick], x[pick_fake], ds.x_train, k=PR_K, seed=0)
+            out["floor"] = q.pop("floor")
+            acc = scorer.model.accuracy(x, labels)
+            out[kind][f"w{w:g}"] = {"w": w, "accuracy": acc["accuracy"], "frechet_distance": q.pop("fd"), **q}
+            print("rescore", kind, w, out[kind][f"w{w:g}"], flush=True)
+    tradeoff_figure(out, out["floor"]["fd"], OUT / f"guidance_tradeoff_scorer{suffix}.png",
+                    f"guidance strength on {ds.name}, scored by the package scorer ({out['scorer_recipe']['name']}): "
+                    f"DDIM-50, accuracy on {len(labels)} samples per setting, the rest on {n}", "the package scorer's")
     return out
 
 
@@ -259,8 +294,9 @@ def main() -> None:
     ap.add_argument("--dataset", default="digits", choices=sorted(BUDGETS))
     ap.add_argument("--quick", action="store_true", help="tiny budgets, results to *_quick files")
     ap.add_argument("--only", default="guidance,restore",
-                    help="comma-separated jobs among ddpm, classifiers (train only), guidance, restore; the results "
-                         "of a job replace its part of an existing JSON, so jobs can run in parallel processes")
+                    help="comma-separated jobs among ddpm, classifiers (train only), guidance, rescore (the saved "
+                         "samples in the package scorer's features), restore; the results of a job replace its part "
+                         "of an existing JSON, so jobs can run in parallel processes")
     ap.add_argument("--restore-run", type=Path, default=None,
                     help="the DDPM run restoration uses (default: the conditional DDPM trained here)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the fits always use one)")
@@ -335,6 +371,8 @@ def main() -> None:
                 results["guidance"] = guidance_strength(ddpm, guide, scorer, ds, budget["per_label"], suffix,
                                                         results["frechet_floor_test_vs_train"])
             results["guidance_seconds"] = c.as_dict()
+        if "rescore" in jobs:
+            results["guidance_package_scorer"] = rescore(a.dataset, ds, suffix)
         if "restore" in jobs:
             prior = ddpm if a.restore_run is None else load_run(a.restore_run)
             with Clock() as c:
