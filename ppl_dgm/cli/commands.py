@@ -160,11 +160,8 @@ def evaluate(ctx, run_dir, dataset, data_path, data_dir, iwae_k, exact, rtol, at
                                 threads, as_json)
     one_source(dataset, data_path)
     run = load(run_dir, device, checkpoint, threads)
-    if run.family.bound is None and run.family.generative:
-        try:
-            require(run.family, "bound", "ppl-dgm evaluate")
-        except InputError as e:
-            raise InputError(f"{e}; `ppl-dgm evaluate RUN --samples N` scores its samples instead") from None
+    require(run.family, "bound", "ppl-dgm evaluate",
+            "`ppl-dgm evaluate RUN --samples N` scores its samples instead" if run.family.generative else "")
     x, y, name = run.eval_data(dataset, data_path, data_dir)
     x, y = x[:max_examples], (None if y is None else y[:max_examples])
     res = {**evaluate_run(run, x, y, name=name, iwae_k=iwae_k, seed=seed, exact=exact, rtol=rtol, atol=atol,

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import pyro
 import torch
 from pyro import poutine
 from torch import nn
@@ -66,6 +67,7 @@ class AdversarialObjective:
     loss: Literal["non-saturating", "minimax"] = "non-saturating"
     gradient_penalty: float = 0.0
     d_steps: int = 1
+    progress_name = "V"  # what fit_svi's progress bar calls the training objective (a class attribute)
 
     def __post_init__(self) -> None:
         check_choice("loss", self.loss, LOSSES)
@@ -96,6 +98,18 @@ class AdversarialObjective:
         if self.loss == "minimax":
             return log_one_minus_d(fake_logits).mean()
         return -log_d(fake_logits).mean()
+
+    # -- what fit_svi asks of an objective with its own step --------------------------------------------
+    def check(self, model, guide, *batch: torch.Tensor) -> None:
+        """Instead of the guide check (z comes from the prior, not from a guide): the push-forward runs, with
+        Pyro's argument validation on."""
+        with pyro.validation_enabled(True), torch.no_grad():
+            push_forward(model, guide, *batch)
+
+    def make_state(self, module, model, guide, params, optimizer, modules, clip_norm, ema) -> AdversarialState:
+        """The :class:`AdversarialState` of ``module`` (its ``discriminator`` is the critic)."""
+        return AdversarialState(model, guide, None, params, optimizer, modules, clip_norm, ema,
+                                critic=getattr(module, "discriminator", None), objective=self)
 
 
 def push_forward(model, guide, *batch: torch.Tensor) -> torch.Tensor:

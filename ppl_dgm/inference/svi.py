@@ -383,12 +383,6 @@ def _lr_at(schedule: str, lr: float, epochs: int, gamma: float) -> Callable[[int
     return lambda epoch: lr
 
 
-def _is_adversarial(loss) -> bool:
-    from .adversarial import AdversarialObjective
-
-    return isinstance(loss, AdversarialObjective)
-
-
 def _loss_fn(loss) -> Callable:
     if hasattr(loss, "differentiable_loss"):
         return loss.differentiable_loss
@@ -476,8 +470,9 @@ def fit_svi(
         :class:`~ppl_dgm.inference.objectives.AnalyticELBO` (analytic KL where available;
         the same value as Pyro's ``TraceMeanField_ELBO``, computed with less overhead).
         If it has ``set_epoch(epoch, epochs)`` (see :mod:`ppl_dgm.inference.objectives`:
-        beta warm-up) that is called at each epoch start.  An
-        :class:`~ppl_dgm.inference.adversarial.AdversarialObjective` plays the GAN game instead (the model
+        beta warm-up) that is called at each epoch start.  An objective with ``make_state(...)`` brings its own
+        step (an :class:`SVIState` subclass) and ``check(model, guide, *batch)`` replaces the guide check: the
+        :class:`~ppl_dgm.inference.adversarial.AdversarialObjective` plays the GAN game that way (the model
         records its samples at a site ``"x"`` and has a ``discriminator`` module): the history's ``train_elbo``
         is then the value V(D, G), with ``d_loss``, ``g_loss``, ``d_real``, ``d_fake`` beside it.
     guide : callable, optional
@@ -534,8 +529,6 @@ def fit_svi(
         When the loss stops being finite; names the sites and the step; the last
         good checkpoint is kept.
     """
-    from .adversarial import AdversarialState, push_forward
-
     model_fn, guide_fn, modules, family = _model_guide(model, guide)
     _check_options(optimizer, lr_schedule, lr, epochs=epochs, batch_size=batch_size,
                    checkpoint_every=checkpoint_every)
@@ -548,8 +541,8 @@ def fit_svi(
     if not train_t or train_t[0].shape[0] == 0:
         raise InputError("expected at least one training example; got none")
     loss = loss if loss is not None else AnalyticELBO()
-    adversarial = _is_adversarial(loss)
-    objective = None if adversarial else _loss_fn(loss)
+    own_state = callable(getattr(loss, "make_state", None))  # an objective with its own step: the GAN game
+    objective = None if own_state else _loss_fn(loss)
     if not 0 <= beta1 < 1:
         raise InputError(f"expected beta1 in [0, 1); got {beta1}")
     averager = EMA(ema) if ema else None
@@ -560,7 +553,7 @@ def fit_svi(
     if out_dir is not None:
         hooks.append(Checkpoint(ensure_writable_dir(out_dir), family, every=checkpoint_every, resume=resume,
                                 config=config))
-    hooks += [ProgressBar(f"fit {family}", "V" if adversarial else "elbo")] if progress else []
+    hooks += [ProgressBar(f"fit {family}", getattr(loss, "progress_name", "elbo"))] if progress else []
     hooks += [cb if isinstance(cb, Callback) else EpochFunction(cb) for cb in callbacks]
 
     seed_everything(seed)
@@ -568,11 +561,7 @@ def fit_svi(
     for m in modules.values():
         m.to(dev)
     first = _minibatch(train_t, slice(0, batch_size), transform)
-    if adversarial:  # z comes from the prior, not from a guide: check that the push-forward runs
-        with pyro.validation_enabled(True), torch.no_grad():
-            push_forward(model_fn, guide_fn, *first)
-    else:
-        check_guide(model_fn, guide_fn, *first)  # creates lazy params
+    (loss.check if own_state else check_guide)(model_fn, guide_fn, *first)  # also creates lazy params
     params = collect_params(modules)
     if not params:
         raise InputError("expected parameters to fit (module parameters, pyro.param / pyro.module sites "
@@ -580,8 +569,7 @@ def fit_svi(
     opt = (torch.optim.Adam(params.values(), lr=lr, betas=(beta1, 0.999)) if optimizer == "adam"
            else ClippedAdam(params.values(), lr=lr, betas=(beta1, 0.999), clip_norm=clip_norm or 10.0))
     clip = clip_norm if optimizer == "adam" else None
-    state = (AdversarialState(model_fn, guide_fn, None, params, opt, modules, clip, averager,
-                              critic=getattr(model, "discriminator", None), objective=loss) if adversarial
+    state = (loss.make_state(model, model_fn, guide_fn, params, opt, modules, clip, averager) if own_state
              else SVIState(model_fn, guide_fn, objective, params, opt, modules, clip, averager))
     run = SVILoop(state, model, train_t, epochs, batch_size, seed, _lr_at(lr_schedule, lr, epochs, lr_gamma),
               getattr(loss, "set_epoch", None), transform)

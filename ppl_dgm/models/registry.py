@@ -187,9 +187,10 @@ def families_with(capability: str) -> list[str]:
     return [n for n, f in REGISTRY.items() if getattr(f, capability)]
 
 
-def require(family: Family, capability: str, what: str) -> None:
-    """Refuse ``what`` (e.g. ``"ppl-dgm latent"``) for a family that lacks ``capability``, in one line."""
+def require(family: Family, capability: str, what: str, hint: str = "") -> None:
+    """Refuse ``what`` (e.g. ``"ppl-dgm latent"``) for a family that lacks ``capability``, in one line (ending in
+    ``hint``, if given: what to do instead)."""
     have = family.trainer == "svi" if capability == "svi" else bool(getattr(family, capability))
     if not have:
         raise InputError(f"{what} needs {_PHRASES[capability]} ({', '.join(families_with(capability))}); "
-                         f"got {family.name!r}")
+                         f"got {family.name!r}{'; ' + hint if hint else ''}")
