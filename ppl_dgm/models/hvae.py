@@ -32,11 +32,11 @@ from torch.nn import functional as F
 from ..errors import InputError, check_choice, check_positive_int
 from ..nn import MLP
 from .base import GenerativeModel
-from .options import ObjectiveOptions, SVIOptions, option
+from .options import BackendOptions, ObjectiveOptions, SVIOptions, option
 
 
 @dataclass
-class HVAEConfig(ObjectiveOptions, SVIOptions):
+class HVAEConfig(ObjectiveOptions, SVIOptions, BackendOptions):
     """Fit options of ``hvae``: the Monte Carlo ELBO by default (each layer's KL is a log-ratio, see above)."""
 
     objective: Literal["analytic", "elbo", "iwae"] = option(

@@ -196,6 +196,15 @@ class ObjectiveOptions(FitOptions):
 
 
 @dataclass
+class BackendOptions(FitOptions):
+    """Which implementation trains the family: its Pyro model-guide pair, or its NumPyro twin under ``jax.jit``."""
+
+    backend: Literal["pyro", "numpyro"] = option(
+        "pyro", "pyro (PyTorch) or numpyro (JAX, jit-compiled SVI; MLP networks; vae, cvae, hvae); the run "
+        "directory and every command are the same.", role="backend")
+
+
+@dataclass
 class EMOptions(FitOptions):
     """Options of EM (course notes, EM section): stopping rule and precision."""
 

@@ -33,7 +33,7 @@ from ..data import Dataset
 from ..errors import InputError, check_choice, check_positive_int
 from ..nn import MLP, ConvDecoder28, ConvEncoder28
 from .base import GenerativeModel
-from .options import ObjectiveOptions, SVIOptions, option
+from .options import BackendOptions, ObjectiveOptions, SVIOptions, option
 
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned", "continuous-bernoulli")
 ARCHS = ("mlp", "conv")
@@ -41,7 +41,7 @@ Likelihood = Literal["bernoulli", "gaussian", "gaussian-learned", "continuous-be
 
 
 @dataclass
-class VAEConfig(ObjectiveOptions, SVIOptions):
+class VAEConfig(ObjectiveOptions, SVIOptions, BackendOptions):
     """Fit options of ``vae`` and ``ae`` (and, with a label count, ``cvae``)."""
 
     latent_dim: int = option(8, "K, the size of z.", min=1)
@@ -53,8 +53,9 @@ class VAEConfig(ObjectiveOptions, SVIOptions):
 
     def resolve(self, ds: Dataset) -> VAEConfig:
         out = super().resolve(ds)
-        if out.arch == "auto":
-            out.arch = "conv" if tuple(ds.shape) in ((28, 28), (1, 28, 28)) else "mlp"
+        if out.arch == "auto":  # the NumPyro twin's networks are MLPs
+            image28 = tuple(ds.shape) in ((28, 28), (1, 28, 28))
+            out.arch = "conv" if image28 and out.backend == "pyro" else "mlp"
         return out
 
 

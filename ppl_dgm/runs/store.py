@@ -34,6 +34,7 @@ from ..data.images import load_array_file
 from ..errors import CheckpointError, InputError
 from ..inference.checkpoint import BEST_NAME, CHECKPOINT_NAME, load_checkpoint, load_model_state, save_checkpoint
 from ..models import REGISTRY, Family, GenerativeModel
+from ..numpyro.inference import checkpoint as npz
 from ..utils import atomic_write_json, ensure_writable_dir, resolve_device
 
 RUN_FORMAT = "ppl_dgm.run/2"
@@ -280,11 +281,16 @@ def load_run(run_dir: str | Path, device: str = "cpu", checkpoint: Literal["last
     cfg = read_config(run_dir)
     family = REGISTRY[cfg["family"]]
     model = family.model.from_config(cfg["model"])
+    if cfg["train"].get("backend") == "numpyro":  # a NumPyro fit: its weights, under torch names, in an .npz
+        name = {CHECKPOINT_NAME: npz.CHECKPOINT_NPZ, BEST_NAME: npz.BEST_NPZ}[name]
     ckpt = Path(run_dir) / name
     if checkpoint == "best" and not ckpt.is_file():
-        raise CheckpointError(f"{run_dir} has no {BEST_NAME} (only runs fitted by SVI with held-out data keep one); "
+        raise CheckpointError(f"{run_dir} has no {name} (only runs fitted by SVI with held-out data keep one); "
                               f"use the last checkpoint")
-    state = load_checkpoint(ckpt, family=cfg["family"])
+    if name.endswith(".npz"):
+        state = {"model": {k: torch.from_numpy(v) for k, v in npz.model_state(npz.read(ckpt, cfg["family"])).items()}}
+    else:
+        state = load_checkpoint(ckpt, family=cfg["family"])
     load_model_state(model, state.get("model", {}), str(ckpt))
     model.to(resolve_device(device)).eval()
     return Run(Path(run_dir), family, model, cfg, _history(Path(run_dir) / "history.json"), name)
@@ -331,7 +337,8 @@ def default_out_dir(family: str, data: DataSpec, root: str = "runs") -> Path:
     return out
 
 
-RUN_FILES = ("config.json", CHECKPOINT_NAME, BEST_NAME, "history.json", "diagnostics.json", "posterior.nc")
+RUN_FILES = ("config.json", CHECKPOINT_NAME, BEST_NAME, npz.CHECKPOINT_NPZ, npz.BEST_NPZ, "history.json",
+             "diagnostics.json", "posterior.nc")
 
 
 def out_dir_for(out: str | Path | None, family: str, data: DataSpec) -> Path:
@@ -381,7 +388,7 @@ def run_lock(path: Path):
     try:
         yield path
     except BaseException:
-        if top is not None and not (path / CHECKPOINT_NAME).exists():
+        if top is not None and not any((path / c).exists() for c in (CHECKPOINT_NAME, npz.CHECKPOINT_NPZ)):
             shutil.rmtree(top, ignore_errors=True)
         raise
     finally:

@@ -16,6 +16,7 @@ from ..inference import AdversarialObjective, fit_svi, make_objective
 from ..inference.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from ..models import Family, GenerativeModel, get_family
 from ..models.options import FitOptions
+from ..numpyro.inference.checkpoint import CHECKPOINT_NPZ as NUMPYRO_CHECKPOINT
 from ..utils import atomic_write_json, resolve_device, seed_everything, set_threads
 from .store import DataSpec, Run, clear_run, load_run, out_dir_for, read_config, run_config, run_lock
 
@@ -52,8 +53,9 @@ def _resumed(family: Family, out: str | Path | None, epochs: int | None):
         raise InputError(f"--resume: {out} holds a {cfg['family']!r} run; got `fit {family.name}`")
     if family.trainer not in ("svi", "ml", "adversarial"):
         raise InputError(f"--resume: {family.name} is fitted by {family.trainer} in one call; fit it into a new --out")
-    if not (Path(out) / CHECKPOINT_NAME).is_file():
-        raise InputError(f"--resume: expected {Path(out) / CHECKPOINT_NAME} to continue from; found none "
+    name = NUMPYRO_CHECKPOINT if cfg["train"].get("backend") == "numpyro" else CHECKPOINT_NAME
+    if not (Path(out) / name).is_file():
+        raise InputError(f"--resume: expected {Path(out) / name} to continue from; found none "
                          f"(pass --overwrite to fit again from the start)")
     options = family.config.from_stored(cfg["train"])
     if epochs is not None:
@@ -94,15 +96,60 @@ def train_run(family: str | Family, options: FitOptions, data: DataSpec, *, out:
     seed_everything(data.seed)  # the initial weights follow the seed
     model = family.model(**model_cfg)
     check_data(model, ds, model_cfg)
+    numpyro = getattr(options, "backend", "pyro") == "numpyro"
+    twin = numpyro_twin(family.name, model_cfg, data.seed, options) if numpyro else None  # or a one-line refusal
     loss = objective_for(options, model)  # built before anything is written: bad combinations are refused
     set_threads(threads, n_params=sum(p.numel() for p in model.parameters()), device=device)
     with run_lock(out_path):
         clear_run(out_path, resume, overwrite)
-        config = run_config(model, data, ds, {**options.values("train"), **options.values("objective")})
+        config = run_config(model, data, ds, {**options.values("train"), **options.values("objective"),
+                                              **options.values("backend")})
         atomic_write_json(out_path / "config.json", config)
-        echo(f"{family.name}: {ds.summary()}; writing {out_path}")
+        echo(f"{family.name}: {ds.summary()}; writing {out_path}{' (NumPyro backend)' if numpyro else ''}")
+        if numpyro:
+            return _fit_numpyro(family, twin, options, ds, data.seed, out_path, resume, device, progress, echo)
         return _fit_svi(family, model, loss, options, ds, data.seed, out_path, config, resume, device, progress,
                         echo)
+
+
+def numpyro_twin(family: str, model_cfg: dict, seed: int, options: FitOptions):
+    """The NumPyro twin of ``family`` built from the Pyro model's constructor arguments (imports JAX); its
+    objective is checked here, before anything is written."""
+    from ..numpyro.inference.svi import make_loss
+    from ..numpyro.models import twin_class
+
+    twin = twin_class(family)(**model_cfg, seed=seed)
+    o = options.values("objective")
+    make_loss(o["objective"], o["particles"], twin, o["free_bits"])
+    return twin
+
+
+def load_twin(run: Run):
+    """``(twin, params)``: the NumPyro twin of a fitted vae/cvae/hvae run (either backend; MLP networks) with the
+    run's weights, for JAX-side work (``twin.sample``, :func:`ppl_dgm.export.svi_to_inference_data`)."""
+    cfg = run.config
+    twin = numpyro_twin(run.family.name, cfg["model"], cfg["data"]["seed"], run.family.config.from_stored(cfg["train"]))
+    return twin, twin.params_from_torch(run.model.state_dict())
+
+
+def _fit_numpyro(family, twin, options, ds, seed, out_path, resume, device, progress, echo) -> Run:
+    """``--backend numpyro``: the twin trained by NumPyro's SVI under jit into the same run directory."""
+    from ..numpyro.inference.svi import fit
+
+    if device != "cpu":
+        echo("--backend numpyro runs on JAX's default device (CPU here); --device applies to the Pyro backend")
+    train, objective = options.values("train"), options.values("objective")
+    y = (lambda t: None if t is None else t.numpy()) if twin.conditional else (lambda t: None)
+    _, history = fit(twin, ds.x_train.numpy(), y(ds.y_train), ds.x_test.numpy() if len(ds.x_test) else None,
+                     y(ds.y_test), **objective, epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
+                     optimizer=train["optimizer"], lr_schedule_name=train["lr_schedule"], clip_norm=train["clip_norm"],
+                     checkpoint_every=train["checkpoint_every"], held_out_examples=train["held_out_examples"],
+                     seed=seed, binarize=ds.binarize == "dynamic", out_dir=out_path, resume=resume, progress=progress)
+    if history:
+        last = history[-1]
+        echo(f"done: epoch {last['epoch']}, train objective {last['train_elbo']:.3f}, held-out ELBO "
+             f"{last.get('test_elbo', float('nan')):.3f} nats/example; run dir {out_path}")
+    return load_run(out_path, device=device)
 
 
 def _fit_svi(family, model, loss, options, ds, seed, out_path, config, resume, device, progress, echo) -> Run:
