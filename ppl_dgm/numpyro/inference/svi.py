@@ -194,13 +194,26 @@ def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str
         state, history = ckpt.restore(out / ckpt.CHECKPOINT_NPZ, state, twin)
     warm = KLWarmup(warmup_epochs)
 
-    @jax.jit
-    def step(state, x_all, y_all, idx, w, bin_key):
+    def update(state, x_all, y_all, idx, w, t):
+        """One SVI step on the rows ``idx``; ``t`` (the global step) seeds the dynamic binarization."""
         xb = x_all[idx]
         if binarize:
-            xb = jax.random.bernoulli(bin_key, xb).astype(xb.dtype)
-        yb = None if y_all is None else y_all[idx]
-        return svi.update(state, xb, yb, kl_weight=w)
+            xb = jax.random.bernoulli(jax.random.fold_in(bin_key, t), xb).astype(xb.dtype)
+        return svi.update(state, xb, None if y_all is None else y_all[idx], kl_weight=w)
+
+    @jax.jit
+    def epoch_steps(state, x_all, y_all, idx, w, t0):
+        """The full minibatches of an epoch, ``idx`` of shape (S, B), in one compiled scan; the summed loss."""
+        def body(carry, inp):
+            state, total = carry
+            idx_s, t = inp
+            state, loss = update(state, x_all, y_all, idx_s, w, t)
+            return (state, total + loss), None
+        (state, total), _ = jax.lax.scan(body, (state, jnp.float32(0.0)), (idx, t0 + jnp.arange(idx.shape[0])))
+        return state, total
+
+    step = jax.jit(update)  # the last, smaller minibatch
+    full = n // batch_size
 
     bar = _bar(progress, (epochs - len(history)) * steps)
     test_rows = None if x_test is None or not len(x_test) else slice(0, held_out_examples or len(x_test))
@@ -210,12 +223,14 @@ def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str
         w = jnp.float32(beta * warm(epoch))
         perm = np.random.default_rng([seed, epoch]).permutation(n)
         total = jnp.float32(0.0)
-        for s in range(steps):
-            idx = jnp.asarray(perm[s * batch_size:(s + 1) * batch_size])
-            state, loss = step(state, x_train, y_train, idx, w, jax.random.fold_in(bin_key, epoch * steps + s))
+        if full:
+            state, total = epoch_steps(state, x_train, y_train, jnp.asarray(perm[:full * batch_size]).reshape(full, -1),
+                                       w, epoch * steps)
+        if full < steps:
+            state, loss = step(state, x_train, y_train, jnp.asarray(perm[full * batch_size:]), w, epoch * steps + full)
             total = total + loss
-            if bar is not None:
-                bar.update(1)
+        if bar is not None:
+            bar.update(steps)
         train_elbo = -float(total) / n
         params = svi.get_params(state)
         if not math.isfinite(train_elbo):

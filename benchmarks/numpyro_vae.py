@@ -1,0 +1,125 @@
+"""The NumPyro backend of the VAE against plain PyTorch and the Pyro path, and both backends' held-out ELBOs.
+
+``speed``: one epoch of a VAE 784-400-20 (MLP, Bernoulli, analytic KL), batch 128, Adam(lr=1e-3), on Fashion-MNIST
+binarized once (random binary vectors if it is absent), three ways in one process, alternating, ``--repeats``
+times: the hand-written PyTorch loop of ``svi_overhead.py``, ``fit_svi`` (the Pyro family), and the package's NumPyro
+loop (``ppl_dgm.numpyro.inference.svi.fit``: ``SVI.update`` under ``jax.jit``, minibatch gather inside the compiled
+step, loss read once per epoch).  The NumPyro time is its second epoch's (the first compiles).  Goal: NumPyro at least
+1.6x faster per step than plain PyTorch.
+
+``parity``: ``vae``, ``cvae`` and ``hvae`` at their defaults on digits (300 epochs, dynamic binarization), fitted by
+``train_run`` with ``backend="pyro"`` and ``"numpyro"``; held-out ELBO and IWAE (k = 1000) by ``evaluate_run`` (both
+runs load into the Pyro family).  Goal: within 1 nat.
+
+    python benchmarks/numpyro_vae.py [--only speed|parity] [--repeats 5] [--threads 2]
+
+Writes benchmarks/results/numpyro_vae.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from svi_overhead import load_data, plain_epoch, svi_epoch
+
+from ppl_dgm import VAE
+from ppl_dgm.models import get_family
+from ppl_dgm.runs import DataSpec, evaluate_run, train_run
+
+OUT = Path(__file__).resolve().parent / "results" / "numpyro_vae.json"
+
+
+def numpyro_epoch(x: np.ndarray, batch_size: int, seed: int) -> float:
+    """Seconds of the second epoch of the package's NumPyro loop (the first one compiles)."""
+    from ppl_dgm.numpyro.models.vae import VAE as TwinVAE
+    from ppl_dgm.numpyro.inference.svi import fit
+
+    twin = TwinVAE(784, latent_dim=20, hidden=(400,), seed=seed)
+    _, history = fit(twin, x, epochs=2, batch_size=batch_size, lr=1e-3, seed=seed, progress=False)
+    return history[1]["seconds"]
+
+
+def speed(repeats: int, batch_size: int) -> dict:
+    x, source = load_data(60_000)
+    x_np = x.numpy()
+    times: dict[str, list[float]] = {"plain": [], "fit_svi": [], "numpyro": []}
+    for r in range(repeats):
+        torch.manual_seed(r)
+        times["plain"].append(plain_epoch(VAE(784, latent_dim=20, hidden=[400]), x, batch_size, r))
+        torch.manual_seed(r)
+        times["fit_svi"].append(svi_epoch(VAE(784, latent_dim=20, hidden=[400]), x, batch_size, r, progress=False))
+        times["numpyro"].append(numpyro_epoch(x_np, batch_size, r))
+        print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
+    steps = -(-len(x) // batch_size)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    paired = [p / n for p, n in zip(times["plain"], times["numpyro"])]
+    return {"data": source, "n": len(x), "batch_size": batch_size, "steps_per_epoch": steps,
+            "network": "784-400-20 MLP VAE, Bernoulli, analytic KL", "seconds_all_repeats": times,
+            "ms_per_step": {k: round(1000 * v / steps, 3) for k, v in med.items()},
+            "speedup_numpyro_over_plain": round(med["plain"] / med["numpyro"], 3),
+            "median_of_paired_speedups": round(statistics.median(paired), 3),
+            "ratio_fit_svi_over_plain": round(med["fit_svi"] / med["plain"], 3), "goal": "speedup >= 1.6"}
+
+
+def parity() -> dict:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("vae", "cvae", "hvae"):
+            family = get_family(name)
+            for backend in ("pyro", "numpyro"):
+                t0 = time.perf_counter()
+                run = train_run(family, family.config(backend=backend), DataSpec("digits", binarize="dynamic"),
+                                out=Path(tmp) / f"{name}-{backend}", progress=False, echo=lambda m: None)
+                seconds = time.perf_counter() - t0
+                torch.manual_seed(0)
+                res = evaluate_run(run, *run.eval_data()[:2], iwae_k=1000)
+                rows.append({"family": name, "backend": backend, "epochs": run.history[-1]["epoch"],
+                             "fit_seconds": round(seconds, 1), "heldout_elbo": round(res["elbo"], 3),
+                             "heldout_iwae_1000": round(res["log_likelihood"], 3)})
+                print(rows[-1], flush=True)
+    for name in ("vae", "cvae", "hvae"):
+        a, b = (next(r for r in rows if r["family"] == name and r["backend"] == k) for k in ("pyro", "numpyro"))
+        b["elbo_minus_pyro"] = round(b["heldout_elbo"] - a["heldout_elbo"], 3)
+    return {"data": "digits (1,438 train / 359 held out), defaults (300 epochs, dynamic binarization)", "rows": rows,
+            "goal": "|ELBO(numpyro) - ELBO(pyro)| < 1 nat"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=("speed", "parity"), default=None)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (XLA uses its own pool)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import jax
+
+    result = json.loads(OUT.read_text()) if OUT.exists() else {}
+    load0 = os.getloadavg()
+    if args.only in (None, "speed"):
+        result["speed"] = speed(args.repeats, args.batch_size)
+    if args.only in (None, "parity"):
+        result["parity"] = parity()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    result["machine"] = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "jax": jax.__version__,
+                         "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+                         "load_average_start_end": [round(load0[0], 2), round(os.getloadavg()[0], 2)]}
+    result["command"] = "python benchmarks/numpyro_vae.py" + (f" --only {args.only}" if args.only else "")
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    if "speed" in result:
+        s = result["speed"]
+        print(f"ms/step {s['ms_per_step']}; NumPyro speed-up over plain PyTorch {s['speedup_numpyro_over_plain']} "
+              f"(goal >= 1.6); fit_svi / plain {s['ratio_fit_svi_over_plain']}")
+
+
+if __name__ == "__main__":
+    main()
