@@ -40,8 +40,8 @@ OUT = Path(__file__).resolve().parent / "results" / "numpyro_vae.json"
 
 def numpyro_epoch(x: np.ndarray, batch_size: int, seed: int) -> float:
     """Seconds of the second epoch of the package's NumPyro loop (the first one compiles)."""
-    from ppl_dgm.numpyro.models.vae import VAE as TwinVAE
     from ppl_dgm.numpyro.inference.svi import fit
+    from ppl_dgm.numpyro.models.vae import VAE as TwinVAE
 
     twin = TwinVAE(784, latent_dim=20, hidden=(400,), seed=seed)
     _, history = fit(twin, x, epochs=2, batch_size=batch_size, lr=1e-3, seed=seed, progress=False)

@@ -202,6 +202,8 @@ class BackendOptions(FitOptions):
     backend: Literal["pyro", "numpyro"] = option(
         "pyro", "pyro (PyTorch) or numpyro (JAX, jit-compiled SVI; MLP networks; vae, cvae, hvae); the run "
         "directory and every command are the same.", role="backend")
+    jax_devices: int = option(1, "--backend numpyro: shard each minibatch over N JAX devices (data parallel; "
+                              "parameters replicated).", role="backend", min=1)
 
 
 @dataclass

@@ -97,6 +97,10 @@ def train_run(family: str | Family, options: FitOptions, data: DataSpec, *, out:
     model = family.model(**model_cfg)
     check_data(model, ds, model_cfg)
     numpyro = getattr(options, "backend", "pyro") == "numpyro"
+    if not numpyro and getattr(options, "jax_devices", 1) > 1:
+        raise InputError(f"--jax-devices shards the NumPyro backend's minibatches; expected --backend numpyro (the "
+                         f"Pyro backend scales out with torchrun, docs/scaling.md); got --jax-devices "
+                         f"{options.jax_devices} with --backend pyro")
     twin = numpyro_twin(family.name, model_cfg, data.seed, options) if numpyro else None  # or a one-line refusal
     loss = objective_for(options, model)  # built before anything is written: bad combinations are refused
     set_threads(threads, n_params=sum(p.numel() for p in model.parameters()), device=device)
@@ -119,6 +123,10 @@ def numpyro_twin(family: str, model_cfg: dict, seed: int, options: FitOptions):
     from ..numpyro.models import twin_class
 
     twin = twin_class(family)(**model_cfg, seed=seed)
+    if getattr(options, "jax_devices", 1) > 1:
+        from ..numpyro.inference.svi import data_parallel
+
+        data_parallel(options.jax_devices, options.batch_size)  # refuses more devices than JAX sees
     o = options.values("objective")
     make_loss(o["objective"], o["particles"], twin, o["free_bits"])
     return twin
@@ -144,7 +152,8 @@ def _fit_numpyro(family, twin, options, ds, seed, out_path, resume, device, prog
                      y(ds.y_test), **objective, epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
                      optimizer=train["optimizer"], lr_schedule_name=train["lr_schedule"], clip_norm=train["clip_norm"],
                      checkpoint_every=train["checkpoint_every"], held_out_examples=train["held_out_examples"],
-                     seed=seed, binarize=ds.binarize == "dynamic", out_dir=out_path, resume=resume, progress=progress)
+                     seed=seed, binarize=ds.binarize == "dynamic", out_dir=out_path, resume=resume, progress=progress,
+                     devices=options.jax_devices)
     if history:
         last = history[-1]
         echo(f"done: epoch {last['epoch']}, train objective {last['train_elbo']:.3f}, held-out ELBO "

@@ -156,7 +156,8 @@ def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str
         beta: float = 1.0, warmup_epochs: int = 0, free_bits: float = 0.0, epochs: int = 50, batch_size: int = 128,
         lr: float = 1e-3, optimizer: str = "adam", lr_schedule_name: str = "constant", clip_norm: float | None = None,
         checkpoint_every: int = 10, held_out_examples: int | None = None, seed: int = 0, binarize: bool = False,
-        out_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> tuple[dict, list[dict]]:
+        out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+        devices: int = 1) -> tuple[dict, list[dict]]:
     """Fit ``twin`` by NumPyro's SVI under ``jit``; returns ``(params, history)``.
 
     Parameters
@@ -171,6 +172,9 @@ def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str
         Dynamic binarization: x ~ Bernoulli(grey level) afresh in every step (inside the compiled step).
     out_dir : path, optional
         Where ``checkpoint.npz``, ``best.npz`` and ``history.json`` go; ``resume`` continues from its checkpoint.
+    devices : int
+        Data parallelism over this many JAX devices (:func:`data_parallel`): each minibatch is sharded over them
+        along its rows, the parameters and optimizer state are replicated, and XLA all-reduces the gradient.
 
     The history has the Pyro loop's records: ``epoch``, ``train_elbo`` (mean objective per example), ``lr``,
     ``seconds`` and, with held-out rows, ``test_elbo``, ``test_reconstruction``, ``test_kl``, ``test_kl_sites``.
@@ -188,18 +192,20 @@ def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str
     key, bin_key, eval_key = jax.random.split(jax.random.PRNGKey(seed), 3)
     terms = jax.jit(lambda p, xb, yb, kb: elbo_terms(twin, p, xb, yb, key=kb))
     state = svi.init(key, x_train[:2], None if y_train is None else y_train[:2])
+    rows, put = data_parallel(devices, batch_size)
     history: list[dict[str, Any]] = []
     out = ensure_writable_dir(out_dir) if out_dir is not None else None
     if resume:
         state, history = ckpt.restore(out / ckpt.CHECKPOINT_NPZ, state, twin)
+    state, x_train, y_train = put(state), put(x_train), put(y_train)
     warm = KLWarmup(warmup_epochs)
 
     def update(state, x_all, y_all, idx, w, t):
         """One SVI step on the rows ``idx``; ``t`` (the global step) seeds the dynamic binarization."""
-        xb = x_all[idx]
+        xb = rows(x_all[idx])
         if binarize:
             xb = jax.random.bernoulli(jax.random.fold_in(bin_key, t), xb).astype(xb.dtype)
-        return svi.update(state, xb, None if y_all is None else y_all[idx], kl_weight=w)
+        return svi.update(state, xb, None if y_all is None else rows(y_all[idx]), kl_weight=w)
 
     @jax.jit
     def epoch_steps(state, x_all, y_all, idx, w, t0):
@@ -259,6 +265,27 @@ def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str
     if bar is not None:
         bar.close()
     return svi.get_params(state), history
+
+
+def data_parallel(devices: int, batch_size: int) -> tuple[Callable, Callable]:
+    """``(rows, put)`` for data parallelism over ``devices`` JAX devices with ``jax.sharding``: ``rows(a)`` constrains
+    a minibatch array inside the compiled step to be split along its first axis over a 1-D mesh ``("data",)``;
+    ``put(tree)`` replicates arrays (parameters, optimizer state, the data) on every device.  With one device both
+    are the identity.  On a CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (set before JAX is
+    imported) makes N host devices."""
+    if devices == 1:
+        return (lambda a: a), (lambda t: t)
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    available = jax.devices()
+    if not isinstance(devices, int) or not 1 <= devices <= len(available):
+        raise InputError(f"devices: expected an integer from 1 to {len(available)} (the {jax.default_backend()} "
+                         f"devices JAX sees); got {devices!r}")
+    if batch_size % devices:
+        raise InputError(f"devices: expected a batch size divisible by {devices} devices; got {batch_size}")
+    mesh = Mesh(np.array(available[:devices]), ("data",))
+    split, replicated = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+    return (lambda a: jax.lax.with_sharding_constraint(a, split)), (lambda t: jax.device_put(t, replicated))
 
 
 def _bar(progress: bool, total: int):
