@@ -162,9 +162,9 @@ def score(run, n: int, sample: dict, cache_dir: Path) -> dict:
 
 
 def reference(run) -> str:
-    """What the samples are compared with: the held-out images, grey or binarized as the run's data were."""
-    src = run.decoder or run
-    b = src.config["data"].get("binarize", "none")
+    """What the samples are compared with: the held-out images, grey or binarized as the run's data were (decoded
+    means E[x | z] of a latent diffusion run or a VQ-VAE prior: grey)."""
+    b = "none" if run.decoder is not None else run.config["data"].get("binarize", "none")
     return "grey" if b == "none" else f"binary ({b})"
 
 
@@ -207,6 +207,7 @@ def markdown(res: dict) -> str:
                    "| - | - | - | - |")
     out += ["", *[f"- {n}" for n in res["notes"]], "", "Budgets (label: family, what differs from its defaults):", ""]
     out += [f"- **{k}** ({b['family']}): {b['note']}" for k, b in res["budgets"].items()]
+    out += [f"- not in this table: **{k}**: {why}" for k, why in res.get("skipped", {}).items()]
     if "full_estimate" in res:
         e = res["full_estimate"]
         out += ["", f"Estimated CPU cost of the full table from this quick run: {e['total_cpu_hours']:.2f} CPU hours; "
@@ -223,6 +224,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="append", default=[], metavar="LABEL=RUN_DIR", help="score this run as LABEL")
     ap.add_argument("--only", default=None, help="comma-separated labels: fit and score these, write no table")
     ap.add_argument("--quick", action="store_true", help=f"1 epoch per method, N = {N_QUICK}, *_quick files")
+    ap.add_argument("--skip", action="append", default=[], metavar="LABEL=REASON",
+                    help="leave LABEL out of the table (the reason is written beside it)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     budgets, suffix = BUDGETS[args.dataset], "_quick" if args.quick else ""
@@ -231,7 +234,10 @@ def main() -> None:
     reuse = dict(r.split("=", 1) for r in args.reuse)
     if bad := set(reuse) - set(budgets):
         ap.error(f"--reuse: unknown labels {sorted(bad)}; expected among {sorted(budgets)}")
-    only = set(args.only.split(",")) if args.only else set(budgets)
+    skipped = dict(r.split("=", 1) if "=" in r else (r, "not run") for r in args.skip)
+    if bad := set(skipped) - set(budgets):
+        ap.error(f"--skip: unknown labels {sorted(bad)}; expected among {sorted(budgets)}")
+    only = set(args.only.split(",")) if args.only else set(budgets) - set(skipped)
     only |= {budgets[k]["of"] for k in only if budgets[k]["of"]}  # an encoder run before what is fitted on it
     runs_dir, runs, rows = RUNS / (args.dataset + suffix), {}, []
     for label, spec in budgets.items():
@@ -258,7 +264,7 @@ def main() -> None:
     ds = DataSpec(args.dataset).load()
     res = {"title": f"Sample quality on {args.dataset}, N = {n}" + (" (quick: 1 epoch each)" if args.quick else ""),
            "command": cmd, "n": n, "seed": SEED, "threads": 1, "quick": args.quick, "rows": rows, "floors": floors,
-           "budgets": {k: budgets[k] for k in (r["label"] for r in rows)},
+           "budgets": {k: budgets[k] for k in (r["label"] for r in rows)}, "skipped": skipped,
            "scorer": rows[0]["scorer"] if rows else None, "scorer_test_accuracy": rows[0]["scorer_test_accuracy"],
            "data": f"{ds.summary()}; every figure from `ppl_dgm.runs.sample_quality_run` (`ppl-dgm evaluate RUN "
                    f"--samples {n} --json`): {n} samples against {n} held-out examples (seed {SEED}), in the "
@@ -270,7 +276,7 @@ def main() -> None:
                "Families with a Bernoulli likelihood (vae, ae, hvae, cvae, vqvae), and fvsbn and pixelcnn, are fitted "
                "on binarized images: their samples are binary draws and are compared with held-out images binarized "
                "the same way (the `binary` floor); ldm and vqvae+pixelcnn decode grey means E[x | z] and are "
-               "compared with the binarized images of their encoder run; the others are compared with grey images.",
+               "compared with the grey held-out images, as the others are.",
                "confidence: the mean over samples of max_y p(y | x) under the scorer (the floor row: the held-out "
                "examples'). samples/s: wall seconds of drawing N samples (one thread, shared machine).",
                "Train CPU s: process CPU seconds of the whole fit (with its held-out pass per epoch); '-' for runs "

@@ -128,7 +128,8 @@ def sample_quality_run(run: Run, n: int, *, scorer: Run | None = None, seed: int
 
     Images are scored in the features of ``scorer`` (default :func:`scorer_for` the run's data, trained on first
     use); vector data in their raw coordinates unless a ``scorer`` is given.  A latent diffusion run or a
-    VQ-VAE's prior is scored on its decoded images against its encoder run's data.  Samples of images are
+    VQ-VAE's prior is scored on its decoded images (grey means E[x | z]) against its encoder run's held-out images as
+    grey levels (however that run binarized them for training).  Samples of images are
     clipped to [0, 1].  ``sample_options`` go to :func:`ppl_dgm.runs.sample_run` (``sampler``, ``steps``, ...).
 
     Returns
@@ -143,6 +144,10 @@ def sample_quality_run(run: Run, n: int, *, scorer: Run | None = None, seed: int
     require(run.family, "generative", "ppl-dgm evaluate --samples")
     src = run.decoder or run                   # decoded samples are compared with the encoder run's images
     x_all, y_all, name = src.eval_data()
+    grey = run.decoder is not None             # ... as grey levels: a decoded mean E[x | z] is a grey image
+    if grey:
+        plain = DataSpec.from_config({**src.config["data"], "binarize": "none"}).load()
+        x_all, y_all = plain.x_test, plain.y_test
     if isinstance(n, bool) or not isinstance(n, int) or not k < n <= len(x_all):
         raise InputError(f"--samples: expected an integer in {k + 1}..{len(x_all)} (as many held-out examples of "
                          f"{name} as samples, more than k={k}); got {n!r}")
@@ -162,7 +167,8 @@ def sample_quality_run(run: Run, n: int, *, scorer: Run | None = None, seed: int
     if image:
         fake = fake.clamp(0, 1)
     data = src.config["data"]
-    train = apply_binarize_to(src.dataset().x_train, data.get("binarize", "none"), data["seed"] + 1, name)
+    train = plain.x_train if grey else apply_binarize_to(src.dataset().x_train, data.get("binarize", "none"),
+                                                         data["seed"] + 1, name)
     out = {"run": str(run.path), "family": run.family.name, "data": name, "samples_per_second": n / seconds,
            "sample_seconds": seconds, "checkpoint": run.checkpoint,
            **sample_quality(None if scorer is None else scorer.model, real, fake, train, k=k,
