@@ -6,7 +6,8 @@ For a minibatch ``x`` (notes 002, the ELBO derivation),
 
 is read from two Pyro traces: the guide's trace (the draws z and log q) and the
 model's trace replayed on those draws (log p(x, z)).  :func:`trace_pair` makes
-the two; :func:`sample_sites` walks their sample sites; :func:`data_frame` and
+the two (:func:`site_pair` is its lean twin for the training objectives: the sample sites only, no Pyro
+``Trace`` graph); :func:`sample_sites` walks their sample sites; :func:`data_frame` and
 :func:`plate_size` find the ``"data"`` plate (one row per example);
 :func:`per_row_log_prob` sums a trace's log-densities per example, and
 :func:`importance_log_weights` gives log w for k draws per example (the IWAE
@@ -21,6 +22,7 @@ from typing import NamedTuple
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from ..errors import InputError
@@ -28,10 +30,10 @@ from ..utils import DATA_PLATE
 
 
 class TracePair(NamedTuple):
-    """A guide trace and the model trace replayed on its draws."""
+    """A guide trace and the model trace replayed on its draws (Pyro traces, or :class:`SampleSites`)."""
 
-    guide: poutine.Trace
-    model: poutine.Trace
+    guide: poutine.Trace | SampleSites
+    model: poutine.Trace | SampleSites
 
 
 def trace_pair(model: Callable, guide: Callable, *args, **kwargs) -> TracePair:
@@ -45,6 +47,58 @@ def trace_pair(model: Callable, guide: Callable, *args, **kwargs) -> TracePair:
     guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
     model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
     return TracePair(guide_tr, model_tr)
+
+
+class SampleSites:
+    """The sample sites of one run of a program, by name in program order (``.nodes``, as a Pyro ``Trace`` has them).
+
+    What :func:`site_pair` returns: enough for :func:`sample_sites`, :func:`data_frame`, :func:`per_row_log_prob`
+    and the ELBO estimators; no ``param`` sites, no graph.  Plates' subsample sites are kept (the model replays the
+    guide's subsample) and left out by :func:`sample_sites`, as for a ``Trace``.
+    """
+
+    __slots__ = ("nodes",)
+
+    def __init__(self):
+        self.nodes: dict[str, dict] = {}
+
+
+class _SiteRecorder(Messenger):
+    """Records the sample sites of a run into :class:`SampleSites`, replaying the latent values of ``replay``
+    if given: ``poutine.trace(poutine.replay(fn, trace=replay))`` without the ``Trace`` bookkeeping."""
+
+    def __init__(self, replay: SampleSites | None = None):
+        super().__init__()
+        self.sites, self.replay = SampleSites(), None if replay is None else replay.nodes
+
+    def _pyro_sample(self, msg) -> None:
+        if self.replay is None or msg["is_observed"] or msg["name"] not in self.replay:
+            return
+        site = self.replay[msg["name"]]
+        if site["is_observed"]:
+            raise RuntimeError(f"site {msg['name']} must be sampled in trace")
+        msg["done"], msg["value"], msg["infer"] = True, site["value"], site["infer"]
+
+    def _pyro_post_sample(self, msg) -> None:
+        if msg["infer"].get("_do_not_trace"):
+            return
+        if msg["name"] in self.sites.nodes:
+            raise RuntimeError(f"Multiple sample sites named '{msg['name']}'")
+        self.sites.nodes[msg["name"]] = msg.copy()
+
+
+def site_pair(model: Callable, guide: Callable, *args, **kwargs) -> TracePair:
+    """:func:`trace_pair` for the training objectives: the same draws and sites, recorded as :class:`SampleSites`.
+
+    Cheaper than Pyro's tracer (no ``Trace`` graph, no input and return nodes, one handler for replay and
+    record); a duplicate site name is still refused.  Sites are the messages Pyro hands to its handlers
+    (``fn``, ``value``, ``scale``, ``mask``, ``cond_indep_stack``, ``infer``, ``is_observed``), as in a ``Trace``.
+    """
+    with _SiteRecorder() as g:
+        guide(*args, **kwargs)
+    with _SiteRecorder(g.sites) as m:
+        model(*args, **kwargs)
+    return TracePair(g.sites, m.sites)
 
 
 def sample_sites(trace: poutine.Trace) -> Iterator[tuple[str, dict]]:
@@ -111,7 +165,7 @@ def log_weights(model: Callable, guide: Callable, args: tuple, k: int, *, requir
         raise InputError("importance weights need per-example tensors as positional arguments; got none")
     n = args[0].shape[0]
     rep = tuple(a.repeat((k,) + (1,) * (a.dim() - 1)) if isinstance(a, torch.Tensor) else a for a in args)
-    guide_tr, model_tr = trace_pair(model, guide, *rep, **kwargs)
+    guide_tr, model_tr = site_pair(model, guide, *rep, **kwargs)
     log_p = per_row_log_prob(model_tr, k * n, require_rsample=False)
     log_q = per_row_log_prob(guide_tr, k * n, require_rsample=require_rsample)
     return (log_p - log_q).reshape(k, n)

@@ -176,6 +176,9 @@ class SVIOptions(FitOptions):
     checkpoint_every: int = option(10, "Save a checkpoint every N epochs (and at the end).", role="train", min=1)
     held_out_examples: int | None = option(None, "Score the first N held-out examples after each epoch (default "
                                            "all; `evaluate` scores every row).", role="train", min=1)
+    compile_step: bool = option(False, "Record the training step as a graph once and replay it: the same numbers, "
+                                "less Python per step (programs that read tensor values in Python are refused).",
+                                role="train")
 
     def resolve(self, ds: Dataset) -> SVIOptions:
         return dataclasses.replace(self, epochs=self.epochs or (300 if ds.name == "digits" else 50))

@@ -28,6 +28,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from ..errors import InputError, check_choice
 
@@ -104,7 +105,8 @@ class NoiseSchedule(nn.Module):
     def at(self, name: str, t: torch.Tensor | int, like: torch.Tensor, event_dims: int = 1) -> torch.Tensor:
         """Table ``name`` at steps ``t``, shaped ``t.shape + (1,) * event_dims``, in ``like``'s dtype/device."""
         t = torch.as_tensor(t, device=self.betas.device, dtype=torch.long)
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) > self.timesteps):
+        # (not while a training step is recorded as a graph, ppl_dgm.inference.compiled: its steps come from the plate)
+        if t.numel() and get_proxy_mode() is None and (int(t.min()) < 0 or int(t.max()) > self.timesteps):
             raise InputError(f"expected steps t in 0..{self.timesteps}; got values in {int(t.min())}..{int(t.max())}")
         v = getattr(self, name)[t]
         return v.reshape(*t.shape, *(1,) * event_dims).to(device=like.device, dtype=like.dtype)

@@ -1,0 +1,141 @@
+"""Overhead of a DDPM training step through ``fit_svi`` against a plain PyTorch loop, side by side.
+
+The same eps-network (the one ``ppl-dgm fit ddpm`` builds for the data), the same minibatches, the same number of
+(x, t) pairs per step (k steps t for each of the 128 examples of a minibatch) and Adam(lr=1e-3):
+
+- ``plain``: draw k steps t, eps ~ N(0, I), x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps with abar from the
+  float64 schedule, loss (T / k) sum ||eps - eps_theta(x_t, t)||^2 / 2, Adam (Ho et al.'s "simple" loop);
+- ``fit_svi``: ``fit_svi(ddpm, x, epochs=2, progress=False)``: the chain model-guide pair (subsampled plate of k
+  steps, "simple" weighting) under the analytic-KL ELBO;
+- ``fit_svi+compile_step``: the same with the step recorded as a graph (``ppl_dgm.inference.compiled``).
+
+Each run trains two epochs, timed apart: ``epoch1`` includes fit_svi's setup (and the recording of the step),
+``epoch2`` is the steady state, the per-step figure the goal is about.
+
+Three configurations: the 2-D checkerboard (MLP 3 x 128 with coordinate features, k = 8), 8x8 digits (UNet,
+k = 8) and a slice of Fashion-MNIST (UNet, k = 1, as in benchmarks/fashion_ddpm.py).  Each repeat runs every loop
+once, in an order rotated between repeats; the figures are medians of per-repeat ratios to ``plain`` (wall and
+process CPU seconds).  Goal: fit_svi / plain <= 1.15 per training step.
+
+    OMP_NUM_THREADS=1 python benchmarks/ddpm_overhead.py [--threads 1] [--repeats 5] [--only checkerboard,digits]
+                                                         [--fashion-n 1280] [--quick]
+
+Writes ``benchmarks/results/ddpm_overhead.json`` (the machine, the load average at start and end, every repeat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+from svi_overhead import (
+    EPOCHS,
+    OUT,
+    Times,
+    clock,
+    epoch_order,
+    epoch_times,
+    machine,
+    paired,
+    print_table,
+    record_seconds,
+    timed_fit,
+)
+
+from ppl_dgm.data import load_dataset
+from ppl_dgm.models import DDPM
+from ppl_dgm.models.diffusion import DDPMConfig
+
+CONFIGS = {"checkerboard": {"t_per_step": 8, "n": None}, "digits": {"t_per_step": 8, "n": None},
+           "fashion-mnist": {"t_per_step": 1, "n": 1280}}
+
+
+def new_ddpm(ds, t_per_step: int, seed: int) -> DDPM:
+    """The DDPM ``ppl-dgm fit ddpm`` builds for ``ds``, with ``t_per_step`` steps per minibatch."""
+    kw = DDPMConfig(t_per_step=t_per_step).resolve(ds).model_kwargs(ds)
+    torch.manual_seed(seed)
+    return DDPM(**kw)
+
+
+def plain_fit(m: DDPM, x: torch.Tensor, batch_size: int, seed: int) -> Times:
+    """Ho et al.'s loop by hand, on the same network and the same (x, t) pairs per step."""
+    marks = [clock()]
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    T, k, abar = m.timesteps, m.t_per_step, m.schedule.alpha_bars   # float64 table, t = 0..T
+    for epoch in range(EPOCHS):
+        perm = epoch_order(len(x), seed, epoch)
+        for i in range(0, len(x), batch_size):
+            x0 = m.to_model_space(x[perm[i: i + batch_size]])
+            t = (torch.randperm(T)[:k] + 1).reshape(-1, 1)           # k distinct steps in 1..T, (k, 1)
+            a = abar[t].unsqueeze(-1).to(x0.dtype)                   # (k, 1, 1)
+            eps = torch.randn((k, *x0.shape))
+            x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+            loss = ((eps - m.net(x_t, t)) ** 2).sum() * (T / k / 2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            float(loss.detach())
+        marks.append(clock())
+    return epoch_times(marks)
+
+
+def variants(ds, x: torch.Tensor, t_per_step: int, batch_size: int):
+    def fit(**kw):
+        return lambda seed: timed_fit(new_ddpm(ds, t_per_step, seed), x, batch_size=batch_size, lr=1e-3, seed=seed,
+                                      progress=False, **kw)
+
+    return {"plain": lambda seed: plain_fit(new_ddpm(ds, t_per_step, seed), x, batch_size, seed),
+            "fit_svi": fit(), "fit_svi+compile_step": fit(compile_step=True)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--only", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS))
+    ap.add_argument("--fashion-n", type=int, default=CONFIGS["fashion-mnist"]["n"],
+                    help="Fashion-MNIST examples per epoch (the UNet step takes ~1 s on one thread)")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--quick", action="store_true", help="checkerboard only, 2,560 points, 3 repeats (a smoke run)")
+    ap.add_argument("--out", default=str(OUT / "ddpm_overhead.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    only = ["checkerboard"] if args.quick else args.only.split(",")
+    repeats = 3 if args.quick else args.repeats
+    m0 = new_ddpm(load_dataset(only[0]), CONFIGS[only[0]]["t_per_step"], 0)
+    first_record = record_seconds(m0, {"model": m0}, (load_dataset(only[0]).x_train[:args.batch_size],))
+    command = "python benchmarks/ddpm_overhead.py" + (
+        " --quick" if args.quick else f" --threads {args.threads} --repeats {repeats} --only {','.join(only)}")
+    result = {"benchmark": "ddpm_overhead", "command": command,
+              "goal": "fit_svi / plain <= 1.15 per training step", "threads": args.threads, "repeats": repeats,
+              "batch_size": args.batch_size, "machine": machine(), "record_seconds_first_in_process": first_record,
+              "loadavg_start": os.getloadavg(), "configs": {}}
+    for name in only:
+        ds = load_dataset(name)
+        n = 2560 if args.quick else (args.fashion_n if name == "fashion-mnist" else CONFIGS[name]["n"])
+        x = ds.x_train[:n] if n else ds.x_train
+        k = CONFIGS[name]["t_per_step"]
+        m = new_ddpm(ds, k, 0)
+        steps = -(-len(x) // args.batch_size)
+        print(f"-- {name}: {len(x)} examples, {steps} steps of {args.batch_size} x {k} (x, t) pairs; "
+              f"{m.arch} with {sum(p.numel() for p in m.parameters()):,} parameters", flush=True)
+        res = paired(variants(ds, x, k, args.batch_size), repeats)
+        res.update(n=len(x), steps_per_epoch=steps, t_per_step=k, network=m.arch,
+                   parameters=sum(p.numel() for p in m.parameters()),
+                   ms_per_step={v: {e: 1000 * s["wall"] / steps for e, s in by.items()}
+                                for v, by in res["median_seconds"].items()},
+                   record_seconds=record_seconds(m, {"model": m}, (x[:args.batch_size],)))
+        result["configs"][name] = res
+        print_table(res, steps)
+        print(f"recording one step as a graph: {res['record_seconds']:.2f} s", flush=True)
+    result["loadavg_end"] = os.getloadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

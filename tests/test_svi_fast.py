@@ -1,0 +1,210 @@
+"""The fast paths of the SVI step give the numbers of the plain ones: the lean site records against Pyro's traces,
+the fused per-site sums against Pyro's ELBOs, the recorded step (``compile_step``) against the eager one, bit for bit,
+resume included; and the cheap finiteness check of the training data against the exact one."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+from ppl_dgm import VAE, fit_svi, load_dataset
+from ppl_dgm.errors import InputError
+from ppl_dgm.inference import StopTraining, make_objective
+from ppl_dgm.inference.compiled import RecordedLoss
+from ppl_dgm.inference.objectives import AnalyticELBO, MonteCarloELBO, _site_kl_sum, _site_log_prob_sum
+from ppl_dgm.inference.svi import _prepare, collect_params
+from ppl_dgm.inference.traces import sample_sites, scaled_log_prob, site_pair, trace_pair
+from ppl_dgm.models import DDPM
+from ppl_dgm.models.hvae import HVAE
+
+
+def _value_and_grads(loss, module, *args, seed=5):
+    module.zero_grad()
+    torch.manual_seed(seed)
+    value = loss.differentiable_loss(module.model, module.guide, *args)
+    value.backward()
+    return float(value.detach()), torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
+
+
+def test_site_pair_records_what_trace_pair_does_and_replays_the_subsample():
+    """Same draws, same sites; the DDPM's model reuses the guide's subsampled steps t (its plate's subsample site)."""
+    torch.manual_seed(0)
+    m = DDPM(2, timesteps=50, hidden=(8,), t_per_step=3)
+    x = torch.randn(16, 2)
+    torch.manual_seed(1)
+    lean = site_pair(m.model, m.guide, x)
+    torch.manual_seed(1)
+    full = trace_pair(m.model, m.guide, x)
+    for a, b in zip(lean, full):
+        names = [n for n, _ in sample_sites(a)]
+        assert names == [n for n, _ in sample_sites(b)]
+        for n in names:
+            torch.testing.assert_close(a.nodes[n]["value"], b.nodes[n]["value"], rtol=0, atol=0)
+    assert torch.equal(lean.model.nodes["t"]["value"], lean.guide.nodes["t"]["value"])
+    assert torch.equal(lean.model.nodes["x_t"]["value"], lean.guide.nodes["x_t"]["value"])
+
+
+def test_site_pair_refuses_duplicate_sites():
+    def guide(x):
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(RuntimeError, match="Multiple sample sites named 'z'"):
+        site_pair(lambda x: None, guide, torch.zeros(1))
+
+
+def test_analytic_elbo_on_the_diffusion_chain_equals_trace_mean_field():
+    """Masks, tensor scales and a subsampled plate: the generic per-site path, value and gradients."""
+    torch.manual_seed(0)
+    m = DDPM(2, timesteps=50, hidden=(8,), t_per_step=4, loss="simple")
+    x = torch.randn(32, 2)
+    v0, g0 = _value_and_grads(AnalyticELBO(), m, x)
+    v1, g1 = _value_and_grads(pyro.infer.TraceMeanField_ELBO(), m, x)
+    assert v0 == pytest.approx(v1, rel=1e-6)
+    torch.testing.assert_close(g0, g1, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("particles", [1, 3])
+def test_monte_carlo_elbo_fast_path_equals_trace_elbo(particles):
+    torch.manual_seed(0)
+    m = HVAE(20, layers=2, latent_dims=(3, 2), hidden=(16,))
+    x = torch.rand(24, 20).bernoulli()
+    v0, g0 = _value_and_grads(MonteCarloELBO(particles), m, x)
+    v1, g1 = _value_and_grads(pyro.infer.Trace_ELBO(num_particles=particles), m, x)
+    assert v0 == pytest.approx(v1, rel=1e-6)
+    torch.testing.assert_close(g0, g1, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_bernoulli_and_gaussian_terms_match_the_generic_sums():
+    """The one-kernel cross-entropy and KL sums against log_prob / kl_divergence summed per event, then over the
+    batch, also under a scale (as a subsampled plate gives)."""
+    torch.manual_seed(0)
+    vae = VAE(12, 3, [8])
+    x = torch.rand(40, 12).bernoulli()
+    for scale in (1.0, 10.0):
+        torch.manual_seed(2)
+        g_tr, m_tr = site_pair(pyro.poutine.scale(vae.model, scale), pyro.poutine.scale(vae.guide, scale), x)
+        x_site, z_q, z_p = m_tr.nodes["x"], g_tr.nodes["z"], m_tr.nodes["z"]
+        assert x_site["scale"] == scale
+        torch.testing.assert_close(_site_log_prob_sum(x_site), scaled_log_prob(x_site).sum(), rtol=1e-6, atol=1e-4)
+        kl = torch.distributions.kl_divergence(z_q["fn"], z_p["fn"]) * scale
+        torch.testing.assert_close(_site_kl_sum("z", z_q, z_p), kl.sum(), rtol=1e-6, atol=1e-4)
+
+
+def test_finite_check_of_training_data():
+    big = torch.full((4, 3), 3e38)  # finite, but the sum overflows: checked exactly, accepted
+    assert _prepare((big,), torch.device("cpu"), torch.float32, "training")[0].shape == (4, 3)
+    for bad, what in ((float("nan"), "NaN or inf in 1 values"), (float("inf"), "NaN or inf in 1 values")):
+        x = torch.zeros(5, 2)
+        x[3, 1] = bad
+        with pytest.raises(InputError, match=what):
+            _prepare((x,), torch.device("cpu"), torch.float32, "training")
+
+
+# -- compile_step: the recorded step against the eager one ----------------------------------------------------------
+
+def _fit(compile_step, epochs=2, family="vae", out=None, resume=False, callbacks=(), loss=None):
+    torch.manual_seed(0)
+    if family == "vae":
+        ds = load_dataset("digits", binarize="dynamic", seed=0)
+        m = VAE(ds.dim, 3, [16])
+        kw = dict(transform=ds.batch_transform())
+    else:
+        ds = load_dataset("moons", seed=0)
+        m = DDPM(2, timesteps=50, hidden=(16, 16), t_per_step=4)
+        kw = {}
+    res = fit_svi(m, ds.x_train[:230], test=ds.x_test[:60], epochs=epochs, batch_size=50, progress=False,
+                  compile_step=compile_step, out_dir=out, resume=resume, callbacks=callbacks, loss=loss, seed=1,
+                  **kw)
+    return res.history, torch.cat([p.detach().flatten() for p in m.parameters()])
+
+
+@pytest.mark.parametrize("family", ["vae", "ddpm"])
+def test_compile_step_gives_the_eager_numbers(family):
+    """Dynamic binarization, a last minibatch of 30 (run eagerly: it occurs once per epoch), held-out terms."""
+    eager, p_eager = _fit(False, 3, family)
+    recorded, p_recorded = _fit(True, 3, family)
+    assert [(h["train_elbo"], h["test_elbo"]) for h in recorded] == [(h["train_elbo"], h["test_elbo"]) for h in eager]
+    assert torch.equal(p_recorded, p_eager)
+
+
+def test_compile_step_with_warmup_and_iwae():
+    """The KL weight changes every epoch (a recording per weight); IWAE repeats the batch k times."""
+    for name, kw in (("analytic", dict(beta=2.0, warmup_epochs=2)), ("iwae", dict(particles=3))):
+        eager, p0 = _fit(False, 3, loss=make_objective(name, **kw))
+        recorded, p1 = _fit(True, 3, loss=make_objective(name, **kw))
+        assert [h["train_elbo"] for h in recorded] == [h["train_elbo"] for h in eager]
+        assert torch.equal(p0, p1)
+
+
+def test_compile_step_resume_ends_where_uninterrupted_run_ends(tmp_path):
+    full, p_full = _fit(True, 4, out=tmp_path / "a")
+
+    def stop_at_2(epoch, record, model):
+        if epoch == 2:
+            raise StopTraining
+
+    _fit(True, 4, out=tmp_path / "b", callbacks=[stop_at_2])
+    resumed, p_resumed = _fit(True, 4, out=tmp_path / "b", resume=True)
+    assert [h["train_elbo"] for h in resumed] == [h["train_elbo"] for h in full]
+    assert torch.equal(p_resumed, p_full)
+
+
+def test_recorded_loss_records_a_shape_on_its_second_call():
+    torch.manual_seed(0)
+    vae = VAE(10, 2, [8])
+    rec = RecordedLoss(AnalyticELBO(), vae.model, vae.guide, {"model": vae}, collect_params({"model": vae}))
+    x = torch.rand(8, 10).bernoulli()
+    rec(None, None, x)
+    assert list(rec.graphs.values()) == [False]  # first call: eager, nothing recorded
+    rec(None, None, x)
+    assert len(list(rec.graphs.values())[0].graph.nodes) > 10
+
+
+def test_compile_step_refuses_what_a_graph_cannot_hold():
+    x = torch.rand(20, 4)
+
+    class ReadsValues(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(4))
+
+        def model(self, x):
+            with pyro.plate("data", x.shape[0]):
+                loc = self.w if float(x.sum()) > 0 else -self.w   # a Python decision on a tensor's value
+                pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+        def guide(self, x):
+            pass
+
+    with pytest.raises(InputError, match=r"could not be recorded as a graph \(the program reads a tensor.s value in "
+                                         r"Python at test_svi_fast.py:\d+\)"):
+        fit_svi(ReadsValues(), x, epochs=2, batch_size=10, progress=False, compile_step=True)
+
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(4))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    with pytest.raises(InputError, match=r"compile_step needs every trained tensor on a module; got .*loc"):
+        fit_svi(model, x, guide=lambda x: None, epochs=1, progress=False, compile_step=True)
+
+
+def test_cli_compile_step_same_run_or_one_line_refusal(tmp_path, capsys):
+    import json
+
+    from .conftest import run_cli
+
+    tiny = ["--epochs", "2", "--hidden", "8", "--latent-dim", "2", "--quiet"]
+    histories = []
+    for flag in ([], ["--compile-step"]):
+        code, _, _ = run_cli(["fit", "vae", *tiny, *flag, "--out", tmp_path / f"vae{len(flag)}"], capsys)
+        assert code == 0
+        histories.append([h["train_elbo"] for h in json.loads((tmp_path / f"vae{len(flag)}" / "history.json")
+                                                                 .read_text())])
+    assert histories[0] == histories[1]
+    code, _, err = run_cli(["fit", "vqvae", "--epochs", "1", "--hidden", "8", "--n-codes", "4", "--code-dim", "2",
+                            "--compile-step", "--out", tmp_path / "vq"], capsys)
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: compile_step: the training step could not")
+    assert "ppl_dgm/models/vqvae.py:" in err and not (tmp_path / "vq").exists()
