@@ -22,52 +22,46 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from svi_overhead import load_data, plain_epoch, svi_epoch
+from svi_overhead import EPOCHS, load_data, new_vae, paired, plain_fit, timed_fit
 
-from ppl_dgm import VAE
 from ppl_dgm.models import get_family
 from ppl_dgm.runs import DataSpec, evaluate_run, train_run
 
 OUT = Path(__file__).resolve().parent / "results" / "numpyro_vae.json"
 
 
-def numpyro_epoch(x: np.ndarray, batch_size: int, seed: int) -> float:
-    """Seconds of the second epoch of the package's NumPyro loop (the first one compiles)."""
+def numpyro_fit(x: np.ndarray, batch_size: int, seed: int) -> dict:
+    """Seconds per epoch of the package's NumPyro loop, 2 epochs (the first compiles), as svi_overhead's Times:
+    epoch -> (wall, cpu); the cpu figure is the epoch's wall times the whole call's CPU / wall (XLA's threads)."""
     from ppl_dgm.numpyro.inference.svi import fit
     from ppl_dgm.numpyro.models.vae import VAE as TwinVAE
 
-    twin = TwinVAE(784, latent_dim=20, hidden=(400,), seed=seed)
-    _, history = fit(twin, x, epochs=2, batch_size=batch_size, lr=1e-3, seed=seed, progress=False)
-    return history[1]["seconds"]
+    w0, c0 = time.perf_counter(), time.process_time()
+    _, history = fit(TwinVAE(784, latent_dim=20, hidden=(400,), seed=seed), x, epochs=EPOCHS, batch_size=batch_size,
+                     lr=1e-3, seed=seed, progress=False)
+    share = (time.process_time() - c0) / (time.perf_counter() - w0)
+    return {f"epoch{i + 1}": (h["seconds"], h["seconds"] * share) for i, h in enumerate(history)}
 
 
 def speed(repeats: int, batch_size: int) -> dict:
     x, source = load_data(60_000)
     x_np = x.numpy()
-    times: dict[str, list[float]] = {"plain": [], "fit_svi": [], "numpyro": []}
-    for r in range(repeats):
-        torch.manual_seed(r)
-        times["plain"].append(plain_epoch(VAE(784, latent_dim=20, hidden=[400]), x, batch_size, r))
-        torch.manual_seed(r)
-        times["fit_svi"].append(svi_epoch(VAE(784, latent_dim=20, hidden=[400]), x, batch_size, r, progress=False))
-        times["numpyro"].append(numpyro_epoch(x_np, batch_size, r))
-        print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
+    res = paired({"plain": lambda r: plain_fit(new_vae(r), x, batch_size, r),
+                  "fit_svi": lambda r: timed_fit(new_vae(r), x, batch_size=batch_size, lr=1e-3, seed=r, progress=False),
+                  "numpyro": lambda r: numpyro_fit(x_np, batch_size, r)}, repeats)
     steps = -(-len(x) // batch_size)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    paired = [p / n for p, n in zip(times["plain"], times["numpyro"])]
+    ms = {k: round(1000 * v["epoch2"]["wall"] / steps, 3) for k, v in res["median_seconds"].items()}
+    speedup = {k: round(1 / v["epoch2"]["wall"], 3) for k, v in res["ratio"].items()}
     return {"data": source, "n": len(x), "batch_size": batch_size, "steps_per_epoch": steps,
-            "network": "784-400-20 MLP VAE, Bernoulli, analytic KL", "seconds_all_repeats": times,
-            "ms_per_step": {k: round(1000 * v / steps, 3) for k, v in med.items()},
-            "speedup_numpyro_over_plain": round(med["plain"] / med["numpyro"], 3),
-            "median_of_paired_speedups": round(statistics.median(paired), 3),
-            "ratio_fit_svi_over_plain": round(med["fit_svi"] / med["plain"], 3), "goal": "speedup >= 1.6"}
+            "network": "784-400-20 MLP VAE, Bernoulli, analytic KL", **res,
+            "ms_per_step_epoch2": ms, "speedup_over_plain_epoch2_wall": speedup,
+            "goal": "numpyro speed-up over plain >= 1.6 (epoch 2: the first NumPyro epoch compiles)"}
 
 
 def parity() -> dict:
@@ -117,8 +111,8 @@ def main() -> None:
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     if "speed" in result:
         s = result["speed"]
-        print(f"ms/step {s['ms_per_step']}; NumPyro speed-up over plain PyTorch {s['speedup_numpyro_over_plain']} "
-              f"(goal >= 1.6); fit_svi / plain {s['ratio_fit_svi_over_plain']}")
+        print(f"ms/step (epoch 2) {s['ms_per_step_epoch2']}; speed-up over plain PyTorch "
+              f"{s['speedup_over_plain_epoch2_wall']} (goal: numpyro >= 1.6)")
 
 
 if __name__ == "__main__":

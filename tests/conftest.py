@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import matplotlib
 import pyro
@@ -23,6 +24,9 @@ def _fresh_state():
     torch.set_default_dtype(torch.float32)
     yield
     pyro.clear_param_store()
+    jax = sys.modules.get("jax")
+    if jax is not None:  # a float64 JAX twin turns on jax_enable_x64, a process-wide flag: switch it back off
+        jax.config.update("jax_enable_x64", False)
 
 
 def fashion_available() -> bool:

@@ -214,7 +214,7 @@ def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str
             state, total = carry
             idx_s, t = inp
             state, loss = update(state, x_all, y_all, idx_s, w, t)
-            return (state, total + loss), None
+            return (state, total + loss.astype(total.dtype)), None
         (state, total), _ = jax.lax.scan(body, (state, jnp.float32(0.0)), (idx, t0 + jnp.arange(idx.shape[0])))
         return state, total
 
