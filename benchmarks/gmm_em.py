@@ -1,20 +1,29 @@
-"""EM for a full-covariance GMM: ppl_dgm (torch, chunked matrix products) vs scikit-learn.
+"""EM for a full-covariance GMM: ppl_dgm (torch, chunked matrix products) vs scikit-learn, and its memory.
 
 N = 100,000, D = 16, K = 16, full covariance, float64, the same initial parameters,
 20 iterations (tol = 0).  Reports seconds per iteration (total / 20, so one-off
 set-up such as our feature preparation counts against us), total wall time (best
-of R), their ratios and both final log-likelihoods; then float32, the JAX
-backend, and a 1,000,000 x 64 run whose peak memory is bounded by the
-chunk size (peak RSS above the data itself, measured in fresh subprocesses).
+of R), their ratios and both final log-likelihoods; then float32 and the JAX
+backend.  The whole grid of shapes is ``benchmarks/gmm_grid.py``.
+
+Memory: peak resident memory of ``fit_em`` at N = 1,000,000, D = 64 (K = 8, 16, 64;
+both E-step forms) for several chunk sizes, each in a fresh
+subprocess that loads the data, resets the kernel's high-water mark
+(``/proc/self/clear_refs``) and reads ``VmHWM`` after one EM iteration, so the
+figure is what the fit adds to the data.  (``getrusage().ru_maxrss`` is not used:
+a child started by ``subprocess`` inherits the parent's peak through fork, which is
+what the earlier fixed ~1 GB "peak" was.)
 
 Run:  python benchmarks/gmm_em.py            (writes benchmarks/results/gmm_em.json)
-      python benchmarks/gmm_em.py --quick    (smaller, for a smoke test)
+      python benchmarks/gmm_em.py --quick    (smaller, for a smoke test: gmm_em_quick.json)
+      python benchmarks/gmm_em.py --memory-only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -28,6 +37,7 @@ from ppl_dgm.inference.em import fit_em
 from ppl_dgm.models.gmm_em import GMMFamily
 
 RESULTS = Path(__file__).parent / "results" / "gmm_em.json"
+RESULTS_QUICK = Path(__file__).parent / "results" / "gmm_em_quick.json"
 
 
 def make_data(n: int, d: int, k: int, seed: int = 0) -> np.ndarray:
@@ -69,36 +79,92 @@ def per_iter(fit, iters, repeat):
     return tn / iters, tn, hist
 
 
-def memory_probe(n: int, d: int, k: int, iters: int) -> dict:
-    """Fresh process: peak RSS during the fit minus the RSS just before it (data loaded)."""
-    code = f"""
-import resource, time, torch
+MEMORY_CHILD = """
+import resource, sys, time, torch
+torch.set_num_threads(1)
+n, d, k, chunk, backend = {n}, {d}, {k}, {chunk}, {backend!r}
+def status():
+    return {{ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in open("/proc/self/status")
+            if ln.startswith(("VmRSS", "VmHWM"))}}
 from ppl_dgm.inference.em import fit_em
 from ppl_dgm.models.gmm_em import GMMFamily
+if backend == "jax":  # JAX and its CPU client start before the measurement (their ~200 MB are not the fit's)
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    jax.numpy.zeros(1).block_until_ready()
+    from ppl_dgm.numpyro.inference.em import JaxGMMFamily
 g = torch.Generator().manual_seed(0)
-x = torch.empty({n}, {d}, dtype=torch.float64)
-for i in range(0, {n}, 65536):
+x = torch.empty(n, d, dtype=torch.float64)
+for i in range(0, n, 65536):
     x[i:i+65536] = torch.randn(x[i:i+65536].shape, generator=g, dtype=torch.float64)
-x[:, 0] += 4 * (torch.arange({n}) % 4)
-def rss_kb():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-before = rss_kb()
-fam = GMMFamily({k}, "full", init_params="random_from_data", reg_covar=1e-3)
-data = fam.prepare(x)
+x[:, 0] += 4 * (torch.arange(n) % 4)
+used = GMMFamily(k, "full", chunk_size=chunk).prepare(x).chunk_size
+direct = GMMFamily(k, "full").use_direct(d)
+if backend == "estimator":
+    from ppl_dgm import GaussianMixture
+    x = x.numpy()
+before = status()["VmRSS"]
+open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS: the peak from here on
 t = time.perf_counter()
-res = fit_em(fam, x, max_iter={iters}, tol=0.0, warn=False)
+if backend == "estimator":
+    GaussianMixture(k, init_params="random_from_data", reg_covar=1e-3, max_iter=1, tol=0.0,
+                    chunk_size=chunk).fit(x)
+else:
+    fam = GMMFamily(k, "full", init_params="random_from_data", reg_covar=1e-3, chunk_size=chunk)
+    direct = (JaxGMMFamily(fam).family if backend == "jax" else fam).use_direct(d)
+    fit_em(JaxGMMFamily(fam) if backend == "jax" else fam, x, max_iter=1, tol=0.0, warn=False)
 secs = time.perf_counter() - t
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(before, after, data.chunk_size, secs, res.history[-1])
+print(before, status()["VmHWM"], used, secs, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, int(direct))
 """
+
+
+def memory_probe(n: int, d: int, k: int, chunk: int | None, backend: str = "torch") -> dict:
+    """Fresh process: peak RSS during one EM iteration minus the RSS with the data loaded."""
+    code = MEMORY_CHILD.format(n=n, d=d, k=k, chunk=chunk, backend=backend)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    before, after, chunk, secs, ll = out.stdout.split()
-    return {"n": n, "d": d, "k": k, "iters": iters, "chunk_size": int(chunk),
-            "data_mb": n * d * 8 / 2**20, "rss_before_fit_mb": int(before) / 1024,
-            "peak_rss_mb": int(after) / 1024, "extra_mb": (int(after) - int(before)) / 1024,
-            "seconds_per_iter": float(secs) / iters, "final_loglik": float(ll)}
+    before, peak, used, secs, ru, direct = out.stdout.split()
+    fam = GMMFamily(k, "full", strategy="direct" if direct == "1" else "features")
+    return {"n": n, "d": d, "k": k, "backend": backend, "form": fam.strategy, "chunk_size": int(used),
+            "data_mb": n * d * 8 / 2**20, "rss_with_data_mb": float(before), "peak_rss_mb": float(peak),
+            "extra_mb": float(peak) - float(before),
+            "chunk_temporaries_mb": int(used) * fam.numbers_per_row(d) * 8 / 2**20,
+            "seconds_one_iteration": float(secs),
+            "child_ru_maxrss_mb (inherited from the parent by fork)": float(ru)}
+
+
+MEMORY_NOTE = (
+    "extra_mb = peak RSS during one EM iteration minus RSS with the data loaded (VmHWM after clear_refs, fresh "
+    "process per setting). torch: the data are read in place (no copy); per chunk of c rows the temporaries are "
+    "the centred columns (D x c), phi^T (F x c, feature form) or y = U^T x (KD x c, direct form) and the "
+    "responsibilities (K x c), so extra_mb grows linearly with the chunk size (slope ~ chunk_temporaries_mb) above "
+    "a fixed part of a few tens of MB (torch kernels' workspaces, the allocator's retained pages, initialisation). "
+    "JAX: prepare() copies the data once into padded centred columns (n_chunks, D, c), so its extra includes "
+    "one data-sized copy, plus the chunk temporaries inside lax.scan. The earlier fixed ~1 GB 'peak' was "
+    "getrusage(RUSAGE_SELF).ru_maxrss in the child: Linux carries the parent's peak RSS into a child created by "
+    "fork (+exec), so it reported the benchmark process's own size, not the fit's. The estimator "
+    "(GaussianMixture.fit) reads a float64 C-ordered array in place too; its finiteness check runs in blocks of "
+    "rows (before: one N x D boolean array)."
+)
+
+
+def memory_section(quick: bool) -> list[dict]:
+    """Peak-RSS probes over chunk sizes, forms and backends (torch: K 8 direct, K 16 and 64 features;
+    JAX: K 16 direct, K 64 features) and the estimator."""
+    n, d = (20_000, 8) if quick else (1_000_000, 64)
+    ks = (2, 4) if quick else (16, 64)
+    chunks = (256, 4096) if quick else (256, 1024, 4096, 16384)
+    probes = [(k, c, "torch") for k in ks for c in chunks]
+    probes += [(ks[0] // 2, c, "torch") for c in (chunks[0], chunks[-1])]  # K = 8: the direct form
+    probes += [(k, c, "jax") for k in ks for c in (256, 4096)]
+    probes += [(ks[0], None, "estimator")]
+    out = []
+    for k, c, backend in probes:
+        m = memory_probe(n, d, k, c, backend)
+        print(f"memory N={n:,} D={d} K={k} {backend:9s} {m['form']:8s} chunk {m['chunk_size']:>6}: extra peak "
+              f"{m['extra_mb']:7.1f} MB (chunk temporaries {m['chunk_temporaries_mb']:6.1f} MB, data "
+              f"{m['data_mb']:.0f} MB), {m['seconds_one_iteration']:.1f} s", flush=True)
+        out.append(m)
+    return out
 
 
 def main() -> None:
@@ -106,7 +172,29 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     ap.add_argument("--repeat", type=int, default=2, help="best of R timings")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory probes (keeps the timing rows)")
     args = ap.parse_args()
+    from gmm_grid import machine
+
+    path = RESULTS_QUICK if args.quick else RESULTS
+    result = {"command": "python benchmarks/gmm_em.py " + " ".join(sys.argv[1:]),
+              "machine": machine(torch.get_num_threads()), "load_start": os.getloadavg()}
+    if args.memory_only and path.exists():
+        old = json.loads(path.read_text())
+        result.update({k: old[k] for k in ("n", "d", "k", "iters", "threads", "rows") if k in old})
+    else:
+        result.update(timing_section(args))
+    if not args.skip_memory:
+        result["memory"] = memory_section(args.quick)
+        result["memory_note"] = MEMORY_NOTE
+    result["load_end"] = os.getloadavg()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+def timing_section(args) -> dict:
+    """The (100k, 16, 16) comparison: scikit-learn, torch float64/float32, JAX."""
     n, d, k, iters = (5000, 4, 4, 5) if args.quick else (100_000, 16, 16, 20)
     x = make_data(n, d, k)
     fam = GMMFamily(k, "full", init_params="random_from_data")
@@ -145,13 +233,6 @@ def main() -> None:
     for r in rows:
         r["speedup_per_iter_vs_sklearn"] = sk_it / r["s_per_iter"]
         r["speedup_total_vs_sklearn"] = sk_tot / r["total_s"]
-
-    memory = []
-    if not args.skip_memory:
-        sizes = [(20_000, 8, 4, 2), (80_000, 8, 4, 2)] if args.quick else \
-                [(250_000, 64, 16, 2), (1_000_000, 64, 16, 2)]
-        memory = [memory_probe(*s) for s in sizes]
-
     print(f"\nGMM EM, N={n:,} D={d} K={k} full, {iters} iterations, same init "
           f"(torch {torch.__version__}, {torch.get_num_threads()} threads)")
     print(f"{'':30s} {'s/iter':>9s} {'total s':>9s} {'x sklearn/iter':>15s} "
@@ -160,17 +241,8 @@ def main() -> None:
         print(f"{r['name']:30s} {r['s_per_iter']:9.4f} {r['total_s']:9.3f} "
               f"{r['speedup_per_iter_vs_sklearn']:15.1f} {r['speedup_total_vs_sklearn']:8.1f} "
               f"{r['final_loglik']:20.12f}")
-    print(f"max relative difference of per-iteration log-likelihood, torch float64 vs sklearn: "
-          f"{rel:.2e}")
-    for m in memory:
-        print(f"memory N={m['n']:,} D={m['d']} K={m['k']}: data {m['data_mb']:.0f} MB, "
-              f"extra peak RSS during fit {m['extra_mb']:.0f} MB (chunk {m['chunk_size']} rows), "
-              f"{m['seconds_per_iter']:.1f} s/iter")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"n": n, "d": d, "k": k, "iters": iters,
-                                   "threads": torch.get_num_threads(), "rows": rows,
-                                   "memory": memory}, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    print(f"max relative difference of per-iteration log-likelihood, torch float64 vs sklearn: {rel:.2e}")
+    return {"n": n, "d": d, "k": k, "iters": iters, "threads": torch.get_num_threads(), "rows": rows}
 
 
 if __name__ == "__main__":

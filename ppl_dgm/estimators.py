@@ -34,7 +34,7 @@ from torch import Tensor
 
 from .errors import InputError, check_positive_int
 from .inference.em import ConvergenceWarning, EMResult, fit_em
-from .models.gmm import COVARIANCE_TYPES, GMM, GMMParams
+from .models.gmm import COVARIANCE_TYPES, GMM, GMMParams, precision_cholesky
 from .models.gmm_em import INIT_METHODS, GMMFamily
 from .models.ppca import PPCA as PPCAModel
 from .models.ppca import PPCAFamily, PPCAParams, closed_form, log_likelihood_from_moments, sample_moments
@@ -42,7 +42,7 @@ from .utils import resolve_device
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _NOT_FITTED = "expected a fitted %(name)s (call fit first); got an unfitted one"
-BACKENDS = ("torch", "jax", "svi")
+BACKENDS = ("torch", "jax", "svi", "numpyro")
 
 
 def _one_line(validate, *args: Any, **kwargs: Any) -> np.ndarray:
@@ -55,8 +55,10 @@ def _one_line(validate, *args: Any, **kwargs: Any) -> np.ndarray:
 
 
 def _finite(arr: np.ndarray, name: str) -> np.ndarray:
-    """``arr`` if every value is finite (a writable copy if it was read-only, for torch)."""
-    if not np.isfinite(arr).all():
+    """``arr`` if every value is finite (a writable copy if it was read-only, for torch).
+
+    Checked in blocks of rows, so the check holds no data-sized boolean array."""
+    if not all(np.isfinite(arr[i : i + 65536]).all() for i in range(0, len(arr), 65536)):
         bad = int((~np.isfinite(arr)).any(1).sum())
         raise InputError(f"expected finite values in {name}; got NaN or inf in {bad} row(s)")
     return arr if arr.flags.writeable else arr.copy()
@@ -124,6 +126,28 @@ class _DensityEstimator(DensityMixin, BaseEstimator):
         return float(-2 * self.score_samples(X).astype(np.float64).sum() + 2 * self.model_.n_parameters)
 
 
+def _pyro_map_svi(x: Tensor, init: GMMParams, steps: int) -> tuple[GMMParams, list[float]]:
+    """MAP-SVI in Pyro from ``init``: ``(params, losses per step)``."""
+    from .models.gmm_svi import fit_gmm_map_svi
+
+    res = fit_gmm_map_svi(x, init, steps=steps)
+    return res.params, res.losses
+
+
+def _numpyro_map_svi(x: Tensor, init: GMMParams, steps: int) -> tuple[GMMParams, list[float]]:
+    """MAP-SVI in NumPyro (``TraceEnum_ELBO``, jit) from ``init``: ``(params, losses per step)``."""
+    from .numpyro.models.gmm import fit_gmm_map_svi  # JAX is imported for this backend only
+
+    start = (init.weights, init.means, torch.linalg.cholesky(init.covariances))
+    res = fit_gmm_map_svi(x.cpu().numpy(), tuple(t.detach().cpu().numpy() for t in start), steps=steps)
+    tril = torch.as_tensor(np.array(res.scale_tril), dtype=x.dtype, device=x.device)
+    cov = tril @ tril.transpose(-1, -2)
+    params = GMMParams(torch.as_tensor(np.array(res.weights), dtype=x.dtype, device=x.device),
+                       torch.as_tensor(np.array(res.means), dtype=x.dtype, device=x.device), cov,
+                       precision_cholesky(cov, "full"))
+    return params, [float(v) for v in res.losses]
+
+
 class GaussianMixture(_DensityEstimator):
     """Gaussian mixture fitted by EM (or by MAP-SVI), a scikit-learn estimator.
 
@@ -143,14 +167,17 @@ class GaussianMixture(_DensityEstimator):
     init_params : {'kmeans', 'k-means++', 'random_from_data', 'random'}
     random_state : int or None
         Seed of the initialisations and of :meth:`sample` (``None`` means 0).
-    backend : {'torch', 'jax', 'svi'}
+    backend : {'torch', 'jax', 'svi', 'numpyro'}
         ``'torch'``: EM in torch, both steps as chunked matrix products
         (:class:`~ppl_dgm.models.gmm_em.GMMFamily`).  ``'jax'``: the same EM loop
         with each iteration one jit-compiled JAX call
         (:class:`~ppl_dgm.numpyro.inference.em.JaxGMMFamily`).  ``'svi'``: MAP
         by SVI in Pyro, ``c`` summed out by ``TraceEnum_ELBO``, Delta guides on
-        the weights and means (:func:`~ppl_dgm.models.gmm_svi.fit_gmm_map_svi`);
-        full covariances only, all ``max_iter`` Adam steps are run.
+        the weights and means (:func:`~ppl_dgm.models.gmm_svi.fit_gmm_map_svi`).
+        ``'numpyro'``: the same MAP in NumPyro, the enumerated model fitted by
+        NumPyro's ``TraceEnum_ELBO`` with the Adam loop one ``jit`` call
+        (:func:`~ppl_dgm.numpyro.models.gmm.fit_gmm_map_svi`).  For ``'svi'`` and
+        ``'numpyro'``: full covariances only, all ``max_iter`` Adam steps are run.
     device : {'cpu', 'cuda', 'auto'}
     dtype : {'float64', 'float32'}
     weights_init, means_init, precisions_init : array-like, optional
@@ -168,7 +195,7 @@ class GaussianMixture(_DensityEstimator):
         ``precisions_ = U U^T`` with ``U = precisions_cholesky_``.
     lower_bounds_ : list of float
         Per iteration, the mean log-likelihood per sample before that iteration's
-        M-step (as scikit-learn); for ``'svi'``, the MAP objective per sample
+        M-step (as scikit-learn); for ``'svi'`` and ``'numpyro'``, the MAP objective per sample
         (log-likelihood plus log-prior, over N) at each Adam step.
     lower_bound_ : float
         The last of ``lower_bounds_``.
@@ -197,7 +224,7 @@ class GaussianMixture(_DensityEstimator):
     def __init__(self, n_components: int = 1, *, covariance_type: str = "full", tol: float = 1e-3,
                  reg_covar: float = 1e-6, max_iter: int = 100, n_init: int = 1,
                  init_params: str = "kmeans", random_state: int | None = None,
-                 backend: Literal["torch", "jax", "svi"] = "torch", device: str = "cpu",
+                 backend: Literal["torch", "jax", "svi", "numpyro"] = "torch", device: str = "cpu",
                  dtype: str = "float64", weights_init: Any = None, means_init: Any = None,
                  precisions_init: Any = None, chunk_size: int | None = None) -> None:
         self.n_components = n_components
@@ -223,12 +250,13 @@ class GaussianMixture(_DensityEstimator):
         x = self._tensor(X, fitting=True)
         if self.n_components > x.shape[0]:
             raise InputError(f"expected n_components <= n_samples; got {self.n_components} > {x.shape[0]}")
-        if self.backend == "svi" and self.covariance_type != "full":
-            raise InputError(f"expected covariance_type='full' with backend='svi'; got {self.covariance_type!r}")
+        if self.backend in ("svi", "numpyro") and self.covariance_type != "full":
+            raise InputError(f"expected covariance_type='full' with backend={self.backend!r}; "
+                             f"got {self.covariance_type!r}")
         family = GMMFamily(self.n_components, self.covariance_type, float(self.reg_covar),
                            self.init_params, chunk_size=self.chunk_size)
         init = self._given_init(family, x)
-        if self.backend == "svi":
+        if self.backend in ("svi", "numpyro"):
             res = self._fit_svi(family, x, init)
         else:
             if self.backend == "jax":
@@ -265,21 +293,20 @@ class GaussianMixture(_DensityEstimator):
         return family.params_from_given(w, m, given["precisions_init"])
 
     def _fit_svi(self, family: GMMFamily, x: Tensor, init: GMMParams | None) -> EMResult:
-        """MAP by SVI from each initialisation; the best final MAP objective is kept."""
-        from .models.gmm_svi import fit_gmm_map_svi
-
+        """MAP by SVI (Pyro or NumPyro) from each initialisation; the best final MAP objective is kept."""
         if init is None:
             data, generator = family.prepare(x), torch.Generator().manual_seed(self._seed)
             inits = [family.initialize(data, generator) for _ in range(self.n_init)]
         else:
             inits = [init]
-        best = min((fit_gmm_map_svi(x, p, steps=self.max_iter) for p in inits), key=lambda r: r.losses[-1])
-        history = [-v for v in best.losses]
+        fit = _numpyro_map_svi if self.backend == "numpyro" else _pyro_map_svi
+        best = min((fit(x, p, self.max_iter) for p in inits), key=lambda r: r[1][-1])
+        history = [-float(v) for v in best[1]]
         converged = len(history) > 1 and abs(history[-1] - history[-2]) < self.tol
         if not converged:
             warnings.warn(f"MAP-SVI did not converge in max_iter={self.max_iter} Adam steps (last change "
                           f">= tol={self.tol}); increase max_iter", ConvergenceWarning, stacklevel=4)
-        return EMResult(best.params, history[-1], history, converged, len(history))
+        return EMResult(best[0], history[-1], history, converged, len(history))
 
     def _set_fitted(self, res: EMResult) -> None:
         self.model_ = GMM.from_params(res.params, self.covariance_type)

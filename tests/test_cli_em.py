@@ -49,6 +49,17 @@ def test_fit_gmm_backends_and_ppca(blobs, capsys, backend):
     assert json.loads(stdout.splitlines()[-1])["n"] == 359
 
 
+def test_fit_gmm_numpyro_backend_is_map_by_enumeration(blobs, capsys):
+    out = blobs / "g-numpyro"
+    code, _, err = run(["fit", "gmm", "--data", blobs / "x.npy", "-k", "3", "--backend", "numpyro",
+                        "--max-iter", "200", "--out", out], capsys)
+    assert code == 0, err
+    code, stdout, _ = run(["evaluate", out, "--data", blobs / "x.npy", "--json"], capsys)
+    x = np.load(blobs / "x.npy")
+    sk = SkGM(3, n_init=5, tol=1e-8, random_state=0).fit(x)
+    assert json.loads(stdout.splitlines()[-1])["log_likelihood"] == pytest.approx(sk.score(x), abs=0.02)
+
+
 def test_em_bad_input(blobs, tmp_path, capsys):
     np.save(tmp_path / "three.npy", np.zeros((3, 2)) + np.arange(3)[:, None])
     code, _, err = run(["fit", "gmm", "--data", tmp_path / "three.npy", "-k", "5", "--out", tmp_path / "a"], capsys)

@@ -88,17 +88,36 @@ def test_loop_arguments_checked(bad):
 
 
 @pytest.mark.parametrize("ct", ["full", "tied", "diag", "spherical"])
-def test_chunked_and_on_the_fly_statistics_equal_one_shot(ct):
+def test_chunked_statistics_equal_one_shot(ct):
     x = data(n=1000)
     one = GMMFamily(4, ct, chunk_size=10**6)
     init = one.initialize(one.prepare(x), torch.Generator().manual_seed(0))
     ref = one.e_step(init, one.prepare(x))
-    chunked = GMMFamily(4, ct, chunk_size=77, precompute_bytes=0)  # features rebuilt per chunk
+    chunked = GMMFamily(4, ct, chunk_size=77)  # an odd chunk: the last one is short
     d = chunked.prepare(x)
-    assert d.features is None and d.chunk_size == 77
+    assert d.chunk_size == 77 and not d.direct
     got = chunked.e_step(init, d)
     assert got.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-13)
     torch.testing.assert_close(got.stats, ref.stats, rtol=1e-11, atol=1e-9)
+
+
+@pytest.mark.parametrize("chunk, dim", [(77, 16), (10**6, 16), (77, 34), (100, 6)])
+def test_direct_and_feature_forms_give_the_same_statistics(chunk, dim):
+    x = data(n=1000, d=dim, k=3)  # 1, 2 or 4 (uneven) row blocks of the triangles
+    fam = GMMFamily(3, "full", chunk_size=chunk, strategy="direct" if dim < 12 else "auto")
+    d = fam.prepare(x)
+    assert d.direct and GMMFamily(4, "full").prepare(x).direct == (dim >= 16)  # auto: 4 K <= D
+    init = fam.initialize(d, torch.Generator().manual_seed(0))
+    feats = GMMFamily(3, "full", chunk_size=chunk, strategy="features")
+    ref = feats.e_step(init, feats.prepare(x))
+    got = fam.e_step(init, d)
+    assert got.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-12)
+    torch.testing.assert_close(got.stats, ref.stats, rtol=1e-10, atol=1e-8)
+    r32 = fam.e_step(type(init)(*(t.float() for t in init)), fam.prepare(x.float()))
+    assert r32.stats.dtype == torch.float64
+    assert r32.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-5)
+    with pytest.raises(InputError, match="covariance_type='full' with strategy='direct'"):
+        GMMFamily(3, "diag", strategy="direct")
 
 
 def test_float32_follows_float64():
@@ -115,3 +134,50 @@ def test_float32_follows_float64():
 def test_k_larger_than_n_is_input_error():
     with pytest.raises(InputError, match="expected n_components <= n_samples; got 9 > 5"):
         fit_em(GMMFamily(9), data(n=5))
+
+
+def test_direct_form_matches_sklearn_per_iteration():
+    import warnings
+
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    x = data(n=900, d=16, k=3).numpy()
+    fam = GMMFamily(3, "full", init_params="random_from_data", chunk_size=100)
+    xt = torch.tensor(x)
+    init = fam.initialize(fam.prepare(xt), torch.Generator().manual_seed(0))
+    assert fam.prepare(xt).direct
+    u = init.precisions_cholesky
+    sk = SkGaussianMixture(3, covariance_type="full", max_iter=15, tol=0.0, weights_init=init.weights.numpy(),
+                           means_init=init.means.numpy(), precisions_init=(u @ u.transpose(-1, -2)).numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk.fit(x)
+    res = fit_em(fam, xt, init=init, max_iter=15, tol=0.0, warn=False)
+    np.testing.assert_allclose(res.history, sk.lower_bounds_, rtol=1e-9)
+    np.testing.assert_allclose(res.params.covariances.numpy(), sk.covariances_, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_direct_form_from_given_precisions_matches_sklearn(backend):
+    # precisions_init gives a lower Cholesky factor (scikit-learn's convention); the direct form's
+    # triangle blocks need an upper one: upper_factor converts it (this once gave wrong numbers)
+    import warnings
+
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    from ppl_dgm import GaussianMixture
+
+    if backend == "jax":
+        pytest.importorskip("jax")
+    x = data(n=900, d=20, k=3).numpy()
+    rng = np.random.default_rng(0)
+    init = dict(weights_init=np.full(3, 1 / 3), means_init=x[rng.choice(900, 3, replace=False)],
+                precisions_init=np.broadcast_to(np.linalg.inv(np.cov(x.T)), (3, 20, 20)).copy())
+    sk = SkGaussianMixture(3, covariance_type="full", max_iter=10, tol=0.0, **init)
+    ours = GaussianMixture(3, max_iter=10, tol=0.0, backend=backend, **init)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk.fit(x)
+        ours.fit(x)
+    assert GMMFamily(3, "full").use_direct(20)
+    np.testing.assert_allclose(ours.lower_bounds_, sk.lower_bounds_, rtol=1e-9)

@@ -19,11 +19,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::ppl_dgm.inference.em.Convergenc
 
 # Every check runs; none is expected to fail.  scikit-learn itself skips check_array_api_input
 # unless SCIPY_ARRAY_API=1 is set (with it set, that check passes too).  Small max_iter keeps the
-# file fast; the JAX and SVI backends are checked as well as the default torch one.
+# file fast; the JAX, SVI and NumPyro backends are checked as well as the default torch one.
 CHECKED = [
     GaussianMixture(),
     GaussianMixture(backend="jax", n_init=2, max_iter=5),
     GaussianMixture(backend="svi", max_iter=5),
+    GaussianMixture(backend="numpyro", max_iter=5),
     PPCA(),
     PPCA(method="em", max_iter=20),
 ]

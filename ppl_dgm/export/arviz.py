@@ -218,6 +218,33 @@ def to_inference_data(model, x, *, num_samples: int = 100, guide=None, sites: Se
     return _build(post, pp, ll, info, _attrs(config, inference), sites)
 
 
+def _enumerated_loglik(model, args, kwargs, trace, summed, obs, info):
+    """``(rng, draw) -> {obs site: log p(x_n | draw)}`` with the enumerated sites ``summed`` out.
+
+    The model runs under NumPyro's ``enum`` handler (each enumerated site gets its own
+    dim left of the plates), the log-densities of the enumerated sites and of the observed
+    site are added, and ``logsumexp`` over the enumeration dims leaves the plate dims.
+    """
+    import jax
+    from numpyro import handlers
+    from numpyro.contrib.funsor import enum
+
+    nesting = max((len(s["cond_indep_stack"]) for s in trace.values() if s["type"] == "sample"), default=0)
+
+    def loglik(rng, draw):
+        fn = enum(handlers.substitute(handlers.seed(model, rng), data=draw), first_available_dim=-nesting - 1)
+        tr = handlers.trace(fn).get_trace(*args, **kwargs)
+        prior = sum(tr[n]["fn"].log_prob(tr[n]["value"]) for n in summed)
+        out = {}
+        for n in obs:
+            lp = tr[n]["fn"].log_prob(tr[n]["value"]) + prior
+            keep = len(info[n]["ll_dims"])
+            out[n] = jax.scipy.special.logsumexp(lp, axis=tuple(range(lp.ndim - keep))) if lp.ndim > keep else lp
+        return out
+
+    return loglik
+
+
 def numpyro_to_inference_data(model, *args, mcmc=None, samples: dict | None = None, group_by_chain: bool = False,
                               sites: Sequence[str] | None = None, config: dict | None = None,
                               posterior_predictive: bool = True, log_likelihood: bool = True, seed: int = 0,
@@ -232,6 +259,15 @@ def numpyro_to_inference_data(model, *args, mcmc=None, samples: dict | None = No
     samples : dict of arrays, optional
         Instead of ``mcmc``: latent draws of shape (S, ...) (e.g. from ``guide.sample_posterior``),
         or (chains, S, ...) with ``group_by_chain=True``.
+
+    Notes
+    -----
+    Sites marked ``infer={"enumerate": "parallel"}`` and absent from the draws (a mixture's
+    assignment ``c``: NUTS and ``TraceEnum_ELBO`` sum it out) are summed out of the
+    ``log_likelihood`` group too: for each observed site, per observation,
+    ``log p(x_n | theta) = logsumexp_c [log p(c | theta) + log p(x_n | c, theta)]`` (by
+    NumPyro's ``enum`` handler), not the density given one sampled ``c``.
+    ``posterior_predictive`` draws ``c`` and then ``x`` (ancestral sampling of the marginal).
     """
     import jax
     import jax.numpy as jnp
@@ -255,14 +291,18 @@ def numpyro_to_inference_data(model, *args, mcmc=None, samples: dict | None = No
     def trace_at(rng, draw):
         return handlers.trace(handlers.substitute(handlers.seed(model, rng), data=draw)).get_trace(*args, **kwargs)
 
-    info = _site_info(trace_at(key, {k: v[0] for k, v in flat.items()}))
+    first = trace_at(key, {k: v[0] for k, v in flat.items()})
+    info = _site_info(first)
     obs = [n for n, i in info.items() if i["observed"]]
+    summed = [n for n, i in info.items() if not i["observed"] and n not in flat
+              and (first[n].get("infer") or {}).get("enumerate") == "parallel"]
+    loglik_of = _enumerated_loglik(model, args, kwargs, first, summed, obs, info) if summed else None
 
     def one(rng, draw):
         tr = trace_at(rng, draw)
         keys = jax.random.split(jax.random.fold_in(rng, 1), max(len(obs), 1))
-        return ({n: tr[n]["fn"].sample(keys[j]) for j, n in enumerate(obs)},
-                {n: tr[n]["fn"].log_prob(tr[n]["value"]) for n in obs})
+        ll = loglik_of(rng, draw) if loglik_of else {n: tr[n]["fn"].log_prob(tr[n]["value"]) for n in obs}
+        return {n: tr[n]["fn"].sample(keys[j]) for j, n in enumerate(obs)}, ll
 
     pp, ll = jax.vmap(one)(jax.random.split(key, c * s), flat)
     post = {k: np.asarray(v) for k, v in draws.items() if k in info and not info[k]["observed"]}

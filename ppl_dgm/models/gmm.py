@@ -50,8 +50,9 @@ class GMMConfig(EMOptions):
     init_params: Literal["kmeans", "k-means++", "random_from_data", "random"] = option(
         "kmeans", "Initial responsibilities.", role="train", flags=("--init",))
     reg_covar: float = option(1e-6, "Added to the covariance diagonals.", role="train", min=0)
-    backend: Literal["torch", "jax", "svi"] = option(
-        "torch", "torch: EM; jax: jit-compiled EM; svi: MAP by SVI with the assignments summed out.", role="train")
+    backend: Literal["torch", "jax", "svi", "numpyro"] = option(
+        "torch", "torch: EM; jax: jit-compiled EM; svi / numpyro: MAP by Pyro / NumPyro SVI with the "
+        "assignments summed out.", role="train")
 
 COLLAPSE_MESSAGE = (
     "expected every mixture component to keep a positive-definite covariance; got an "

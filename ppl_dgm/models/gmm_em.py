@@ -20,10 +20,23 @@ Then both steps are one matrix product each over the same rows:
   ``mu_k = sum gamma x / N_k``, ``Sigma_k = sum gamma x x^T / N_k - mu_k mu_k^T + reg I``,
   ``pi_k = N_k / N`` follow (course notes, M-step).
 
-Rows are processed in chunks, so the temporaries are O(chunk x (F + K)); the
-feature matrix is kept for the whole data only if it fits ``precompute_bytes``
-(otherwise each chunk's features are rebuilt on the fly and memory stays bounded
-by the chunk size whatever N is).  Statistics are accumulated in float64.
+Rows are processed in chunks, each chunk's features rebuilt from the data on the
+fly (in cache: reading N x D numbers per iteration instead of N x F), so the
+temporaries are O(chunk x (F + K)) and memory is bounded by the chunk size
+whatever N is.  Statistics are accumulated in float64.  Inside a chunk the rows
+are columns (``phi(x)^T`` is F x chunk), so the products run as
+``(K x F)(F x c)`` and ``(K x c)(c x F)``, the layouts MKL runs fastest.
+
+With full covariances and few components (``4 K <= D``, ``strategy="auto"``) the
+feature products are skinny (each feature number is used for only K multiply-adds)
+and a second form is faster, the *direct* one (scikit-learn's, with all
+components in one product): ``y = [U_1 | ... | U_K]^T x`` (KD x D times D x c),
+``log N(x | mu_k, Sigma_k) = log det U_k - D/2 log 2 pi - 1/2 ||y_k - U_k^T mu_k||^2``,
+and the second moments ``sum_n gamma_nk x_n x_n^T`` as one product
+``(gamma_k x_n)_{kd, n} x^T`` (KD x c times c x D).  Done in B row blocks
+(:func:`triangle_blocks`), the products skip most of the zero half of the
+triangular ``U_k^T`` and of the symmetric moments: (B + 1) / (2 B) of the full
+products, 5/4 of the feature form's multiply-adds (B = 4), in well-shaped products.
 """
 
 from __future__ import annotations
@@ -46,16 +59,17 @@ from .gmm import (
 )
 
 INIT_METHODS = ("kmeans", "k-means++", "random_from_data", "random")
+STRATEGIES = ("auto", "features", "direct")
 
 
 @dataclass
 class GMMData:
-    """Prepared data: raw rows, their mean, and (optionally) all feature rows."""
+    """Prepared data: raw rows (N, D), their mean (D,), rows per chunk and the E-step's form."""
 
     x: Tensor
     shift: Tensor
-    features: Tensor | None
     chunk_size: int
+    direct: bool = False
 
     @property
     def n(self) -> int:
@@ -73,63 +87,75 @@ class GMMFamily:
         Added to the covariance diagonals in the M-step.
     init_params : {'kmeans', 'k-means++', 'random_from_data', 'random'}
     chunk_size : int, optional
-        Rows per chunk; by default about ``chunk_bytes`` of temporaries.
-    precompute_bytes : int
-        Keep the whole (N, F) feature matrix if it is at most this large.
+        Rows per chunk; by default about ``chunk_bytes`` of temporaries (sized for a
+        core's L2 cache).
+    chunk_bytes : int
+        Target size of one chunk's temporaries when ``chunk_size`` is not given.
+    strategy : {'auto', 'features', 'direct'}
+        The E-step's form (module docstring); ``direct`` needs full covariances;
+        ``auto`` takes it when ``direct_ratio * K <= D`` (4 here, 2.5 for the JAX backend).
     """
+
+    #: ``auto`` takes the direct form when ``direct_ratio * K <= D`` (measured crossover, one core, float64)
+    direct_ratio = 4.0
 
     def __init__(self, n_components: int, covariance_type: str = "full", reg_covar: float = 1e-6,
                  init_params: str = "kmeans", chunk_size: int | None = None,
-                 precompute_bytes: int = 1 << 30, chunk_bytes: int = 1 << 21) -> None:
+                 chunk_bytes: int = 1 << 21, strategy: str = "auto") -> None:
         self.k = int(n_components)
         self.covariance_type = check_choice("covariance_type", covariance_type, COVARIANCE_TYPES)
         self.init_params = check_choice("init_params", init_params, INIT_METHODS)
         self.reg_covar = float(reg_covar)
         self.chunk_size = chunk_size
-        self.precompute_bytes = precompute_bytes
         self.chunk_bytes = chunk_bytes
+        self.strategy = check_choice("strategy", strategy, STRATEGIES)
+        if self.strategy == "direct" and self.covariance_type != "full":
+            raise InputError(f"expected covariance_type='full' with strategy='direct'; got {covariance_type!r}")
 
     # --- features --------------------------------------------------------------------------
     def n_features_phi(self, d: int) -> int:
         ct = self.covariance_type
         return {"full": d * (d + 1) // 2, "tied": d * (d + 1) // 2, "diag": d, "spherical": 1}[ct] + d + 1
 
-    def phi(self, xc: Tensor) -> Tensor:
-        """Feature rows of centred data ``xc`` (n, D) -> (n, F)."""
-        n, d = xc.shape
-        out = xc.new_empty(n, self.n_features_phi(d))
+    def phi_t(self, xt: Tensor, out: Tensor | None = None) -> Tensor:
+        """Feature columns of centred data given as columns, ``xt`` (D, c) -> ``phi^T`` (F, c)."""
+        d, c = xt.shape
+        out = xt.new_empty(self.n_features_phi(d), c) if out is None else out
         if self.covariance_type in ("full", "tied"):
             off = 0  # row-major upper triangle, the order of torch.triu_indices
             for i in range(d):
-                torch.mul(xc[:, i : i + 1], xc[:, i:], out=out[:, off : off + d - i])
+                torch.mul(xt[i : i + 1], xt[i:], out=out[off : off + d - i])
                 off += d - i
         elif self.covariance_type == "diag":
-            torch.mul(xc, xc, out=out[:, :d])
+            torch.mul(xt, xt, out=out[:d])
         else:
-            out[:, 0] = (xc * xc).sum(1)
-        nq = out.shape[1] - d - 1
-        out[:, nq:-1] = xc
-        out[:, -1] = 1
+            torch.sum(xt * xt, 0, keepdim=True, out=out[:1])
+        out[-d - 1 : -1] = xt
+        out[-1] = 1
         return out
+
+    def use_direct(self, d: int) -> bool:
+        """Whether the E-step takes the direct form (full covariances, ``direct_ratio * K <= D`` under ``auto``)."""
+        if self.strategy == "auto":
+            return self.covariance_type == "full" and self.direct_ratio * self.k <= d
+        return self.strategy == "direct"
+
+    def numbers_per_row(self, d: int) -> int:
+        """Temporaries per row of a chunk: ``y`` (K x the largest block) or ``phi`` (F), the centred row (D),
+        three (K) rows."""
+        block = max(b - a for a, b in triangle_blocks(d))
+        return (self.k * block if self.use_direct(d) else self.n_features_phi(d)) + d + 3 * self.k
 
     def prepare(self, x: Tensor) -> GMMData:
         n, d = x.shape
-        f = self.n_features_phi(d)
-        item = x.element_size()
-        chunk = self.chunk_size or max(256, self.chunk_bytes // (item * (f + 2 * self.k)))
+        direct = self.use_direct(d)
+        chunk = self.chunk_size or max(256, self.chunk_bytes // (x.element_size() * self.numbers_per_row(d)))
         shift = x.mean(0, dtype=torch.float64).to(x.dtype)
-        features = None
-        if n * f * item <= self.precompute_bytes:
-            features = torch.empty(n, f, dtype=x.dtype, device=x.device)
-            for i in range(0, n, chunk):
-                features[i : i + chunk] = self.phi(x[i : i + chunk] - shift)
-        return GMMData(x, shift, features, min(int(chunk), n))
+        return GMMData(x, shift, min(int(chunk), n), direct)
 
-    def _rows(self, data: GMMData, i: int) -> Tensor:
-        j = i + data.chunk_size
-        if data.features is not None:
-            return data.features[i:j]
-        return self.phi(data.x[i:j] - data.shift)
+    def _columns(self, data: GMMData, i: int) -> Tensor:
+        """Centred rows ``i .. i + chunk`` as columns (D, c), contiguous."""
+        return (data.x[i : i + data.chunk_size] - data.shift).T.contiguous()
 
     # --- E-step ----------------------------------------------------------------------------
     def weight_matrix(self, params: GMMParams, shift: Tensor) -> Tensor:
@@ -161,19 +187,55 @@ class GMMFamily:
 
     def e_step(self, params: GMMParams, data: GMMData) -> EStep:
         """Mean log-likelihood and ``S = Phi^T gamma`` (F, K) in float64, one pass over chunks."""
-        w = self.weight_matrix(params, data.shift)
-        stats = torch.zeros(w.shape[::-1], dtype=torch.float64, device=w.device)
+        if data.direct:
+            return self._e_step_direct(params, data)
+        w = self.weight_matrix(params, data.shift).T.contiguous()  # (K, F)
+        stats = torch.zeros(w.shape, dtype=torch.float64, device=w.device)
         total = torch.zeros((), dtype=torch.float64, device=w.device)
+        buf = w.new_empty(w.shape[1], data.chunk_size)
         for i in range(0, data.n, data.chunk_size):
-            rows = self._rows(data, i)
-            logp = rows @ w  # (c, K)
-            m = logp.amax(1, keepdim=True)
-            resp = logp.sub_(m).exp_()
-            s = resp.sum(1, keepdim=True)
-            resp.div_(s)
-            total += (m + s.log()).sum(dtype=torch.float64)
-            stats += torch.mm(resp.T, rows).double()  # (K, F): faster than rows.T @ resp
+            xt = self._columns(data, i)
+            f = self.phi_t(xt, buf[:, : xt.shape[1]])  # (F, c)
+            resp, lse = _softmax_columns(w @ f)  # (K, c)
+            total += lse
+            stats += torch.mm(resp, f.T).double()  # (K, F); the fastest of the layouts for MKL
         return EStep(float(total) / data.n, stats.T)
+
+    def _e_step_direct(self, params: GMMParams, data: GMMData) -> EStep:
+        """The direct form (module docstring), by column blocks; the same statistics as :meth:`e_step`."""
+        u = upper_factor(params.precisions_cholesky)
+        mu = (params.means.double() - data.shift.double()).to(u.dtype)
+        k, d = mu.shape
+        blocks = triangle_blocks(d)
+        ut = u.transpose(1, 2)  # U_k^T, lower triangular: block i of y_k needs x[:b] only
+        rows = [ut[:, a:b, :b].reshape(k * (b - a), b).contiguous() for a, b in blocks]
+        offset = torch.einsum("kde,kd->ke", u, mu)  # U_k^T mu_k, (K, D)
+        offsets = [offset[:, a:b].reshape(-1, 1) for a, b in blocks]
+        c0 = (params.weights.log() - 0.5 * d * math.log(2 * math.pi)
+              + log_det_cholesky(u, "full", d)).unsqueeze(1)
+        s2 = [torch.zeros(k * (b - a), d - a, dtype=torch.float64, device=u.device) for a, b in blocks]
+        s1 = torch.zeros(k, d, dtype=torch.float64, device=u.device)
+        s0 = torch.zeros(k, dtype=torch.float64, device=u.device)
+        total = torch.zeros((), dtype=torch.float64, device=u.device)
+        for i in range(0, data.n, data.chunk_size):
+            xt = self._columns(data, i)  # (D, c)
+            maha = xt.new_zeros(k, xt.shape[1])
+            for (a, b), r, off in zip(blocks, rows, offsets, strict=True):
+                y = torch.mm(r, xt[:b]).sub_(off).square_()  # (K (b - a), c)
+                maha += y.view(k, b - a, -1).sum(1)
+                del y  # one block's y at a time
+            resp, lse = _softmax_columns(maha.mul_(-0.5).add_(c0))
+            total += lse
+            for j, (a, b) in enumerate(blocks):  # rows a..b of sum_n gamma_nk x_n x_n^T, columns a..D
+                z = (resp.unsqueeze(1) * xt[a:b].unsqueeze(0)).view(k * (b - a), -1)
+                s2[j] += torch.mm(z, xt[a:].T).double()
+                del z
+            s1 += torch.mm(resp, xt.T).double()
+            s0 += resp.sum(1, dtype=torch.float64)
+        upper = torch.cat([torch.nn.functional.pad(m.view(k, b - a, d - a), (a, 0))
+                           for m, (a, b) in zip(s2, blocks, strict=True)], dim=1)  # (K, D, D), upper part
+        iu = torch.triu_indices(d, d, device=u.device)
+        return EStep(float(total) / data.n, torch.cat([upper[:, iu[0], iu[1]].T, s1.T, s0.unsqueeze(0)]))
 
     # --- M-step ----------------------------------------------------------------------------
     def m_step(self, estep: EStep, data: GMMData) -> GMMParams:
@@ -244,19 +306,19 @@ class GMMFamily:
                 idx = torch.randperm(n, generator=generator)[: self.k]
             else:
                 idx = kmeans_plusplus(data.x, self.k, generator)
-            rows = self.phi(data.x[idx.to(data.x.device)] - data.shift).double()
-            return self.params_from_stats(rows.T.contiguous(), data)
+            cols = self.phi_t((data.x[idx.to(data.x.device)] - data.shift).T.contiguous()).double()
+            return self.params_from_stats(cols, data)
         stats = torch.zeros(self.n_features_phi(data.x.shape[1]), self.k, dtype=torch.float64,
                             device=data.x.device)
         labels = kmeans(data.x, self.k, generator) if method == "kmeans" else None
         for i in range(0, n, data.chunk_size):
-            rows = self._rows(data, i)
+            cols = self.phi_t(self._columns(data, i))
             if labels is None:
-                resp = torch.rand(rows.shape[0], self.k, generator=generator, dtype=torch.float64)
-                resp = (resp / resp.sum(1, keepdim=True)).to(rows)
+                resp = torch.rand(cols.shape[1], self.k, generator=generator, dtype=torch.float64)
+                resp = (resp / resp.sum(1, keepdim=True)).to(cols)
             else:
-                resp = torch.nn.functional.one_hot(labels[i : i + rows.shape[0]], self.k).to(rows)
-            stats += (rows.T @ resp.to(rows.device)).double()
+                resp = torch.nn.functional.one_hot(labels[i : i + cols.shape[1]], self.k).to(cols)
+            stats += (cols @ resp.to(cols.device)).double()
         return self.params_from_stats(stats, data)
 
     def params_from_given(self, weights: Tensor, means: Tensor, precisions: Tensor) -> GMMParams:
@@ -266,6 +328,35 @@ class GMMFamily:
         prec_chol = precision_cholesky_from_precisions(precisions, self.covariance_type)
         cov = covariances_from_precision_cholesky(prec_chol, self.covariance_type)
         return GMMParams(weights / weights.sum(), means, cov, prec_chol)
+
+
+def upper_factor(u: Tensor) -> Tensor:
+    """``u`` (K, D, D) if upper triangular, else the upper-triangular ``R`` with ``R R^T = u u^T``.
+
+    The M-step's factors are upper (``U = L^{-T}``); given ``precisions_init`` come as a lower
+    Cholesky factor (scikit-learn's convention), which the direct form's blocks cannot use."""
+    if not bool(torch.tril(u, -1).any()):
+        return u
+    flip = u.flip(-1, -2)  # R = J chol(J P J) J, J the reversal: upper, R R^T = P
+    return torch.linalg.cholesky(flip @ flip.transpose(-1, -2)).flip(-1, -2)
+
+
+def triangle_blocks(d: int) -> list[tuple[int, int]]:
+    """Row blocks ``[(a, b), ...]`` of a D x D triangle for the direct form: 4 (D >= 32), 2 (D >= 16) or 1.
+
+    With B blocks the triangular products cost (B + 1) / (2 B) of the full ones (5/8 for B = 4)."""
+    nb = 4 if d >= 32 else 2 if d >= 16 else 1
+    edges = [round(d * i / nb) for i in range(nb + 1)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def _softmax_columns(logp: Tensor) -> tuple[Tensor, Tensor]:
+    """In place: ``logp`` (K, c) -> responsibilities (columns sum to 1), and ``sum_n log sum_k exp``."""
+    m = logp.amax(0, keepdim=True)
+    resp = logp.sub_(m).exp_()
+    s = resp.sum(0, keepdim=True)
+    resp.div_(s)
+    return resp, (m + s.log()).sum(dtype=torch.float64)
 
 
 def _sq_dists(x: Tensor, centers: Tensor) -> Tensor:

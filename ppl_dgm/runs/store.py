@@ -281,7 +281,8 @@ def load_run(run_dir: str | Path, device: str = "cpu", checkpoint: Literal["last
     cfg = read_config(run_dir)
     family = REGISTRY[cfg["family"]]
     model = family.model.from_config(cfg["model"])
-    if cfg["train"].get("backend") == "numpyro":  # a NumPyro fit: its weights, under torch names, in an .npz
+    if cfg["train"].get("backend") == "numpyro" and family.trainer != "em":  # a NumPyro SVI fit: weights in .npz
+        # (gmm --backend numpyro is MAP by NumPyro's TraceEnum_ELBO; its estimator keeps a torch checkpoint)
         name = {CHECKPOINT_NAME: npz.CHECKPOINT_NPZ, BEST_NAME: npz.BEST_NPZ}[name]
     ckpt = Path(run_dir) / name
     if checkpoint == "best" and not ckpt.is_file():

@@ -1,9 +1,14 @@
 """Gaussian-mixture EM with every iteration one jit-compiled JAX call (plain JAX, no NumPyro).
 
 The JAX twin of :class:`ppl_dgm.models.gmm_em.GMMFamily` (course notes, EM
-section): feature rows ``phi(x)`` prepared once, E-step ``log p = Phi W`` and
-M-step statistics ``S = gamma^T Phi`` accumulated over chunks with ``lax.scan``,
-closed-form M-step with ``reg_covar``, all fused into one compiled call.
+section), in the same two forms: the *feature* form (``phi(x)`` built per chunk,
+E-step ``log p = W phi``, M-step statistics ``S = gamma phi^T``) and, for full
+covariances with ``2.5 K <= D``, the *direct* form (``y = [U_1 .. U_K]^T x``, second
+moments as one ``(gamma x) x^T`` product).  Chunks of columns are visited by
+``lax.scan``; the closed-form M-step with ``reg_covar`` runs in the same
+compiled call.  Data sit as centred columns (n_chunks, D, chunk), so memory is
+the data plus O(chunk x (F + K)) whatever N is, and XLA's matrix products (which
+use the CPU's widest vector units) see ``(K x F)(F x c)`` and ``(K x c)(c x F)``.
 
 :class:`JaxGMMFamily` plugs that call into the one EM loop,
 :func:`ppl_dgm.inference.em.fit_em`, so restarts (``n_init``, from the same
@@ -31,40 +36,55 @@ from ...errors import InputError
 from ...inference.em import EMResult, fit_em
 from ...models.base import EStep
 from ...models.gmm import COLLAPSE_MESSAGE, GMMParams
-from ...models.gmm_em import GMMData, GMMFamily
+from ...models.gmm_em import GMMData, GMMFamily, triangle_blocks, upper_factor
 
 
 class JaxGMMData(NamedTuple):
-    """Prepared data: centred feature rows in chunks and what the initialisations need.
+    """Prepared data: centred columns in chunks and what the initialisations need.
 
     Attributes
     ----------
-    features : jax.Array, shape (n_chunks, chunk, F)
-        ``phi(x - shift)``, zero rows padding the last chunk.
+    columns : jax.Array, shape (n_chunks, D, chunk)
+        ``(x - shift)^T`` chunk by chunk, zero columns padding the last chunk.
     mask : jax.Array, shape (n_chunks, chunk)
         1 for real rows, 0 for padding.
     shift : jax.Array, shape (D,)
         The data mean (centring for numerical safety).
     init_data : GMMData
-        The torch data the seeded initialisations are drawn from.
+        The torch data the seeded initialisations are drawn from (and the E-step's form).
     """
 
-    features: Any
+    columns: Any
     mask: Any
     shift: Any
     init_data: GMMData
 
 
-def _features(jnp, xc, covariance_type):
-    n, d = xc.shape
+def _features_t(jnp, xt, covariance_type):
+    """``phi^T`` (F, c) of centred columns ``xt`` (D, c); rows ``x_i x_j`` (i <= j) as static slices."""
+    d, c = xt.shape
     if covariance_type in ("full", "tied"):
-        iu = np.triu_indices(d)
-        quad = xc[:, iu[0]] * xc[:, iu[1]]
+        quad = [xt[i : i + 1] * xt[i:] for i in range(d)]
     elif covariance_type == "diag":
-        quad = xc * xc
+        quad = [xt * xt]
     else:
-        quad = (xc * xc).sum(1, keepdims=True)
-    return jnp.concatenate([quad, xc, jnp.ones((n, 1), xc.dtype)], axis=1)
+        quad = [(xt * xt).sum(0, keepdims=True)]
+    return jnp.concatenate([*quad, xt, jnp.ones((1, c), xt.dtype)], axis=0)
+
+
+@functools.lru_cache(maxsize=1)
+def _block_setter():
+    """``(cols, start, block) -> cols`` with ``cols[start : start + len(block)] = block``, ``cols`` donated
+    (updated in place)."""
+    import jax
+
+    return jax.jit(lambda c, i, b: jax.lax.dynamic_update_slice_in_dim(c, b, i, 0), donate_argnums=0)
+
+
+def _softmax_columns(jax, jnp, logp, mask):
+    """Responsibilities of ``logp`` (K, c), padding masked, and ``sum_n log sum_k exp``."""
+    lse = jax.scipy.special.logsumexp(logp, axis=0, keepdims=True)
+    return jnp.exp(logp - lse) * mask, (lse[0] * mask).sum()
 
 
 def _weight_matrix(jnp, weights, means_c, prec_chol, covariance_type):
@@ -122,28 +142,68 @@ def _m_step(jax, jnp, stats, n_dim, covariance_type, reg_covar, eps):
     return nk / nk.sum(), mu, cov, prec_chol
 
 
+def _feature_pass(jax, jnp, params, shift, cols, mask, covariance_type):
+    """Statistics ``S`` (F, K) and the summed log-likelihood, in the feature form."""
+    weights, means, _, prec_chol = params
+    w = _weight_matrix(jnp, weights, means - shift, prec_chol, covariance_type).T  # (K, F)
+
+    def body(carry, inp):
+        stats, total = carry
+        xt, m = inp
+        f = _features_t(jnp, xt, covariance_type)  # (F, c)
+        resp, ll = _softmax_columns(jax, jnp, w @ f, m)
+        return (stats + resp @ f.T, total + ll), None
+
+    init = (jnp.zeros(w.shape, w.dtype), jnp.zeros((), w.dtype))
+    (stats, total), _ = jax.lax.scan(body, init, (cols, mask))
+    return stats.T, total
+
+
+def _direct_pass(jax, jnp, params, shift, cols, mask):
+    """The same statistics in the direct form (full covariances), by row blocks of the triangles."""
+    weights, means, _, u = params
+    k, d = means.shape
+    blocks = triangle_blocks(d)
+    ut = jnp.swapaxes(u, 1, 2)  # U_k^T, lower triangular
+    rows = [ut[:, a:b, :b].reshape(k * (b - a), b) for a, b in blocks]
+    offset = jnp.einsum("kde,kd->ke", u, means - shift)  # U_k^T mu_k
+    offsets = [offset[:, a:b].reshape(-1, 1) for a, b in blocks]
+    c0 = (jnp.log(weights) - 0.5 * d * math.log(2 * math.pi)
+          + jnp.log(jnp.diagonal(u, axis1=-2, axis2=-1)).sum(-1))[:, None]
+
+    def body(carry, inp):
+        s2, s1, s0, total = carry
+        xt, m = inp
+        maha = sum(((r @ xt[:b] - off) ** 2).reshape(k, b - a, -1).sum(1)
+                   for (a, b), r, off in zip(blocks, rows, offsets, strict=True))
+        resp, ll = _softmax_columns(jax, jnp, c0 - 0.5 * maha, m)
+        s2 = [acc + (resp[:, None, :] * xt[None, a:b]).reshape(k * (b - a), -1) @ xt[a:].T
+              for acc, (a, b) in zip(s2, blocks, strict=True)]
+        return (s2, s1 + resp @ xt.T, s0 + resp.sum(1), total + ll), None
+
+    dt = means.dtype
+    init = ([jnp.zeros((k * (b - a), d - a), dt) for a, b in blocks], jnp.zeros((k, d), dt),
+            jnp.zeros(k, dt), jnp.zeros((), dt))
+    (s2, s1, s0, total), _ = jax.lax.scan(body, init, (cols, mask))
+    upper = jnp.concatenate([jnp.pad(m.reshape(k, b - a, d - a), ((0, 0), (0, 0), (a, 0)))
+                             for m, (a, b) in zip(s2, blocks, strict=True)], axis=1)
+    iu = np.triu_indices(d)
+    return jnp.concatenate([upper[:, iu[0], iu[1]].T, s1.T, s0[None]]), total
+
+
 @functools.lru_cache(maxsize=32)
-def _make_step(covariance_type: str, reg_covar: float, n_dim: int, n: int, eps: float):
-    """The compiled EM iteration ``(params, shift, features, mask) -> (new params, mean log-lik)``."""
+def _make_step(covariance_type: str, reg_covar: float, n_dim: int, n: int, eps: float, direct: bool):
+    """The compiled EM iteration ``(params, shift, columns, mask) -> (new params, mean log-lik)``."""
     import jax
     import jax.numpy as jnp
 
     @jax.jit
-    def step(params, shift, feats_chunks, mask_chunks):
-        weights, means, _, prec_chol = params
-        w = _weight_matrix(jnp, weights, means - shift, prec_chol, covariance_type)
-
-        def body(carry, inp):
-            stats, total = carry
-            rows, mask = inp
-            logp = rows @ w
-            lse = jax.scipy.special.logsumexp(logp, axis=1, keepdims=True)
-            resp = jnp.exp(logp - lse) * mask[:, None]
-            return (stats + resp.T @ rows, total + (lse[:, 0] * mask).sum()), None
-
-        init = (jnp.zeros(w.shape[::-1], w.dtype), jnp.zeros((), w.dtype))
-        (stats, total), _ = jax.lax.scan(body, init, (feats_chunks, mask_chunks))
-        weights, mu, cov, prec_chol = _m_step(jax, jnp, stats.T, n_dim, covariance_type, reg_covar, eps)
+    def step(params, shift, cols, mask):
+        if direct:
+            stats, total = _direct_pass(jax, jnp, params, shift, cols, mask)
+        else:
+            stats, total = _feature_pass(jax, jnp, params, shift, cols, mask, covariance_type)
+        weights, mu, cov, prec_chol = _m_step(jax, jnp, stats, n_dim, covariance_type, reg_covar, eps)
         return (weights, mu + shift, cov, prec_chol), total / n
 
     return step
@@ -158,31 +218,42 @@ class JaxGMMFamily:
         Supplies ``covariance_type``, ``reg_covar``, the seeded initialisations
         (``init_params``) and the monotone-check slack; copied, never changed.
     chunk_size : int, optional
-        Rows per ``lax.scan`` step (memory O(chunk x F)); 4096 by default.
+        Rows per ``lax.scan`` step (memory O(chunk x (F + K))); by default about
+        512 KB of temporaries (XLA runs best on smaller chunks than MKL).
     """
 
     def __init__(self, family: GMMFamily, chunk_size: int | None = None) -> None:
         self.family = copy.copy(family)
-        self.family.precompute_bytes = 0  # the torch features are only read once, to initialise
-        self.chunk_size = int(chunk_size or 4096)
+        # measured on one core: XLA's products favour the direct form more than MKL's, and smaller chunks
+        self.family.direct_ratio = 2.5
+        self.family.chunk_bytes = 1 << 19
+        if chunk_size is not None:
+            self.family.chunk_size = int(chunk_size)
 
     def prepare(self, x: Tensor) -> JaxGMMData:
-        """Feature rows of ``x`` (N, D) in chunks; float64 turns on ``jax_enable_x64``."""
+        """Centred columns of ``x`` (N, D) in chunks; float64 turns on ``jax_enable_x64``."""
         import jax
 
         if x.dtype == torch.float64:
             jax.config.update("jax_enable_x64", True)
         import jax.numpy as jnp
 
-        x_np = x.detach().cpu().numpy()
+        init_data = self.family.prepare(x)
+        x_np, shift = x.detach().cpu().numpy(), init_data.shift.cpu().numpy()
         n, d = x_np.shape
-        shift = x_np.mean(0, dtype=np.float64).astype(x_np.dtype)
-        chunk = min(self.chunk_size, n)
+        chunk = init_data.chunk_size
         n_chunks = -(-n // chunk)
-        xc = np.concatenate([x_np - shift, np.zeros((n_chunks * chunk - n, d), x_np.dtype)])
-        feats = _features(jnp, jnp.asarray(xc), self.family.covariance_type).reshape(n_chunks, chunk, -1)
+        # filled in place, a block of chunks at a time: the only data-sized array is the result
+        # (jnp.asarray of a transposed NumPy array would hold three copies at once)
+        cols = jnp.zeros((n_chunks, d, chunk), x_np.dtype)
+        per = max(1, (1 << 16) // chunk)
+        for b in range(0, n_chunks, per):
+            rows = x_np[b * chunk : (b + per) * chunk] - shift
+            block = np.zeros((min(per, n_chunks - b) * chunk, d), x_np.dtype)
+            block[: len(rows)] = rows
+            cols = _block_setter()(cols, b, block.reshape(-1, chunk, d).transpose(0, 2, 1))
         mask = jnp.asarray(np.arange(n_chunks * chunk) < n, dtype=x_np.dtype).reshape(n_chunks, chunk)
-        return JaxGMMData(feats, mask, jnp.asarray(shift), self.family.prepare(x))
+        return JaxGMMData(cols, mask, jnp.asarray(shift), init_data)
 
     def initialize(self, data: JaxGMMData, generator: torch.Generator) -> GMMParams:
         """The torch backend's initialisation (same generator, same draws)."""
@@ -194,10 +265,12 @@ class JaxGMMFamily:
         import jax.numpy as jnp
 
         n, d = data.init_data.x.shape
-        eps = float(np.finfo(data.features.dtype).eps)
-        step = _make_step(self.family.covariance_type, self.family.reg_covar, d, n, eps)
+        eps = float(np.finfo(data.columns.dtype).eps)
+        step = _make_step(self.family.covariance_type, self.family.reg_covar, d, n, eps, data.init_data.direct)
+        if data.init_data.direct:  # the direct form's blocks need upper-triangular factors
+            params = params._replace(precisions_cholesky=upper_factor(params.precisions_cholesky))
         jparams = tuple(jnp.asarray(p.detach().cpu().numpy()) for p in params)
-        new, ll = step(jparams, data.shift, data.features, data.mask)
+        new, ll = step(jparams, data.shift, data.columns, data.mask)
         if not bool(jnp.isfinite(new[3]).all()):
             raise InputError(COLLAPSE_MESSAGE.format(reg=self.family.reg_covar))
         return EStep(float(ll), new)
@@ -214,7 +287,7 @@ class JaxGMMFamily:
 
 def fit_em_gmm(x: Any, init: Any = None, *, n_components: int | None = None,
                covariance_type: str = "full", reg_covar: float = 1e-6, init_params: str = "kmeans",
-               chunk_size: int | None = None, **loop: Any) -> EMResult:
+               chunk_size: int | None = None, strategy: str = "auto", **loop: Any) -> EMResult:
     """EM for a Gaussian mixture in JAX: :func:`fit_em` with :class:`JaxGMMFamily`.
 
     Parameters
@@ -230,6 +303,8 @@ def fit_em_gmm(x: Any, init: Any = None, *, n_components: int | None = None,
         As in :class:`ppl_dgm.GaussianMixture`.
     chunk_size : int, optional
         Rows per ``lax.scan`` step.
+    strategy : {'auto', 'features', 'direct'}
+        The E-step's form (:class:`~ppl_dgm.models.gmm_em.GMMFamily`).
     **loop
         ``n_init``, ``tol``, ``max_iter``, ``seed``, ``warn``, ... of :func:`fit_em`.
 
@@ -244,5 +319,5 @@ def fit_em_gmm(x: Any, init: Any = None, *, n_components: int | None = None,
     if xt.dtype != torch.float32:
         xt = xt.double()
     k = n_components if n_components is not None else len(init[0])
-    family = GMMFamily(k, covariance_type, reg_covar, init_params, chunk_size=chunk_size)
+    family = GMMFamily(k, covariance_type, reg_covar, init_params, chunk_size=chunk_size, strategy=strategy)
     return fit_em(JaxGMMFamily(family, chunk_size), xt, init=init, **loop)
