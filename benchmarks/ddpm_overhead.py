@@ -26,9 +26,7 @@ Writes ``benchmarks/results/ddpm_overhead.json`` (the machine, the load average 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-from pathlib import Path
 
 import torch
 from svi_overhead import (
@@ -39,10 +37,12 @@ from svi_overhead import (
     epoch_order,
     epoch_times,
     machine,
+    ms_per_step,
     paired,
     print_table,
     record_seconds,
     timed_fit,
+    write_result,
 )
 
 from ppl_dgm.data import load_dataset
@@ -100,8 +100,9 @@ def main() -> None:
                     help="Fashion-MNIST examples per epoch (the UNet step takes ~1 s on one thread)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--quick", action="store_true", help="checkerboard only, 2,560 points, 3 repeats (a smoke run)")
-    ap.add_argument("--out", default=str(OUT / "ddpm_overhead.json"))
+    ap.add_argument("--out", default=None, help="default results/ddpm_overhead.json (--quick: *_quick.json)")
     args = ap.parse_args()
+    args.out = args.out or str(OUT / ("ddpm_overhead_quick.json" if args.quick else "ddpm_overhead.json"))
     torch.set_num_threads(args.threads)
     only = ["checkerboard"] if args.quick else args.only.split(",")
     repeats = 3 if args.quick else args.repeats
@@ -125,16 +126,12 @@ def main() -> None:
         res = paired(variants(ds, x, k, args.batch_size), repeats)
         res.update(n=len(x), steps_per_epoch=steps, t_per_step=k, network=m.arch,
                    parameters=sum(p.numel() for p in m.parameters()),
-                   ms_per_step={v: {e: 1000 * s["wall"] / steps for e, s in by.items()}
-                                for v, by in res["median_seconds"].items()},
+                   ms_per_step=ms_per_step(res, steps),
                    record_seconds=record_seconds(m, {"model": m}, (x[:args.batch_size],)))
         result["configs"][name] = res
         print_table(res, steps)
         print(f"recording one step as a graph: {res['record_seconds']:.2f} s", flush=True)
-    result["loadavg_end"] = os.getloadavg()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

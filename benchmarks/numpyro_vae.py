@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from svi_overhead import EPOCHS, load_data, new_vae, paired, plain_fit, timed_fit
+from svi_overhead import EPOCHS, load_data, ms_per_step, new_vae, paired, plain_fit, timed_fit
 
 from ppl_dgm.models import get_family
 from ppl_dgm.runs import DataSpec, evaluate_run, train_run
@@ -56,7 +56,7 @@ def speed(repeats: int, batch_size: int) -> dict:
                   "fit_svi": lambda r: timed_fit(new_vae(r), x, batch_size=batch_size, lr=1e-3, seed=r, progress=False),
                   "numpyro": lambda r: numpyro_fit(x_np, batch_size, r)}, repeats)
     steps = -(-len(x) // batch_size)
-    ms = {k: round(1000 * v["epoch2"]["wall"] / steps, 3) for k, v in res["median_seconds"].items()}
+    ms = {k: round(v["epoch2"], 3) for k, v in ms_per_step(res, steps).items()}
     speedup = {k: round(1 / v["epoch2"]["wall"], 3) for k, v in res["ratio"].items()}
     return {"data": source, "n": len(x), "batch_size": batch_size, "steps_per_epoch": steps,
             "network": "784-400-20 MLP VAE, Bernoulli, analytic KL", **res,

@@ -118,6 +118,19 @@ def paired(variants: dict[str, Callable[[int], Times]], repeats: int, reference:
     }
 
 
+def ms_per_step(res: dict, steps: int) -> dict:
+    """Median wall milliseconds per step of every variant and epoch of a :func:`paired` result."""
+    return {k: {e: 1000 * s["wall"] / steps for e, s in v.items()} for k, v in res["median_seconds"].items()}
+
+
+def write_result(result: dict, out: str | Path) -> None:
+    """``result`` with the load average at the end, as JSON at ``out``."""
+    result["loadavg_end"] = os.getloadavg()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def print_table(res: dict, steps: int) -> None:
     print(f"\n{'loop':<22}{'epoch':>7}{'ms/step':>9}{'ratio wall':>12}{'ratio cpu':>11}")
     for k, by_epoch in res["median_seconds"].items():
@@ -194,8 +207,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=60_000)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--quick", action="store_true", help="12,800 examples, one thread, 3 repeats (a smoke run)")
-    ap.add_argument("--out", default=str(OUT / "svi_overhead.json"))
+    ap.add_argument("--out", default=None, help="default results/svi_overhead.json (--quick: svi_overhead_quick.json)")
     args = ap.parse_args()
+    args.out = args.out or str(OUT / ("svi_overhead_quick.json" if args.quick else "svi_overhead.json"))
     if args.quick:
         args.n, args.repeats, args.threads = 12_800, 3, "1"
     x, source = load_data(args.n)
@@ -212,17 +226,13 @@ def main() -> None:
         torch.set_num_threads(threads)
         print(f"-- {threads} thread(s), {steps} steps per epoch", flush=True)
         res = paired(variants(x, args.batch_size), args.repeats)
-        res["ms_per_step"] = {k: {e: 1000 * s["wall"] / steps for e, s in v.items()}
-                              for k, v in res["median_seconds"].items()}
+        res["ms_per_step"] = ms_per_step(res, steps)
         res["record_seconds"] = record_seconds(vae, {"model": vae}, (x[:args.batch_size],))
         result["by_threads"][str(threads)] = res
         print_table(res, steps)
         print(f"recording one step as a graph: {res['record_seconds']:.3f} s "
               f"(the first in the process: {first_record:.2f} s)", flush=True)
-    result["loadavg_end"] = os.getloadavg()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

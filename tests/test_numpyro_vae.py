@@ -225,6 +225,7 @@ def test_cli_numpyro_run_works_with_every_command(family, tmp_path, capsys):
     (["fit", "ae", "--backend", "numpyro"], "expected a family with a NumPyro twin"),
     (["fit", "vae", "--backend", "numpyro", "--likelihood", "continuous-bernoulli"], "expected likelihood one of"),
     (["fit", "vae", "--backend", "numpyro", "--arch", "conv", "--data", "IMAGES"], "expected arch 'mlp'"),
+    (["fit", "vae", "--backend", "numpyro", "--compile-step"], "the NumPyro step is always jit-compiled"),
 ])
 def test_cli_numpyro_refusals_are_one_line(args, message, tmp_path, capsys):
     from tests.conftest import run_cli
@@ -235,3 +236,23 @@ def test_cli_numpyro_refusals_are_one_line(args, message, tmp_path, capsys):
     code, _, err = run_cli([*args, "--epochs", 1, "--out", tmp_path / "r"], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
+
+
+def test_learning_rate_schedule_is_the_pyro_loops(digits):
+    """The optimizer steps at lr_at(schedule)(epoch), the Pyro loop's per-epoch schedule: under a constant gradient
+    every Adam step moves a parameter by exactly its learning rate."""
+    from ppl_dgm.inference.svi import lr_at
+    from ppl_dgm.numpyro.inference.svi import make_optimizer
+
+    lrs = np.array([lr_at("cosine", 0.1, 3)(e) for e in range(3)], dtype=np.float32)
+    opt = make_optimizer("adam", lrs, steps=2, clip_norm=None)
+    state, moves = opt.init({"a": jnp.float32(0.0)}), []
+    for _ in range(6):
+        before = float(opt.get_params(state)["a"])
+        state = opt.update({"a": jnp.float32(1.0)}, state)
+        moves.append(before - float(opt.get_params(state)["a"]))
+    np.testing.assert_allclose(moves, np.repeat(lrs, 2), rtol=1e-4)
+    twin = twin_class("vae")(x_dim=64, latent_dim=2, hidden=(8,))
+    _, history = fit(twin, digits.x_train.numpy()[:100], epochs=3, batch_size=50, lr=0.1, lr_schedule="cosine",
+                     progress=False)
+    np.testing.assert_allclose([h["lr"] for h in history], lrs, rtol=1e-6)

@@ -167,8 +167,7 @@ class MonteCarloELBO(Objective):
         for _ in range(self.num_particles):
             g_tr, m_tr = site_pair(model, guide, *args, **kwargs)
             latents = [name for name, site in sample_sites(m_tr) if not site["is_observed"]]
-            if (any(not s["fn"].has_rsample or s["infer"].get("enumerate") for _, s in sample_sites(g_tr))
-                    or any(name not in g_tr.nodes for name in latents)):
+            if not _reparameterized(g_tr) or any(name not in g_tr.nodes for name in latents):
                 return self._elbo.differentiable_loss(model, guide, *args, **kwargs)
             log_q = _total(_site_log_prob_sum(site) for _, site in sample_sites(g_tr))
             log_p = _total(_site_log_prob_sum(site) for _, site in sample_sites(m_tr))
@@ -197,7 +196,7 @@ class AnalyticELBO(Objective):
         losses = []
         for _ in range(self.num_particles):
             g_tr, m_tr = site_pair(model, guide, *args, **kwargs)
-            if any(not s["fn"].has_rsample or s["infer"].get("enumerate") for _, s in sample_sites(g_tr)):
+            if not _reparameterized(g_tr):
                 return self._elbo.differentiable_loss(model, guide, *args, **kwargs)
             loss = _negative_elbo(g_tr, m_tr, _site_kl_sum)
             if loss is None:  # sites of one program missing from the other: Pyro's estimator handles it
@@ -256,6 +255,12 @@ def _negative_elbo(g_tr, m_tr, kl_of) -> torch.Tensor | None:
         else:
             return None
     return loss
+
+
+def _reparameterized(guide_sites) -> bool:
+    """Every guide sample site draws by reparameterization and none is enumerated: the ELBO can be summed straight
+    from the sites (else Pyro's estimators add score-function terms or enumerate)."""
+    return all(s["fn"].has_rsample and not s["infer"].get("enumerate") for _, s in sample_sites(guide_sites))
 
 
 def _plus(total, term, sign: int = 1):

@@ -385,7 +385,8 @@ def _minibatch(data: tuple[torch.Tensor, ...], idx, transform) -> tuple[torch.Te
     return batch if transform is None else (transform(batch[0]), *batch[1:])
 
 
-def _lr_at(schedule: str, lr: float, epochs: int, gamma: float) -> Callable[[int], float]:
+def lr_at(schedule: str, lr: float, epochs: int, gamma: float = 0.99) -> Callable[[int], float]:
+    """The learning rate of each (0-based) epoch under ``schedule`` (constant, cosine, exponential)."""
     if schedule == "cosine":
         return lambda epoch: lr * 0.5 * (1 + math.cos(math.pi * epoch / max(epochs, 1)))
     if schedule == "exponential":
@@ -593,7 +594,7 @@ def fit_svi(
                                  key=lambda: getattr(loss, "kl_weight", None))
     state = (loss.make_state(model, model_fn, guide_fn, params, opt, modules, clip, averager) if own_state
              else SVIState(model_fn, guide_fn, objective, params, opt, modules, clip, averager))
-    run = SVILoop(state, model, train_t, epochs, batch_size, seed, _lr_at(lr_schedule, lr, epochs, lr_gamma),
+    run = SVILoop(state, model, train_t, epochs, batch_size, seed, lr_at(lr_schedule, lr, epochs, lr_gamma),
               getattr(loss, "set_epoch", None), transform)
     # The first traces (check_guide) ran with Pyro's argument validation on, catching model bugs early;
     # the loop runs without it (it costs about 5% per step); non-finite values are still caught and named.

@@ -123,6 +123,9 @@ def numpyro_twin(family: str, model_cfg: dict, seed: int, options: FitOptions):
     from ..numpyro.models import twin_class
 
     twin = twin_class(family)(**model_cfg, seed=seed)
+    if getattr(options, "compile_step", False):
+        raise InputError("--compile-step records the Pyro backend's step; the NumPyro step is always jit-compiled: "
+                         "expected no --compile-step with --backend numpyro")
     if getattr(options, "jax_devices", 1) > 1:
         from ..numpyro.inference.svi import data_parallel
 
@@ -150,7 +153,7 @@ def _fit_numpyro(family, twin, options, ds, seed, out_path, resume, device, prog
     y = (lambda t: None if t is None else t.numpy()) if twin.conditional else (lambda t: None)
     _, history = fit(twin, ds.x_train.numpy(), y(ds.y_train), ds.x_test.numpy() if len(ds.x_test) else None,
                      y(ds.y_test), **objective, epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
-                     optimizer=train["optimizer"], lr_schedule_name=train["lr_schedule"], clip_norm=train["clip_norm"],
+                     optimizer=train["optimizer"], lr_schedule=train["lr_schedule"], clip_norm=train["clip_norm"],
                      checkpoint_every=train["checkpoint_every"], held_out_examples=train["held_out_examples"],
                      seed=seed, binarize=ds.binarize == "dynamic", out_dir=out_path, resume=resume, progress=progress,
                      devices=options.jax_devices)

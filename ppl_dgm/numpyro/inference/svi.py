@@ -30,6 +30,7 @@ from numpyro.primitives import Messenger
 
 from ...errors import InputError, NonFiniteError
 from ...inference.objectives import OBJECTIVES, KLWarmup
+from ...inference.svi import lr_at
 from ...utils import atomic_write_json, ensure_writable_dir
 from . import checkpoint as ckpt
 
@@ -73,10 +74,11 @@ def make_loss(name: str, particles: int, twin, free_bits: float = 0.0):
     return Trace_ELBO(num_particles=particles)
 
 
-def make_optimizer(optimizer: str, lr_of_epoch: Callable, steps: int, clip_norm: float | None):
-    """Adam (or Pyro's ClippedAdam's NumPyro twin) with the per-epoch learning rate, optionally clipping the global
-    gradient norm at ``clip_norm`` (as ``torch.nn.utils.clip_grad_norm_``)."""
-    step_size = lambda i: lr_of_epoch(i // steps)
+def make_optimizer(optimizer: str, lrs: jax.Array, steps: int, clip_norm: float | None):
+    """Adam (or ClippedAdam) at the learning rate ``lrs[epoch]`` of each step's epoch (``steps`` per epoch),
+    optionally clipping the global gradient norm at ``clip_norm`` (as ``torch.nn.utils.clip_grad_norm_``)."""
+    table = jnp.asarray(lrs)
+    step_size = lambda i: table[jnp.minimum(i // steps, len(table) - 1)]
     base = numpyro.optim.ClippedAdam if optimizer == "clipped_adam" else numpyro.optim.Adam
     opt = base(step_size=step_size)
     if clip_norm is not None:
@@ -89,15 +91,6 @@ def make_optimizer(optimizer: str, lr_of_epoch: Callable, steps: int, clip_norm:
 
         opt.update = clipped
     return opt
-
-
-def lr_schedule(schedule: str, lr: float, epochs: int, gamma: float = 0.99) -> Callable:
-    """lr of a (0-based, possibly traced) epoch, as ``fit_svi``'s schedules."""
-    if schedule == "cosine":
-        return lambda e: lr * 0.5 * (1 + jnp.cos(jnp.pi * e / max(epochs, 1)))
-    if schedule == "exponential":
-        return lambda e: lr * gamma ** e
-    return lambda e: lr * jnp.ones_like(e, dtype=jnp.float32)
 
 
 def elbo_terms(twin, params, x, y=None, *, key) -> dict[str, jax.Array]:
@@ -154,7 +147,7 @@ def _nonfinite_sites(twin, params, x, y, key) -> list[str]:
 
 def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str = "analytic", particles: int = 1,
         beta: float = 1.0, warmup_epochs: int = 0, free_bits: float = 0.0, epochs: int = 50, batch_size: int = 128,
-        lr: float = 1e-3, optimizer: str = "adam", lr_schedule_name: str = "constant", clip_norm: float | None = None,
+        lr: float = 1e-3, optimizer: str = "adam", lr_schedule: str = "constant", clip_norm: float | None = None,
         checkpoint_every: int = 10, held_out_examples: int | None = None, seed: int = 0, binarize: bool = False,
         out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
         devices: int = 1) -> tuple[dict, list[dict]]:
@@ -167,7 +160,8 @@ def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str
     x_test, y_test : held-out rows, scored after each epoch (the first ``held_out_examples``)
     objective, particles, beta, warmup_epochs, free_bits : as ``ppl-dgm fit`` (free bits: Pyro only)
     epochs, batch_size, lr, optimizer, clip_norm, checkpoint_every : as :func:`ppl_dgm.inference.fit_svi`
-    lr_schedule_name : {"constant", "cosine", "exponential"}
+    lr_schedule : {"constant", "cosine", "exponential"}
+        The learning rate per epoch, :func:`ppl_dgm.inference.svi.lr_at` (the Pyro loop's schedules).
     binarize : bool
         Dynamic binarization: x ~ Bernoulli(grey level) afresh in every step (inside the compiled step).
     out_dir : path, optional
@@ -186,8 +180,9 @@ def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str
         raise InputError("expected at least one training example; got none")
     steps = math.ceil(n / batch_size)
     sites = twin.latent_sites
+    lrs = np.array([lr_at(lr_schedule, lr, epochs)(e) for e in range(epochs)], dtype=np.float32)
     svi = SVI(weighted(twin.model, sites), weighted(twin.guide, sites),
-              make_optimizer(optimizer, lr_schedule(lr_schedule_name, lr, epochs), steps, clip_norm),
+              make_optimizer(optimizer, lrs, steps, clip_norm),
               make_loss(objective, particles, twin, free_bits))
     key, bin_key, eval_key = jax.random.split(jax.random.PRNGKey(seed), 3)
     terms = jax.jit(lambda p, xb, yb, kb: elbo_terms(twin, p, xb, yb, key=kb))
@@ -245,8 +240,8 @@ def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str
             raise NonFiniteError(f"non-finite ELBO in epoch {epoch + 1} at sites {', '.join(sites_bad) or '?'}; "
                                  f"last good checkpoint: {out / ckpt.CHECKPOINT_NPZ if out else 'none written'}",
                                  step=(epoch + 1) * steps, sites=sites_bad)
-        record = {"epoch": epoch + 1, "train_elbo": train_elbo, "lr": float(lr_schedule(
-            lr_schedule_name, lr, epochs)(jnp.float32(epoch))), "kl_weight": float(w)}
+        record = {"epoch": epoch + 1, "train_elbo": train_elbo, "lr": float(lrs[epoch]),
+                  "kl_weight": float(w)}
         if test_rows is not None:
             record.update(_held_out(terms, params, x_test[test_rows], None if y_test is None else y_test[test_rows],
                                     eval_key))
