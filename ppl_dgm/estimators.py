@@ -38,7 +38,10 @@ from .models.gmm import COVARIANCE_TYPES, GMM, GMMParams, precision_cholesky
 from .models.gmm_em import INIT_METHODS, GMMFamily
 from .models.ppca import PPCA as PPCAModel
 from .models.ppca import PPCAFamily, PPCAParams, closed_form, log_likelihood_from_moments, sample_moments
+from .models.shards import Shards, shard_rows
 from .utils import resolve_device
+
+__all__ = ["GaussianMixture", "PPCA", "ESTIMATORS", "shard_rows"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _NOT_FITTED = "expected a fitted %(name)s (call fit first); got an unfitted one"
@@ -185,6 +188,14 @@ class GaussianMixture(_DensityEstimator):
         precisions' shape; they override ``init_params`` (then one run).
     chunk_size : int, optional
         Rows per chunk (memory O(chunk x K x D)); automatic by default.
+    distributed : bool
+        Sharded EM (``backend='torch'`` only) under an initialized ``torch.distributed``
+        process group (gloo on CPU, NCCL on GPUs; launch with ``torchrun``): ``X`` given to
+        :meth:`fit` is this rank's block of rows (rank order = row order, see
+        :func:`~ppl_dgm.models.shards.shard_rows`); the statistics are summed over ranks
+        once per iteration and every rank ends with the parameters of a single-process fit
+        on the concatenated rows.  Methods after the fit (:meth:`score`, :meth:`predict`,
+        :meth:`sample`, ...) use only the rows given to them, on any rank.
 
     Attributes
     ----------
@@ -219,6 +230,7 @@ class GaussianMixture(_DensityEstimator):
         "means_init": ["array-like", None],
         "precisions_init": ["array-like", None],
         "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
+        "distributed": ["boolean"],
     }
 
     def __init__(self, n_components: int = 1, *, covariance_type: str = "full", tol: float = 1e-3,
@@ -226,7 +238,7 @@ class GaussianMixture(_DensityEstimator):
                  init_params: str = "kmeans", random_state: int | None = None,
                  backend: Literal["torch", "jax", "svi", "numpyro"] = "torch", device: str = "cpu",
                  dtype: str = "float64", weights_init: Any = None, means_init: Any = None,
-                 precisions_init: Any = None, chunk_size: int | None = None) -> None:
+                 precisions_init: Any = None, chunk_size: int | None = None, distributed: bool = False) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -242,19 +254,24 @@ class GaussianMixture(_DensityEstimator):
         self.means_init = means_init
         self.precisions_init = precisions_init
         self.chunk_size = chunk_size
+        self.distributed = distributed
 
     # --- fitting ------------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: Any, y: Any = None) -> GaussianMixture:
         """Fit to ``X`` (N, D) with N >= 2; ``y`` is ignored.  Returns ``self``."""
-        x = self._tensor(X, fitting=True)
-        if self.n_components > x.shape[0]:
+        if self.distributed and self.backend != "torch":
+            raise InputError(f"expected backend='torch' with distributed=True (sharded EM runs in the torch "
+                             f"backend only); got backend={self.backend!r}")
+        shards = Shards.from_process_group() if self.distributed else None
+        x = self._tensor(X, fitting=True) if shards is None else self._shard(X, shards)
+        if shards is None and self.n_components > x.shape[0]:  # sharded: checked on all rows at initialize
             raise InputError(f"expected n_components <= n_samples; got {self.n_components} > {x.shape[0]}")
         if self.backend in ("svi", "numpyro") and self.covariance_type != "full":
             raise InputError(f"expected covariance_type='full' with backend={self.backend!r}; "
                              f"got {self.covariance_type!r}")
         family = GMMFamily(self.n_components, self.covariance_type, float(self.reg_covar),
-                           self.init_params, chunk_size=self.chunk_size)
+                           self.init_params, chunk_size=self.chunk_size, shards=shards)
         init = self._given_init(family, x)
         if self.backend in ("svi", "numpyro"):
             res = self._fit_svi(family, x, init)
@@ -267,6 +284,21 @@ class GaussianMixture(_DensityEstimator):
                          seed=self._seed, init=init)
         self._set_fitted(res)
         return self
+
+    def _shard(self, X: Any, shards: Shards) -> Tensor:
+        """This rank's checked rows; if any rank's rows fail the checks, every rank raises (none waits forever)."""
+        try:
+            x, error = self._tensor(X, fitting=True), None
+        except InputError as e:
+            x, error = None, e
+        flags = torch.zeros(shards.world_size, dtype=torch.float64, device=resolve_device(self.device))
+        flags[shards.rank] = error is not None
+        bad = [r for r, f in enumerate(shards.sum(flags).tolist()) if f]
+        if error is not None:
+            raise error
+        if bad:
+            raise InputError(f"expected valid rows on every rank; got invalid rows on rank(s) {bad}")
+        return x
 
     def _given_init(self, family: GMMFamily, x: Tensor) -> GMMParams | None:
         """Initial parameters from ``*_init`` (the missing ones from the seeded init), or None."""

@@ -41,6 +41,11 @@ from torch import Tensor
 from ..errors import InputError
 from ..models.base import EStep
 
+#: a later restart replaces the kept one only if its final log-likelihood is higher by more than this (relative;
+#: at least 1000 eps of the data's dtype): restarts that reach the same optimum (often with permuted components)
+#: differ by round-off only, which changes with the order of the sums (chunks, ranks), so the first is kept
+TIE = 1e-11
+
 
 class ConvergenceWarning(UserWarning):
     """EM stopped at ``max_iter`` before the change in log-likelihood fell below ``tol``."""
@@ -112,11 +117,14 @@ def fit_em(
     Parameters
     ----------
     family : EMFamily
-        Provides the hooks (module docstring).
+        Provides the hooks (module docstring).  A sharded family (``GMMFamily(shards=...)``)
+        sums its statistics over ranks inside ``prepare``/``initialize``/``e_step``, so every
+        rank sees the same numbers and runs this loop unchanged, stopping at the same iteration.
     x : Tensor, shape (N, D)
-        Data; its device and dtype are used throughout.
+        Data (this rank's rows when sharded); its device and dtype are used throughout.
     n_init : int
-        Restarts; the one with the largest final log-likelihood is kept.
+        Restarts; the one with the largest final log-likelihood is kept (the first of those
+        within round-off of each other: ``TIE`` relative in float64, ``1000 eps`` in float32).
     tol : float
         Stop when ``|L_t - L_{t-1}| < tol`` (per-sample log-likelihood).
     max_iter : int
@@ -144,6 +152,7 @@ def fit_em(
         raise InputError(f"expected max_iter >= 1; got {max_iter!r}")
     if not tol >= 0:
         raise InputError(f"expected tol >= 0; got {tol!r}")
+    tie = max(TIE, 1000 * torch.finfo(x.dtype).eps) if x.dtype.is_floating_point else TIE
     data = family.prepare(x)
     generator = torch.Generator().manual_seed(int(seed))
     best: EMResult | None = None
@@ -152,7 +161,7 @@ def fit_em(
         params = init if init is not None else family.initialize(data, generator)
         result = _em_restart(family, data, params, tol, max_iter, check_monotone, elbo_check)
         histories.append(result.history)
-        if best is None or result.lower_bound > best.lower_bound:
+        if best is None or result.lower_bound > best.lower_bound + tie * abs(best.lower_bound):
             best = result
             best.best_init = restart
     assert best is not None  # n_init >= 1 checked above

@@ -37,6 +37,13 @@ and the second moments ``sum_n gamma_nk x_n x_n^T`` as one product
 (:func:`triangle_blocks`), the products skip most of the zero half of the
 triangular ``U_k^T`` and of the symmetric moments: (B + 1) / (2 B) of the full
 products, 5/4 of the feature form's multiply-adds (B = 4), in well-shaped products.
+
+Sharded (``shards=``, :class:`~ppl_dgm.models.shards.Shards`): each rank holds a
+block of rows; its E-step statistics ``S_r`` (F x K) and log-likelihood sum are
+packed in one float64 vector of F K + 1 numbers and summed over ranks once per
+iteration, so every rank takes the same M-step from ``S = sum_r S_r``.  The
+centring shift, N, and every initialisation are global (the same parameters as a
+single process on the concatenated rows, rank order = row order).
 """
 
 from __future__ import annotations
@@ -57,6 +64,8 @@ from .gmm import (
     log_det_cholesky,
     precision_cholesky,
 )
+from .kmeans import kmeans, kmeans_plusplus, take_rows
+from .shards import Shards
 
 INIT_METHODS = ("kmeans", "k-means++", "random_from_data", "random")
 STRATEGIES = ("auto", "features", "direct")
@@ -64,16 +73,24 @@ STRATEGIES = ("auto", "features", "direct")
 
 @dataclass
 class GMMData:
-    """Prepared data: raw rows (N, D), their mean (D,), rows per chunk and the E-step's form."""
+    """Prepared data: raw rows (N_r, D), the mean of all rows (D,), rows per chunk, the E-step's form,
+    and the ranks' layout when sharded (``None``: one process)."""
 
     x: Tensor
     shift: Tensor
     chunk_size: int
     direct: bool = False
+    shards: Shards | None = None
 
     @property
     def n(self) -> int:
+        """This process's rows."""
         return self.x.shape[0]
+
+    @property
+    def n_total(self) -> int:
+        """Rows over all ranks."""
+        return self.n if self.shards is None else int(self.shards.n_total)
 
 
 class GMMFamily:
@@ -94,6 +111,10 @@ class GMMFamily:
     strategy : {'auto', 'features', 'direct'}
         The E-step's form (module docstring); ``direct`` needs full covariances;
         ``auto`` takes it when ``direct_ratio * K <= D`` (4 here, 2.5 for the JAX backend).
+    shards : Shards, optional
+        Sharded EM: ``x`` given to :meth:`prepare` is this rank's block of rows and the
+        statistics are summed over ranks (:class:`~ppl_dgm.models.shards.Shards`); ``None``
+        (default): one process, no communication.
     """
 
     #: ``auto`` takes the direct form when ``direct_ratio * K <= D`` (measured crossover, one core, float64)
@@ -101,7 +122,7 @@ class GMMFamily:
 
     def __init__(self, n_components: int, covariance_type: str = "full", reg_covar: float = 1e-6,
                  init_params: str = "kmeans", chunk_size: int | None = None,
-                 chunk_bytes: int = 1 << 21, strategy: str = "auto") -> None:
+                 chunk_bytes: int = 1 << 21, strategy: str = "auto", shards: Shards | None = None) -> None:
         self.k = int(n_components)
         self.covariance_type = check_choice("covariance_type", covariance_type, COVARIANCE_TYPES)
         self.init_params = check_choice("init_params", init_params, INIT_METHODS)
@@ -109,6 +130,7 @@ class GMMFamily:
         self.chunk_size = chunk_size
         self.chunk_bytes = chunk_bytes
         self.strategy = check_choice("strategy", strategy, STRATEGIES)
+        self.shards = shards
         if self.strategy == "direct" and self.covariance_type != "full":
             raise InputError(f"expected covariance_type='full' with strategy='direct'; got {covariance_type!r}")
 
@@ -147,11 +169,19 @@ class GMMFamily:
         return (self.k * block if self.use_direct(d) else self.n_features_phi(d)) + d + 3 * self.k
 
     def prepare(self, x: Tensor) -> GMMData:
+        """Rows ``x`` (N_r, D) with their (global) mean as the centring shift and the chunk size."""
         n, d = x.shape
         direct = self.use_direct(d)
         chunk = self.chunk_size or max(256, self.chunk_bytes // (x.element_size() * self.numbers_per_row(d)))
-        shift = x.mean(0, dtype=torch.float64).to(x.dtype)
-        return GMMData(x, shift, min(int(chunk), n), direct)
+        shards = None if self.shards is None else self.shards.locate(n, d, x.device)
+        if shards is None:
+            mean = x.mean(0, dtype=torch.float64)
+        else:  # every rank centres by the same (global) mean
+            mean = shards.sum(x.sum(0, dtype=torch.float64)) / shards.n_total
+        # rounded to float32: a centring needs no more digits, and rounded it is the same number whatever the
+        # order of the sums (one process or many), so are the initial parameters (see docs/scaling.md)
+        shift = mean.float().to(x.dtype)
+        return GMMData(x, shift, max(1, min(int(chunk), n)), direct, shards)
 
     def _columns(self, data: GMMData, i: int) -> Tensor:
         """Centred rows ``i .. i + chunk`` as columns (D, c), contiguous."""
@@ -186,9 +216,17 @@ class GMMFamily:
         return w.to(params.means.dtype).contiguous()
 
     def e_step(self, params: GMMParams, data: GMMData) -> EStep:
-        """Mean log-likelihood and ``S = Phi^T gamma`` (F, K) in float64, one pass over chunks."""
-        if data.direct:
-            return self._e_step_direct(params, data)
+        """Mean log-likelihood and ``S = Phi^T gamma`` (F, K) in float64, one pass over chunks.
+
+        Sharded: ``[S_r | sum_n log p(x_n)]`` (F K + 1 numbers) summed over ranks, once."""
+        total, stats = (self._sums_direct if data.direct else self._sums_features)(params, data)
+        if data.shards is not None:
+            both = data.shards.sum(torch.cat([stats.reshape(-1), total.reshape(1)]))
+            total, stats = both[-1], both[:-1].view(stats.shape)
+        return EStep(float(total) / data.n_total, stats)
+
+    def _sums_features(self, params: GMMParams, data: GMMData) -> tuple[Tensor, Tensor]:
+        """The feature form: ``(sum_n log p(x_n), S)`` over this process's rows."""
         w = self.weight_matrix(params, data.shift).T.contiguous()  # (K, F)
         stats = torch.zeros(w.shape, dtype=torch.float64, device=w.device)
         total = torch.zeros((), dtype=torch.float64, device=w.device)
@@ -199,10 +237,10 @@ class GMMFamily:
             resp, lse = _softmax_columns(w @ f)  # (K, c)
             total += lse
             stats += torch.mm(resp, f.T).double()  # (K, F); the fastest of the layouts for MKL
-        return EStep(float(total) / data.n, stats.T)
+        return total, stats.T
 
-    def _e_step_direct(self, params: GMMParams, data: GMMData) -> EStep:
-        """The direct form (module docstring), by column blocks; the same statistics as :meth:`e_step`."""
+    def _sums_direct(self, params: GMMParams, data: GMMData) -> tuple[Tensor, Tensor]:
+        """The direct form (module docstring), by column blocks; the same sums as :meth:`_sums_features`."""
         u = upper_factor(params.precisions_cholesky)
         mu = (params.means.double() - data.shift.double()).to(u.dtype)
         k, d = mu.shape
@@ -235,7 +273,7 @@ class GMMFamily:
         upper = torch.cat([torch.nn.functional.pad(m.view(k, b - a, d - a), (a, 0))
                            for m, (a, b) in zip(s2, blocks, strict=True)], dim=1)  # (K, D, D), upper part
         iu = torch.triu_indices(d, d, device=u.device)
-        return EStep(float(total) / data.n, torch.cat([upper[:, iu[0], iu[1]].T, s1.T, s0.unsqueeze(0)]))
+        return total, torch.cat([upper[:, iu[0], iu[1]].T, s1.T, s0.unsqueeze(0)])
 
     # --- M-step ----------------------------------------------------------------------------
     def m_step(self, estep: EStep, data: GMMData) -> GMMParams:
@@ -296,8 +334,11 @@ class GMMFamily:
 
     # --- initialisation --------------------------------------------------------------------
     def initialize(self, data: GMMData, generator: torch.Generator) -> GMMParams:
-        """Parameters from initial responsibilities, as scikit-learn's ``init_params``."""
-        n = data.n
+        """Parameters from initial responsibilities, as scikit-learn's ``init_params``.
+
+        Sharded, every rank draws what a single process draws on all the rows (the same
+        generator calls, global indices), so every rank gets the single-process parameters."""
+        n, shards = data.n_total, data.shards
         if self.k > n:
             raise InputError(f"expected n_components <= n_samples; got {self.k} > {n}")
         method = self.init_params
@@ -305,13 +346,16 @@ class GMMFamily:
             if method == "random_from_data":
                 idx = torch.randperm(n, generator=generator)[: self.k]
             else:
-                idx = kmeans_plusplus(data.x, self.k, generator)
-            cols = self.phi_t((data.x[idx.to(data.x.device)] - data.shift).T.contiguous()).double()
+                idx = kmeans_plusplus(data.x, self.k, generator, shards)
+            rows = take_rows(data.x, idx.to(data.x.device), shards)
+            cols = self.phi_t((rows - data.shift).T.contiguous()).double()
             return self.params_from_stats(cols, data)
         stats = torch.zeros(self.n_features_phi(data.x.shape[1]), self.k, dtype=torch.float64,
                             device=data.x.device)
-        labels = kmeans(data.x, self.k, generator) if method == "kmeans" else None
-        for i in range(0, n, data.chunk_size):
+        labels = kmeans(data.x, self.k, generator, shards=shards) if method == "kmeans" else None
+        if labels is None and shards is not None:  # the draws of the rows before this rank's
+            self._skip_draws(shards.offset, data.chunk_size, generator)
+        for i in range(0, data.n, data.chunk_size):
             cols = self.phi_t(self._columns(data, i))
             if labels is None:
                 resp = torch.rand(cols.shape[1], self.k, generator=generator, dtype=torch.float64)
@@ -319,7 +363,17 @@ class GMMFamily:
             else:
                 resp = torch.nn.functional.one_hot(labels[i : i + cols.shape[1]], self.k).to(cols)
             stats += (cols @ resp.to(cols.device)).double()
+        if shards is not None:
+            if labels is None:  # ... and after, so the generator ends where a single process's does
+                self._skip_draws(n - shards.offset - data.n, data.chunk_size, generator)
+            stats = shards.sum(stats)
         return self.params_from_stats(stats, data)
+
+    def _skip_draws(self, rows: int, chunk: int, generator: torch.Generator) -> None:
+        """Advance ``generator`` past the random responsibilities of ``rows`` rows (CPU draws are serial,
+        so draws in any chunks continue one stream)."""
+        for i in range(0, rows, chunk):
+            torch.rand(min(chunk, rows - i), self.k, generator=generator, dtype=torch.float64)
 
     def params_from_given(self, weights: Tensor, means: Tensor, precisions: Tensor) -> GMMParams:
         """Initial parameters from given weights, means and precisions (sklearn ``*_init``)."""
@@ -357,42 +411,3 @@ def _softmax_columns(logp: Tensor) -> tuple[Tensor, Tensor]:
     s = resp.sum(0, keepdim=True)
     resp.div_(s)
     return resp, (m + s.log()).sum(dtype=torch.float64)
-
-
-def _sq_dists(x: Tensor, centers: Tensor) -> Tensor:
-    return (x.pow(2).sum(1, keepdim=True) - 2 * x @ centers.T + centers.pow(2).sum(1)).clamp_min_(0)
-
-
-def kmeans_plusplus(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
-    """Indices of ``k`` seeds chosen by k-means++ (D^2 weighting), shape (k,)."""
-    n = x.shape[0]
-    idx = [int(torch.randint(n, (1,), generator=generator))]
-    closest = _sq_dists(x, x[idx]).squeeze(1)
-    for _ in range(1, k):
-        p = closest.double().cpu()
-        p = p / p.sum() if float(p.sum()) > 0 else torch.full_like(p, 1.0 / n)
-        j = int(torch.multinomial(p, 1, generator=generator))
-        idx.append(j)
-        closest = torch.minimum(closest, _sq_dists(x, x[j : j + 1]).squeeze(1))
-    return torch.tensor(idx)
-
-
-def kmeans(x: Tensor, k: int, generator: torch.Generator, max_iter: int = 100,
-           tol: float = 1e-4, chunk_size: int = 16384) -> Tensor:
-    """Lloyd's k-means from k-means++ seeds; returns labels, shape (N,)."""
-    centers = x[kmeans_plusplus(x, k, generator).to(x.device)].clone()
-    scale = float(x.var(0).mean()) or 1.0
-    labels = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-    for _ in range(max_iter):
-        for i in range(0, x.shape[0], chunk_size):
-            labels[i : i + chunk_size] = _sq_dists(x[i : i + chunk_size], centers).argmin(1)
-        sums = torch.zeros_like(centers).index_add_(0, labels, x)
-        counts = torch.bincount(labels, minlength=k).to(x.dtype).unsqueeze(1)
-        new = torch.where(counts > 0, sums / counts.clamp_min(1), centers)
-        shift = float((new - centers).pow(2).sum())
-        centers = new
-        if shift <= tol * scale:
-            break
-    for i in range(0, x.shape[0], chunk_size):
-        labels[i : i + chunk_size] = _sq_dists(x[i : i + chunk_size], centers).argmin(1)
-    return labels
