@@ -85,6 +85,7 @@ def _fit_command(family: Family) -> click.Command:
     def command(ctx, dataset, data_path, data_dir, test_path, val_fraction, out, binarize, resume, overwrite, quiet,
                 device, seed, threads, **fields):
         from ..data import IMAGE_DATASETS
+        from ..inference.distributed import barrier
         from ..plotting import write_run_figures
         from ..runs import DataSpec, train_run
 
@@ -105,7 +106,9 @@ def _fit_command(family: Family) -> click.Command:
                         seed, test_path=test_path, val_fraction=val_fraction)
         run = train_run(family, options, data, out=out, resume=resume, overwrite=overwrite, device=device,
                         progress=not quiet, threads=threads, echo=lambda m: click.echo(m, err=True))
-        write_run_figures(run, seed=seed)
+        if run is not None:  # None on the ranks other than 0 of a torchrun launch: rank 0 draws the pictures
+            write_run_figures(run, seed=seed)
+        barrier()  # torchrun: every rank leaves together (a no-op in one process)
 
     return command
 

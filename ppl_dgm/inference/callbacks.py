@@ -215,11 +215,16 @@ class Checkpoint(Callback):
             raise InputError(f"{out_dir} already holds a checkpoint; pass resume=True (--resume) to continue it "
                              f"or choose another output directory")
         self.saved_epoch, self.best = -1, -math.inf
+        self.writer = True  # False on the DDP ranks other than 0: they restore from the checkpoint but never write
+
+    def read(self, device: torch.device) -> dict[str, Any]:
+        """The checkpoint's contents (under DDP rank 0 reads and sends them to the others: :mod:`.distributed`)."""
+        return load_checkpoint(self.path, family=self.family, map_location=device)
 
     def on_fit_start(self, run: SVILoop) -> None:
         if not self.resume:
             return
-        state = load_checkpoint(self.path, family=self.family, map_location=run.device)
+        state = self.read(run.device)
         missing = [k for k in ("optimizer", "rng_torch", "history", "epoch") if k not in state]
         if missing:
             raise CheckpointError(f"{self.path}: expected a resumable checkpoint (optimizer and RNG state); "
@@ -236,8 +241,9 @@ class Checkpoint(Callback):
     def on_epoch_end(self, run: SVILoop, record: dict[str, Any]) -> None:
         if record.get("test_elbo", -math.inf) > self.best:  # best.pt: the parameters of the best held-out ELBO
             self.best = record["test_elbo"]
-            save_checkpoint(self.best_path, {"family": self.family, "epoch": record["epoch"],
-                                             "model": run.state.state_dict()["model"], "test_elbo": self.best})
+            if self.writer:
+                save_checkpoint(self.best_path, {"family": self.family, "epoch": record["epoch"],
+                                                 "model": run.state.state_dict()["model"], "test_elbo": self.best})
         if record["epoch"] % self.every == 0 or record["epoch"] == run.epochs:
             self.save(run, record["epoch"])
 
@@ -246,6 +252,9 @@ class Checkpoint(Callback):
             self.save(run, run.epoch + 1)
 
     def save(self, run: SVILoop, epoch: int) -> None:
+        self.saved_epoch, run.checkpoint = epoch, self.path
+        if not self.writer:
+            return
         dev = run.device
         save_checkpoint(self.path, {
             "family": self.family,
@@ -257,7 +266,6 @@ class Checkpoint(Callback):
             "config": json.dumps(self.config),
         })
         atomic_write_json(self.out / "history.json", run.history)
-        self.saved_epoch, run.checkpoint = epoch, self.path
 
 
 class ProgressBar(Callback):

@@ -40,9 +40,10 @@ from ..errors import InputError
 __all__ = ["RecordedLoss"]
 
 
-class _Program(nn.Module):
-    """``loss(model, guide, *batch)`` as the forward of a module holding the modules with the parameters, so that
-    ``functional_call`` can hand the recording its parameters and buffers as inputs."""
+class ObjectiveProgram(nn.Module):
+    """``loss(model, guide, *batch)`` as the forward of a module holding the modules with the parameters (the model
+    and guide code unchanged): ``functional_call`` hands a recording its parameters and buffers as inputs, and DDP
+    wraps it for a data-parallel fit (:mod:`.distributed`)."""
 
     def __init__(self, loss: Callable, model: Callable, guide: Callable, modules: dict[str, nn.Module]):
         super().__init__()
@@ -78,7 +79,7 @@ class RecordedLoss:
 
     def __init__(self, loss: Callable, model: Callable, guide: Callable, modules: dict[str, nn.Module],
                  params: dict[str, torch.Tensor], key: Callable[[], Any] | None = None):
-        self.program = _Program(loss, model, guide, modules)
+        self.program = ObjectiveProgram(loss, model, guide, modules)
         self.modules, self.key, self.graphs = tuple(modules.values()), key or (lambda: None), {}
         named = dict(self.program.named_parameters())
         on_modules = {id(p) for p in named.values()}

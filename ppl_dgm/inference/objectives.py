@@ -104,6 +104,8 @@ class Objective:
     """
 
     name = ""
+    #: the loss is a sum of per-row terms, so shares of a minibatch add up to it (a data-parallel fit relies on it)
+    rows_additive = True
 
     def __init__(self, num_particles: int = 1, *, beta: float = 1.0, sites: Sequence[str] = ("z",),
                  warmup_epochs: int = 0):
@@ -346,6 +348,7 @@ class FreeBitsELBO(Objective):
     """
 
     name = "free-bits"
+    rows_additive = False  # max(lambda, batch mean of the KL) per dimension: not a sum of per-row terms
 
     def __init__(self, num_particles: int = 1, *, free_bits: float, **kw):
         super().__init__(num_particles, **kw)

@@ -45,7 +45,9 @@ from .callbacks import (
 )
 from .checkpoint import load_model_state
 from .compiled import RecordedLoss
+from .devices import Precision, place_training
 from .diagnostics import elbo_terms, find_nonfinite
+from .distributed import data_parallel, parallel_fit
 from .guides import check_guide
 from .objectives import AnalyticELBO
 
@@ -109,6 +111,7 @@ class SVIState:
     modules: dict[str, nn.Module] = field(default_factory=dict)
     clip_norm: float | None = None
     ema: EMA | None = None
+    scaler: Any = None  # a torch.amp.GradScaler for --precision fp16 (.devices)
 
     def step(self, *batch: torch.Tensor) -> float:
         """One optimizer step on ``loss(model, guide, *batch)``; returns the loss.
@@ -121,7 +124,7 @@ class SVIState:
         self.optimizer.zero_grad(set_to_none=True)
         try:
             loss = self.loss(self.model, self.guide, *batch)
-            value = float(loss.detach())
+            value = self.loss_value(loss)
         except ValueError:  # Pyro's validation refusing NaN parameters of a distribution
             if not self.nonfinite(*batch):
                 raise
@@ -130,11 +133,25 @@ class SVIState:
             sites = self.nonfinite(*batch)
             raise NonFiniteError(f"non-finite loss ({value}) from {', '.join(sites) or 'the objective itself'}",
                                  sites=sites)
-        loss.backward()
+        self.backward(loss)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if self.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.clip_norm)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         return value
+
+    def loss_value(self, loss: torch.Tensor) -> float:
+        """The step's loss as a float (a data-parallel state sums it over the ranks: :mod:`.distributed`)."""
+        return float(loss.detach())
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """The gradients of ``loss`` (through the fp16 gradient scaler if there is one)."""
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
     def epoch_metrics(self) -> dict[str, float]:
         """The state's own per-epoch figures for the history record (none for SVI; the adversarial trainer's
@@ -197,6 +214,8 @@ class SVIState:
         state = {"model": self.modules["model"].state_dict() if "model" in self.modules else {},
                  "param_store": {k: v.detach() for k, v in pyro.get_param_store().named_parameters()},
                  "optimizer": self.optimizer.state_dict()}
+        if self.scaler is not None:
+            state["grad_scaler"] = self.scaler.state_dict()
         if "guide" in self.modules:
             state["guide"] = self.modules["guide"].state_dict()
         return state
@@ -210,6 +229,8 @@ class SVIState:
             if name in store:
                 store[name].data.copy_(value)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         if self.ema is not None and "ema" in state:  # the values loaded are the average; then the training ones
             self.ema.updates = int(state["ema"]["updates"])
             self.ema.shadow = {n: p.detach().clone() for n, p in self.params.items()}
@@ -276,6 +297,7 @@ class SVILoop:
     checkpoint: Path | None = None
     stopped: str | None = None
     metrics: tuple[str, ...] = ()
+    stage: Callable[[tuple[torch.Tensor, ...], torch.Tensor], tuple[torch.Tensor, ...]] | None = None
 
     @property
     def n(self) -> int:
@@ -287,7 +309,12 @@ class SVILoop:
 
     @property
     def device(self) -> torch.device:
-        return self.data[0].device
+        """Where the parameters are (the data may stay in pinned host memory: :mod:`.devices`)."""
+        return next(iter(self.state.params.values())).device
+
+    def rows(self, perm: torch.Tensor, step: int) -> torch.Tensor:
+        """The rows of minibatch ``step`` that this process trains on (a DDP rank's share: :mod:`.distributed`)."""
+        return perm[step * self.batch_size: (step + 1) * self.batch_size]
 
     def fit(self, callbacks: Sequence[Callback] = ()) -> None:
         """Train from ``start_epoch`` to ``epochs``; a :class:`StopTraining` from a hook ends it early."""
@@ -330,11 +357,11 @@ class SVILoop:
         for group in self.state.optimizer.param_groups:
             group["lr"] = lr
         perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-        perm = perm.to(self.device)
+        perm = perm.to(self.data[0].device)
         self.state.train(True)
         total = 0.0
         for step in range(self.steps):
-            batch = _minibatch(self.data, perm[step * self.batch_size: (step + 1) * self.batch_size], self.transform)
+            batch = _minibatch(self.data, self.rows(perm, step), self.transform, self.stage)
             try:
                 loss = self.state.step(*batch)
             except NonFiniteError as e:
@@ -363,9 +390,9 @@ def _as_tuple(data) -> tuple[torch.Tensor, ...]:
     return data
 
 
-def _prepare(data: tuple[torch.Tensor, ...], dev: torch.device, dtype: torch.dtype, what: str):
-    """The tensors on ``dev``; floating ones in the parameters' dtype (float64 data for a float32 module
-    are cast, not refused) and checked to be finite."""
+def _prepare(data: tuple[torch.Tensor, ...], dev: torch.device | None, dtype: torch.dtype, what: str):
+    """The tensors on ``dev`` (None: where they are); floating ones in the parameters' dtype (float64 data for a
+    float32 module are cast, not refused) and checked to be finite."""
     out = []
     for t in data:
         if t.is_floating_point() or t.is_complex():
@@ -375,13 +402,14 @@ def _prepare(data: tuple[torch.Tensor, ...], dev: torch.device, dtype: torch.dty
                 bad = "complex values" if t.is_complex() else f"NaN or inf in {int((~torch.isfinite(t)).sum())} values"
                 raise InputError(f"expected finite real {what} data; got {bad}")
             t = t.to(dtype)
-        out.append(t.to(dev))
+        out.append(t if dev is None else t.to(dev))
     return tuple(out)
 
 
-def _minibatch(data: tuple[torch.Tensor, ...], idx, transform) -> tuple[torch.Tensor, ...]:
-    """The rows ``idx`` (an index tensor or a slice) of every tensor; ``transform`` applied to the first."""
-    batch = tuple(t[idx] for t in data)
+def _minibatch(data: tuple[torch.Tensor, ...], idx, transform, stage=None) -> tuple[torch.Tensor, ...]:
+    """The rows ``idx`` (an index tensor or a slice) of every tensor, moved by ``stage`` (host data: onto the
+    device); ``transform`` applied to the first."""
+    batch = tuple(t[idx] for t in data) if stage is None else stage(data, idx)
     return batch if transform is None else (transform(batch[0]), *batch[1:])
 
 
@@ -461,6 +489,7 @@ def fit_svi(
     held_out_examples: int | None = None,
     beta1: float = 0.9,
     compile_step: bool = False,
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32",
 ) -> FitResult:
     """Fit a model–guide pair by SVI.
 
@@ -534,6 +563,13 @@ def fit_svi(
         re-running the Python of the model, the guide and Pyro's handlers, which is most of the overhead over a
         hand-written loop.  A program that reads tensor values in Python is refused in one line when recorded;
         ``pyro.param`` sites and an objective with its own step are refused at once.
+    precision : {"fp32", "bf16", "fp16"}
+        The networks' forward passes under ``torch.autocast`` in bf16 / fp16 (fp16 with a gradient scaler); the
+        ELBO terms are computed and summed in float32 (:mod:`~ppl_dgm.inference.devices`).
+
+    Under ``torchrun --nproc-per-node N`` (or in a process group of N > 1 processes) the fit is data-parallel
+    (:mod:`~ppl_dgm.inference.distributed`): ``batch_size`` is the global minibatch, split over the ranks, with the
+    steps of one process; files, the progress bar, held-out terms and ``callbacks`` are rank 0's.
 
     Returns
     -------
@@ -550,9 +586,11 @@ def fit_svi(
     model_fn, guide_fn, modules, family = _model_guide(model, guide)
     _check_options(optimizer, lr_schedule, lr, epochs=epochs, batch_size=batch_size,
                    checkpoint_every=checkpoint_every)
-    dev = resolve_device(device)
+    ddp = data_parallel(device)  # None in a plain run
+    dev = ddp.device if ddp is not None else resolve_device(device)
     dtype = next((p.dtype for m in modules.values() for p in m.parameters()), torch.get_default_dtype())
-    train_t, test_t = (_prepare(_as_tuple(d), dev, dtype, what) for d, what in ((train, "training"), (test, "test")))
+    train_t, stage = place_training(_prepare(_as_tuple(train), None, dtype, "training"), dev)
+    test_t = _prepare(_as_tuple(test), dev, dtype, "test")
     if held_out_examples is not None:
         check_positive_int("held_out_examples", held_out_examples)
         test_t = tuple(t[:held_out_examples] for t in test_t)
@@ -563,6 +601,16 @@ def fit_svi(
     objective = None if own_state else _loss_fn(loss)
     if not 0 <= beta1 < 1:
         raise InputError(f"expected beta1 in [0, 1); got {beta1}")
+    amp = Precision(precision, dev, modules)
+    if ddp is not None:
+        ddp.check_batch(batch_size)
+        for bad, why in ((own_state, f"{type(loss).__name__} takes its own step"), (compile_step, "compile_step"),
+                         (not getattr(loss, "rows_additive", True),
+                          f"{type(loss).__name__} is not a sum over rows (a batch mean inside)")):
+            if bad:
+                raise InputError(f"torchrun (data-parallel fit): {why} is not supported; run it in one process")
+    if own_state and amp.active:
+        raise InputError(f"precision {precision}: {type(loss).__name__} takes its own step; expected fp32")
     averager = EMA(ema) if ema else None
     hooks = [averager] if averager else []
     hooks += [ModelEpochEnd(model.end_epoch)] if callable(getattr(model, "end_epoch", None)) else []
@@ -573,12 +621,13 @@ def fit_svi(
                                 config=config))
     hooks += [ProgressBar(f"fit {family}", getattr(loss, "progress_name", "elbo"))] if progress else []
     hooks += [cb if isinstance(cb, Callback) else EpochFunction(cb) for cb in callbacks]
+    hooks = ddp.callbacks(hooks) if ddp is not None else hooks
 
     seed_everything(seed)
     pyro.clear_param_store()
     for m in modules.values():
         m.to(dev)
-    first = _minibatch(train_t, slice(0, batch_size), transform)
+    first = _minibatch(train_t, slice(0, batch_size), transform, stage)
     (loss.check if own_state else check_guide)(model_fn, guide_fn, *first)  # also creates lazy params
     params = collect_params(modules)
     if not params:
@@ -593,12 +642,12 @@ def fit_svi(
         objective = RecordedLoss(objective, model_fn, guide_fn, modules, params,
                                  key=lambda: getattr(loss, "kl_weight", None))
     state = (loss.make_state(model, model_fn, guide_fn, params, opt, modules, clip, averager) if own_state
-             else SVIState(model_fn, guide_fn, objective, params, opt, modules, clip, averager))
+             else SVIState(model_fn, guide_fn, amp.loss(objective), params, opt, modules, clip, averager, amp.scaler))
     run = SVILoop(state, model, train_t, epochs, batch_size, seed, lr_at(lr_schedule, lr, epochs, lr_gamma),
-              getattr(loss, "set_epoch", None), transform)
+                  getattr(loss, "set_epoch", None), transform, stage=stage)
     # The first traces (check_guide) ran with Pyro's argument validation on, catching model bugs early;
     # the loop runs without it (it costs about 5% per step); non-finite values are still caught and named.
-    with pyro.validation_enabled(validate):
+    with pyro.validation_enabled(validate), amp, parallel_fit(ddp, state, run, first):
         run.fit(hooks)
     if averager is not None:
         averager.copy_to(params)

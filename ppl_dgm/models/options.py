@@ -179,6 +179,9 @@ class SVIOptions(FitOptions):
     compile_step: bool = option(False, "Record the training step as a graph once and replay it: the same numbers, "
                                 "less Python per step (programs that read tensor values in Python are refused).",
                                 role="train")
+    precision: Literal["fp32", "bf16", "fp16"] = option(
+        "fp32", "The networks' forward under autocast in bf16/fp16 (fp16 with a gradient scaler; meant for GPUs); "
+        "the ELBO terms stay float32.", role="train")
 
     def resolve(self, ds: Dataset) -> SVIOptions:
         return dataclasses.replace(self, epochs=self.epochs or (300 if ds.name == "digits" else 50))

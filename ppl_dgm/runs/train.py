@@ -14,6 +14,7 @@ from ..data import Dataset, check_label_range, check_unit_interval
 from ..errors import InputError
 from ..inference import AdversarialObjective, fit_svi, make_objective
 from ..inference.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from ..inference.distributed import barrier, data_parallel, launched
 from ..models import Family, GenerativeModel, get_family
 from ..models.options import FitOptions
 from ..numpyro.inference.checkpoint import CHECKPOINT_NPZ as NUMPYRO_CHECKPOINT
@@ -68,13 +69,15 @@ def _resumed(family: Family, out: str | Path | None, epochs: int | None):
 
 def train_run(family: str | Family, options: FitOptions, data: DataSpec, *, out: str | Path | None = None,
               resume: bool = False, overwrite: bool = False, device: str = "cpu", progress: bool = True,
-              threads: int | str = "auto", echo: Callable[[str], None] = print) -> Run:
+              threads: int | str = "auto", echo: Callable[[str], None] = print) -> Run | None:
     """Fit ``family`` with ``options`` on ``data`` into a run directory; returns the loaded :class:`Run`.
 
     A folder that holds a run is refused unless ``resume`` (the same family; options, data and model
     then come from its ``config.json``, and only ``options.epochs`` may grow) or ``overwrite``.  The
     folder is locked while the fit writes; a fit that fails before its first checkpoint leaves nothing.
     ``threads`` is torch's CPU thread count, or ``"auto"`` (:func:`ppl_dgm.utils.set_threads`).
+    Under ``torchrun --nproc-per-node N`` an SVI family is fitted data-parallel and ``gmm`` (torch backend) by
+    sharded EM; only rank 0 writes the folder and gets the :class:`Run` (the other ranks get None).
     """
     family = get_family(family) if isinstance(family, str) else family
     if resume and overwrite:
@@ -104,6 +107,9 @@ def train_run(family: str | Family, options: FitOptions, data: DataSpec, *, out:
     twin = numpyro_twin(family.name, model_cfg, data.seed, options) if numpyro else None  # or a one-line refusal
     loss = objective_for(options, model)  # built before anything is written: bad combinations are refused
     set_threads(threads, n_params=sum(p.numel() for p in model.parameters()), device=device)
+    if launched():  # torchrun: rank 0 holds the lock and writes the files; the others wait for it, then fit
+        return _fit_data_parallel(family, model, loss, options, data, ds, out_path, resume, overwrite, device,
+                                  progress, echo, numpyro)
     with run_lock(out_path):
         clear_run(out_path, resume, overwrite)
         config = run_config(model, data, ds, {**options.values("train"), **options.values("objective"),
@@ -116,6 +122,36 @@ def train_run(family: str | Family, options: FitOptions, data: DataSpec, *, out:
                         echo)
 
 
+def _fit_data_parallel(family, model, loss, options, data, ds, out_path, resume, overwrite, device, progress, echo,
+                       numpyro) -> Run | None:
+    """``train_run`` under ``torchrun`` (:mod:`ppl_dgm.inference.distributed`): rank 0 takes the folder's lock,
+    clears it and writes ``config.json`` while the other ranks wait at a barrier; every rank then fits its share
+    (rank 0 writes the checkpoints, the history and prints).  Returns the :class:`Run` on rank 0, None elsewhere."""
+    if numpyro:
+        raise InputError("torchrun runs the Pyro backend data-parallel; the NumPyro backend shards over JAX devices "
+                         "in one process (--jax-devices): expected no torchrun with --backend numpyro")
+    ctx = data_parallel(device)
+    config = run_config(model, data, ds, {**options.values("train"), **options.values("objective"),
+                                          **options.values("backend")})
+    if ctx.rank:
+        barrier()  # rank 0 has cleared the folder and written config.json
+        _fit_svi(family, model, loss, options, ds, data.seed, out_path, config, resume, ctx.device, progress=False,
+                 echo=lambda m: None, load=False)
+        barrier()  # leave with rank 0 (a rank that exits while another still uses the group may abort it)
+        return None
+    with run_lock(out_path):
+        try:
+            clear_run(out_path, resume, overwrite)
+            atomic_write_json(out_path / "config.json", config)
+        finally:
+            barrier()
+        echo(f"{family.name}: {ds.summary()}; writing {out_path} ({ctx.world_size} processes, torchrun)")
+        run = _fit_svi(family, model, loss, options, ds, data.seed, out_path, config, resume, ctx.device, progress,
+                       echo)
+    barrier()
+    return run
+
+
 def numpyro_twin(family: str, model_cfg: dict, seed: int, options: FitOptions):
     """The NumPyro twin of ``family`` built from the Pyro model's constructor arguments (imports JAX); its
     objective is checked here, before anything is written."""
@@ -126,6 +162,9 @@ def numpyro_twin(family: str, model_cfg: dict, seed: int, options: FitOptions):
     if getattr(options, "compile_step", False):
         raise InputError("--compile-step records the Pyro backend's step; the NumPyro step is always jit-compiled: "
                          "expected no --compile-step with --backend numpyro")
+    if getattr(options, "precision", "fp32") != "fp32":
+        raise InputError(f"--precision applies to the Pyro backend; expected --precision fp32 with --backend numpyro; "
+                         f"got {options.precision}")
     if getattr(options, "jax_devices", 1) > 1:
         from ..numpyro.inference.svi import data_parallel
 
@@ -164,7 +203,8 @@ def _fit_numpyro(family, twin, options, ds, seed, out_path, resume, device, prog
     return load_run(out_path, device=device)
 
 
-def _fit_svi(family, model, loss, options, ds, seed, out_path, config, resume, device, progress, echo) -> Run:
+def _fit_svi(family, model, loss, options, ds, seed, out_path, config, resume, device, progress, echo,
+             load: bool = True) -> Run | None:
     data = (lambda x, y: (x, y)) if model.conditional else (lambda x, y: x)
     test = data(ds.x_test, ds.y_test) if len(ds.x_test) else None
     result = fit_svi(model, data(ds.x_train, ds.y_train), test=test, loss=loss,
@@ -186,15 +226,29 @@ def _fit_svi(family, model, loss, options, ds, seed, out_path, config, resume, d
         rows = options.held_out_examples
         echo(f"done: epoch {last['epoch']}, train objective {last['train_elbo']:.3f}, {held}"
              f"{f' (first {rows} held-out rows)' if rows and rows < len(ds.x_test) else ''}; run dir {out_path}")
-    return load_run(out_path, device=device)
+    return load_run(out_path, device=device) if load else None
 
 
 def _train_em(family: Family, options, data: DataSpec, ds: Dataset, out_path: Path, overwrite: bool, device: str,
-              echo) -> Run:
+              echo) -> Run | None:
     from ..estimators import ESTIMATORS
 
     x_tr, x_te = ds.x_train.double().numpy(), ds.x_test.double().numpy()
-    est = ESTIMATORS[family.name](**options.estimator_params(), random_state=data.seed, device=device).fit(x_tr)
+    params, rows, ctx = options.estimator_params(), x_tr, None
+    if launched():  # torchrun: sharded EM, each rank its block of rows; rank 0 writes the run
+        if family.name != "gmm" or params.get("backend") != "torch":
+            what = f"--backend {params['backend']}" if family.name == "gmm" else "a closed-form / one-process fit"
+            raise InputError(f"torchrun shards EM for `fit gmm --backend torch`; got `fit {family.name}` with {what}: "
+                             f"launch it without torchrun")
+        from ..models.shards import shard_rows
+
+        ctx = data_parallel(device)
+        params, rows = {**params, "distributed": True}, shard_rows(x_tr, ctx.rank, ctx.world_size)
+        device = str(ctx.device)
+    est = ESTIMATORS[family.name](**params, random_state=data.seed, device=device).fit(rows)
+    if ctx is not None and ctx.rank:
+        barrier()  # rank 0 writes the run directory; every rank holds the same parameters
+        return None
     model: GenerativeModel = est.model_
     history = [{"iteration": i + 1, "log_likelihood": v} for i, v in enumerate(est.lower_bounds_)]
     with run_lock(out_path):
@@ -207,6 +261,9 @@ def _train_em(family: Family, options, data: DataSpec, ds: Dataset, out_path: Pa
                                                                "n_iter": int(est.n_iter_)}))
     held_out = (f"held-out {est.score(x_te):.4f} nats; BIC (held-out) {est.bic(x_te):.1f}" if len(x_te)
                 else "no held-out rows")
-    echo(f"{family.name}: {ds.summary()}; converged={est.converged_} after {est.n_iter_} iterations\n"
+    ranks = f" ({ctx.world_size} processes, torchrun: sharded EM)" if ctx is not None else ""
+    echo(f"{family.name}: {ds.summary()}{ranks}; converged={est.converged_} after {est.n_iter_} iterations\n"
          f"  mean log-likelihood: train {est.score(x_tr):.4f}, {held_out}\n  run dir {out_path}")
+    if ctx is not None:
+        barrier()
     return load_run(out_path, device=device)
