@@ -118,21 +118,23 @@ class Distributed:
         """``fit_svi``'s callbacks for this rank: those that keep every rank in step run everywhere (EMA, the
         model's epoch end, the clock, the divergence guard, the checkpoint's restore; the checkpoint writes on rank
         0 only); runs of the others (held-out ELBO, progress bar, the user's) go to rank 0 (:class:`OnRankZero`).
+        The list of collectives depends only on the callbacks that run everywhere (the same on every rank), never
+        on the rank-0-only ones, which may differ between ranks.
         Rank 0's parameters and buffers are broadcast after the model's epoch end (:class:`SyncModules`)."""
         out: list[Callback] = []
         group: list[Callback] = []
         for cb in hooks:
             if isinstance(cb, (EMA, ModelEpochEnd, Clock, DivergenceGuard, Checkpoint)):
-                if group:
-                    out.append(OnRankZero(group, self))
-                    group = []
+                # a group (maybe empty) before every callback that runs everywhere and one at the end: the ranks'
+                # broadcasts then pair up even when their rank-0-only callbacks differ (rank 0's progress bar)
+                out.append(OnRankZero(group, self))
+                group = []
                 if isinstance(cb, Checkpoint):
                     self._checkpoint(cb)
                 out.append(cb)
             else:
                 group.append(cb)
-        if group:
-            out.append(OnRankZero(group, self))
+        out.append(OnRankZero(group, self))
         after = max((i + 1 for i, cb in enumerate(out) if isinstance(cb, (EMA, ModelEpochEnd))), default=0)
         return [*out[:after], SyncModules(self), *out[after:]]
 
