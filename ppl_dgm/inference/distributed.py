@@ -52,6 +52,7 @@ import atexit
 import contextlib
 import inspect
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -113,6 +114,20 @@ class Distributed:
             raise InputError(f"batch_size is the global minibatch, split over the {self.world_size} processes: "
                              f"expected a multiple of {self.world_size}; got {batch_size}")
         return batch_size // self.world_size
+
+    def check_fit(self, batch_size: int, loss: Any, compile_step: bool) -> None:
+        """Refuse in one line what a data-parallel fit cannot do (called by ``fit_svi`` and, before anything is
+        written, by the runs layer): a batch size W does not divide, an objective with its own step (the GAN
+        game), one that is not a sum over rows (free bits: a batch mean inside), a recorded step."""
+        self.check_batch(batch_size)
+        name = type(loss).__name__
+        for bad, what in ((callable(getattr(loss, "make_state", None)), f"{name}, an objective with its own step"),
+                          (compile_step, "compile_step"),
+                          (not getattr(loss, "rows_additive", True), f"{name}, not a sum over rows (a batch mean "
+                                                                       f"inside)")):
+            if bad:
+                raise InputError(f"expected an objective the ranks can split by rows under torchrun (data-parallel "
+                                 f"fit); got {what}: run it in one process")
 
     def callbacks(self, hooks: Sequence[Callback]) -> list[Callback]:
         """``fit_svi``'s callbacks for this rank: those that keep every rank in step run everywhere (EMA, the
@@ -335,7 +350,11 @@ def parallel_fit(ctx: Distributed | None, state: SVIState, run: SVILoop, first: 
     dp = DistributedState.wrap(ctx, state, state.loss, first)
     DistributedLoop(ctx, dp).attach(run)
     try:
-        yield
+        with warnings.catch_warnings():
+            # a 1x1 convolution's weight gradient has other strides on its size-1 dimensions than the weight (the
+            # same memory layout): DDP warns that it copies it into its bucket; nothing is wrong (PixelCNN, UNet)
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            yield
     finally:
         state.loss = dp.objective
         for name in ("loss_value", "backward"):

@@ -603,12 +603,7 @@ def fit_svi(
         raise InputError(f"expected beta1 in [0, 1); got {beta1}")
     amp = Precision(precision, dev, modules)
     if ddp is not None:
-        ddp.check_batch(batch_size)
-        for bad, why in ((own_state, f"{type(loss).__name__} takes its own step"), (compile_step, "compile_step"),
-                         (not getattr(loss, "rows_additive", True),
-                          f"{type(loss).__name__} is not a sum over rows (a batch mean inside)")):
-            if bad:
-                raise InputError(f"torchrun (data-parallel fit): {why} is not supported; run it in one process")
+        ddp.check_fit(batch_size, loss, compile_step)
     if own_state and amp.active:
         raise InputError(f"precision {precision}: {type(loss).__name__} takes its own step; expected fp32")
     averager = EMA(ema) if ema else None

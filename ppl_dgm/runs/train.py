@@ -131,6 +131,7 @@ def _fit_data_parallel(family, model, loss, options, data, ds, out_path, resume,
         raise InputError("torchrun runs the Pyro backend data-parallel; the NumPyro backend shards over JAX devices "
                          "in one process (--jax-devices): expected no torchrun with --backend numpyro")
     ctx = data_parallel(device)
+    ctx.check_fit(options.batch_size, loss, getattr(options, "compile_step", False))  # before anything is written
     config = run_config(model, data, ds, {**options.values("train"), **options.values("objective"),
                                           **options.values("backend")})
     if ctx.rank:
