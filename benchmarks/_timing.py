@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import sys
 import time
+from pathlib import Path
 
 
 class Clock:
@@ -17,3 +21,16 @@ class Clock:
 
     def as_dict(self) -> dict:
         return {"wall_seconds": round(self.wall, 1), "cpu_seconds": round(self.cpu, 1)}
+
+
+def machine(**extra) -> dict:
+    """CPU model, cores, Python and the versions of torch, Pyro and JAX (those imported), for every JSON; ``extra``
+    adds the script's own settings."""
+    info_file = Path("/proc/cpuinfo")
+    lines = info_file.read_text().splitlines() if info_file.exists() else []
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor())
+    info = {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}
+    for name in ("torch", "pyro", "jax"):
+        if name in sys.modules:
+            info[name] = sys.modules[name].__version__
+    return {**info, **extra}

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -38,18 +37,11 @@ import time
 from pathlib import Path
 
 import torch
+from _timing import machine
 
 OUT = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    import pyro
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "pyro": pyro.__version__}
 
 
 def worker(name: str, rows: int, threads: int, out: str) -> None:

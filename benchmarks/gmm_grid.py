@@ -27,7 +27,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -44,12 +43,10 @@ def machine(threads: int) -> dict:
     """CPU model, cores, versions and the thread setting, for the JSON."""
     import sklearn
     import torch
+    from _timing import machine as base
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "sklearn": sklearn.__version__, "numpy": np.__version__, "threads": threads,
-            "torch_blas": "MKL" if torch.backends.mkl.is_available() else "other"}
+    info = base(sklearn=sklearn.__version__, numpy=np.__version__, threads=threads,
+                torch_blas="MKL" if torch.backends.mkl.is_available() else "other")
     try:
         import jax
 

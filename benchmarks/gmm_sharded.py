@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,18 +31,12 @@ import time
 from pathlib import Path
 
 import torch
+from _timing import machine
 
 OUT = Path(__file__).resolve().parent / "results"
 BLOCK = 1 << 16
 WORLD = 2
 
-
-def machine() -> dict:
-    """CPU model, cores and versions, for the JSON."""
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "threads_per_process": 1, "backend": "gloo"}
 
 
 def rows(n: int, d: int, k: int, start: int, stop: int) -> torch.Tensor:
@@ -139,7 +132,8 @@ def main() -> None:
     result = {
         "command": "python benchmarks/gmm_sharded.py " + " ".join(sys.argv[1:]),
         "shape": {"n": args.n, "d": args.d, "k": args.k, "covariance_type": args.covariance_type},
-        "iters": args.iters, "repeats": args.repeat, "machine": machine(), "loadavg_start": load_start,
+        "iters": args.iters, "repeats": args.repeat, "machine": machine(threads_per_process=1, backend="gloo"),
+        "loadavg_start": load_start,
         "single_seconds_per_iter": med("single_wall") / args.iters,
         "sharded_seconds_per_iter": med("sharded_wall") / args.iters,
         "speedup_median": med("speedup"), "efficiency_median": med("efficiency"),

@@ -46,7 +46,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -55,6 +54,7 @@ from pathlib import Path
 
 import pyro
 import torch
+from _timing import machine
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -118,19 +118,6 @@ CASES = [
          probe_batch=16),
 ]
 
-
-def machine() -> dict:
-    """CPU model, cores and library versions, for the JSON."""
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    cpu = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), platform.processor())
-    out = {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-           "torch": torch.__version__, "pyro": pyro.__version__}
-    try:
-        out["jax"] = __import__("jax").__version__
-    except ImportError:
-        pass
-    return out
 
 
 def build(case: Case, ds, foreach: bool = False, seed: int = 0):

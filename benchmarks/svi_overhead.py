@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _timing import machine
 
 from ppl_dgm import VAE, fit_svi
 from ppl_dgm.errors import InputError
@@ -46,19 +46,6 @@ OUT = Path(__file__).parent / "results"
 EPOCHS = 2
 Times = dict[str, tuple[float, float]]   # "epoch1", "epoch2" -> (wall seconds, process-CPU seconds)
 
-
-def machine() -> dict:
-    """CPU model, cores and library versions, for the JSON."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    info = {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-            "torch": torch.__version__}
-    for name in ("pyro", "jax"):
-        try:
-            info[name] = __import__(name).__version__
-        except ImportError:
-            pass
-    return info
 
 
 def clock() -> tuple[float, float]:
