@@ -348,9 +348,10 @@ class DDPM(GenerativeModel):
 
     def decoder(self, x_1: torch.Tensor, eps: torch.Tensor | None = None) -> dist.Distribution:
         """p_theta(x_0 | x_1): N(mu_theta(x_1, 1), beta_1 I), discretized for images (eq. 13)."""
-        t = torch.ones(x_1.shape[:-1], dtype=torch.long, device=x_1.device)
-        mean = self.p_mean(x_1, t, self.eps(x_1, t) if eps is None else eps)
-        std = self.p_var(t, x_1).sqrt().expand_as(mean)
+        if eps is None:
+            eps = self.eps(x_1, torch.ones(x_1.shape[:-1], dtype=torch.long, device=x_1.device))
+        mean = self.p_mean(x_1, 1, eps)          # t = 1 as a Python int: the schedule reads no tensor
+        std = self.p_var(1, x_1).sqrt().expand_as(mean)
         base = DiscretizedGaussian(mean, std) if self.is_image else dist.Normal(mean, std)
         return base.to_event(1)
 

@@ -100,14 +100,40 @@ class NoiseSchedule(nn.Module):
         }
         for name, value in tables.items():
             self.register_buffer(name, value, persistent=False)
+        self._checked: tuple[torch.Tensor, int] | None = None  # the last steps checked, with their version
 
     # -- lookup -------------------------------------------------------------------------
+    def steps(self, t: torch.Tensor | int) -> torch.Tensor:
+        """``t`` as a long tensor on the tables' device, checked to lie in 0..T (``InputError`` otherwise).
+
+        Every lookup goes through here, so a caller's steps are checked wherever they enter.  Reading a tensor's
+        range costs a host sync (a stall on a GPU), so the check is remembered for the last tensor checked while it
+        is unchanged (same object, same version): the model's k steps are looked up ~15 times per training step
+        and checked once.  A Python int is checked without a tensor op; while a step is recorded as a graph
+        (:mod:`ppl_dgm.inference.compiled`) values cannot be read and the steps come from the model's plate.
+        """
+        if isinstance(t, int):
+            if not 0 <= t <= self.timesteps:
+                raise InputError(f"expected steps t in 0..{self.timesteps}; got {t}")
+            return torch.tensor(t, device=self.betas.device)
+        t = torch.as_tensor(t, device=self.betas.device, dtype=torch.long)
+        if not t.numel() or get_proxy_mode() is not None:
+            return t
+        remember = not t.is_inference()  # (inference tensors have no version counter: checked every time)
+        last = self._checked
+        if remember and last is not None and last[0] is t and last[1] == t._version:
+            return t
+        lo, hi = torch.aminmax(t)
+        lo, hi = int(lo), int(hi)
+        if lo < 0 or hi > self.timesteps:
+            raise InputError(f"expected steps t in 0..{self.timesteps}; got values in {lo}..{hi}")
+        if remember:
+            self._checked = (t, t._version)
+        return t
+
     def at(self, name: str, t: torch.Tensor | int, like: torch.Tensor, event_dims: int = 1) -> torch.Tensor:
         """Table ``name`` at steps ``t``, shaped ``t.shape + (1,) * event_dims``, in ``like``'s dtype/device."""
-        t = torch.as_tensor(t, device=self.betas.device, dtype=torch.long)
-        # (not while a training step is recorded as a graph, ppl_dgm.inference.compiled: its steps come from the plate)
-        if t.numel() and get_proxy_mode() is None and (int(t.min()) < 0 or int(t.max()) > self.timesteps):
-            raise InputError(f"expected steps t in 0..{self.timesteps}; got values in {int(t.min())}..{int(t.max())}")
+        t = self.steps(t)
         v = getattr(self, name)[t]
         return v.reshape(*t.shape, *(1,) * event_dims).to(device=like.device, dtype=like.dtype)
 
