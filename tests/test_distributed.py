@@ -154,6 +154,21 @@ def test_low_precision_fit_on_cpu_runs_with_float32_elbo(digits, precision):
     assert (amp.scaler is not None) == (precision == "fp16")
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_compiled_step_records_the_autocast_step(digits, precision):
+    """compile_step under --precision: the recorded graph holds autocast's casts, so the replayed steps are the eager
+    low-precision steps bit for bit (and not the float32 ones)."""
+    x = digits.x_train[:256]
+    losses = {}
+    for p, compiled in (("fp32", False), (precision, False), (precision, True)):
+        cb = FirstLosses()
+        fit_svi(_vae(), x, epochs=1, batch_size=64, progress=False, callbacks=[cb], precision=p, seed=3,
+                compile_step=compiled)
+        losses[p, compiled] = [float(q) for q in cb.losses]
+    assert losses[precision, True] == losses[precision, False]
+    assert losses[precision, True] != losses["fp32", False]
+
+
 def test_precision_is_a_fit_option(tmp_path, capsys):
     code, _, err = run_cli(["fit", "vae", "--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--precision",
                             "bf16", "--out", tmp_path / "r", "--quiet"], capsys)
