@@ -117,3 +117,15 @@ def test_steps_are_checked_once_per_tensor_and_again_after_a_change():
                 sched.at("betas", bad, x)
     finally:
         torch.aminmax = original
+
+
+def test_tables_are_rounded_once_per_dtype_from_float64():
+    sched = NoiseSchedule(50, "cosine")
+    t = torch.tensor([[0], [7], [50]])
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        like = torch.zeros(3, 4, dtype=dtype)
+        got = sched.at("post_coef_x0", t, like)
+        assert got.dtype == dtype and got.shape == (3, 1, 1)
+        assert torch.equal(got, sched.post_coef_x0[t].to(dtype).view(3, 1, 1))
+        assert sched.table("post_coef_x0", like) is sched.table("post_coef_x0", like)
+    assert sched.at("betas", t, like, event_dims=0).shape == (3, 1)

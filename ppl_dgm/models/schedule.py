@@ -101,10 +101,11 @@ class NoiseSchedule(nn.Module):
         for name, value in tables.items():
             self.register_buffer(name, value, persistent=False)
         self._checked: tuple[torch.Tensor, int] | None = None  # the last steps checked, with their version
+        self._cast: dict[tuple, torch.Tensor] = {}                 # (name, dtype, device) -> table rounded once
 
     # -- lookup -------------------------------------------------------------------------
     def steps(self, t: torch.Tensor | int) -> torch.Tensor:
-        """``t`` as a long tensor on the tables' device, checked to lie in 0..T (``InputError`` otherwise).
+        """``t`` as a long tensor, checked to lie in 0..T (``InputError`` otherwise).
 
         Every lookup goes through here, so a caller's steps are checked wherever they enter.  Reading a tensor's
         range costs a host sync (a stall on a GPU), so the check is remembered for the last tensor checked while it
@@ -116,26 +117,40 @@ class NoiseSchedule(nn.Module):
             if not 0 <= t <= self.timesteps:
                 raise InputError(f"expected steps t in 0..{self.timesteps}; got {t}")
             return torch.tensor(t, device=self.betas.device)
-        t = torch.as_tensor(t, device=self.betas.device, dtype=torch.long)
-        if not t.numel() or get_proxy_mode() is not None:
-            return t
-        remember = not t.is_inference()  # (inference tensors have no version counter: checked every time)
         last = self._checked
-        if remember and last is not None and last[0] is t and last[1] == t._version:
+        if last is not None and last[0] is t and last[1] == t._version:
+            return t
+        if not (isinstance(t, torch.Tensor) and t.dtype == torch.long):
+            t = torch.as_tensor(t, device=self.betas.device, dtype=torch.long)
+        if not t.numel() or get_proxy_mode() is not None:
             return t
         lo, hi = torch.aminmax(t)
         lo, hi = int(lo), int(hi)
         if lo < 0 or hi > self.timesteps:
             raise InputError(f"expected steps t in 0..{self.timesteps}; got values in {lo}..{hi}")
-        if remember:
+        if not t.is_inference():  # (inference tensors have no version counter: checked every time)
             self._checked = (t, t._version)
         return t
+
+    def table(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """Table ``name``, shape (T + 1,), in ``like``'s dtype and device.
+
+        Computed in float64 and rounded once per dtype and device, then kept (the tables never change): a lookup is
+        then one gather, not a gather and a cast (a kernel launch each on a GPU, ~60 per DDPM step)."""
+        if get_proxy_mode() is not None:  # being recorded as a graph: from the buffer, the graph's input
+            return getattr(self, name).to(device=like.device, dtype=like.dtype)
+        key = (name, like.dtype, like.device)
+        cast = self._cast.get(key)
+        if cast is None:
+            cast = self._cast[key] = getattr(self, name).to(device=like.device, dtype=like.dtype)
+        return cast
 
     def at(self, name: str, t: torch.Tensor | int, like: torch.Tensor, event_dims: int = 1) -> torch.Tensor:
         """Table ``name`` at steps ``t``, shaped ``t.shape + (1,) * event_dims``, in ``like``'s dtype/device."""
         t = self.steps(t)
-        v = getattr(self, name)[t]
-        return v.reshape(*t.shape, *(1,) * event_dims).to(device=like.device, dtype=like.dtype)
+        table = self.table(name, like)
+        v = torch.take(table, t if t.device == table.device else t.to(table.device))   # shaped like t
+        return v.view(*t.shape, *(1,) * event_dims) if event_dims else v
 
     # -- closed forms ---------------------------------------------------------------------
     def q_mean_std(self, x0: torch.Tensor, t, event_dims: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
