@@ -116,7 +116,7 @@ class NoiseSchedule(nn.Module):
         if isinstance(t, int):
             if not 0 <= t <= self.timesteps:
                 raise InputError(f"expected steps t in 0..{self.timesteps}; got {t}")
-            return torch.tensor(t, device=self.betas.device)
+            return torch.tensor(int(t), device=self.betas.device)
         last = self._checked
         if last is not None and last[0] is t and last[1] == t._version:
             return t
