@@ -104,10 +104,11 @@ class GMMFamily:
         Added to the covariance diagonals in the M-step.
     init_params : {'kmeans', 'k-means++', 'random_from_data', 'random'}
     chunk_size : int, optional
-        Rows per chunk; by default about ``chunk_bytes`` of temporaries (sized for a
-        core's L2 cache).
-    chunk_bytes : int
-        Target size of one chunk's temporaries when ``chunk_size`` is not given.
+        Rows per chunk; by default about ``chunk_bytes`` of temporaries.
+    chunk_bytes : int, optional
+        Target size of one chunk's temporaries when ``chunk_size`` is not given; by default 2 MB per
+        thread of torch (``torch.get_num_threads()``): one thread runs best on ~2 MB chunks and two threads,
+        which split each product, on ~4 MB (benchmarks/gmm_chunks.py).
     strategy : {'auto', 'features', 'direct'}
         The E-step's form (module docstring); ``direct`` needs full covariances;
         ``auto`` takes it when ``direct_ratio * K <= D`` (4 here, 2.5 for the JAX backend).
@@ -122,7 +123,7 @@ class GMMFamily:
 
     def __init__(self, n_components: int, covariance_type: str = "full", reg_covar: float = 1e-6,
                  init_params: str = "kmeans", chunk_size: int | None = None,
-                 chunk_bytes: int = 1 << 21, strategy: str = "auto", shards: Shards | None = None) -> None:
+                 chunk_bytes: int | None = None, strategy: str = "auto", shards: Shards | None = None) -> None:
         self.k = int(n_components)
         self.covariance_type = check_choice("covariance_type", covariance_type, COVARIANCE_TYPES)
         self.init_params = check_choice("init_params", init_params, INIT_METHODS)
@@ -172,7 +173,8 @@ class GMMFamily:
         """Rows ``x`` (N_r, D) with their (global) mean as the centring shift and the chunk size."""
         n, d = x.shape
         direct = self.use_direct(d)
-        chunk = self.chunk_size or max(256, self.chunk_bytes // (x.element_size() * self.numbers_per_row(d)))
+        budget = self.chunk_bytes or (1 << 21) * torch.get_num_threads()
+        chunk = self.chunk_size or max(256, budget // (x.element_size() * self.numbers_per_row(d)))
         shards = None if self.shards is None else self.shards.locate(n, d, x.device)
         if shards is None:
             mean = x.mean(0, dtype=torch.float64)

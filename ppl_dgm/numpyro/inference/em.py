@@ -219,16 +219,28 @@ class JaxGMMFamily:
         (``init_params``) and the monotone-check slack; copied, never changed.
     chunk_size : int, optional
         Rows per ``lax.scan`` step (memory O(chunk x (F + K))); by default about
-        512 KB of temporaries (XLA runs best on smaller chunks than MKL).
+        512 KB of temporaries for the direct form and 4 MB, at most 4,096 rows, for
+        the feature form (XLA runs best on smaller chunks than MKL; its feature
+        products gain from more columns, on two threads above all, while the K x c
+        elementwise passes want to stay in cache: benchmarks/gmm_chunks.py).
     """
 
     def __init__(self, family: GMMFamily, chunk_size: int | None = None) -> None:
         self.family = copy.copy(family)
-        # measured on one core: XLA's products favour the direct form more than MKL's, and smaller chunks
+        # measured on one core: XLA's products favour the direct form more than MKL's
         self.family.direct_ratio = 2.5
-        self.family.chunk_bytes = 1 << 19
         if chunk_size is not None:
             self.family.chunk_size = int(chunk_size)
+
+    def _chunked(self, x: Tensor) -> GMMFamily:
+        """The family with this backend's chunk size for ``x`` (the class docstring)."""
+        family = copy.copy(self.family)
+        d = x.shape[1]
+        if family.chunk_size is None and family.use_direct(d):
+            family.chunk_bytes = 1 << 19
+        elif family.chunk_size is None:
+            family.chunk_size = min(4096, max(256, (1 << 22) // (x.element_size() * family.numbers_per_row(d))))
+        return family
 
     def prepare(self, x: Tensor) -> JaxGMMData:
         """Centred columns of ``x`` (N, D) in chunks; float64 turns on ``jax_enable_x64``."""
@@ -238,7 +250,7 @@ class JaxGMMFamily:
             jax.config.update("jax_enable_x64", True)
         import jax.numpy as jnp
 
-        init_data = self.family.prepare(x)
+        init_data = self._chunked(x).prepare(x)
         x_np, shift = x.detach().cpu().numpy(), init_data.shift.cpu().numpy()
         n, d = x_np.shape
         chunk = init_data.chunk_size
