@@ -23,6 +23,15 @@ class Clock:
         return {"wall_seconds": round(self.wall, 1), "cpu_seconds": round(self.cpu, 1)}
 
 
+def pin_threads(threads: int) -> None:
+    """Bind this process (and every thread it starts: XLA's, OpenMP's, the BLAS') to ``threads`` cores; with one,
+    also turn XLA's Eigen threading off.  Call before torch, NumPy's BLAS or JAX start their pools."""
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:threads]))
+    if threads == 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+                                   " intra_op_parallelism_threads=1").strip()
+
+
 def machine(**extra) -> dict:
     """CPU model, cores, Python and the versions of torch, Pyro and JAX (those imported), for every JSON; ``extra``
     adds the script's own settings."""

@@ -67,12 +67,10 @@ def main() -> None:
     ap.add_argument("--backend", default="torch,jax")
     ap.add_argument("--quick", action="store_true", help="three small shapes, three budgets")
     args = ap.parse_args()
-    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
-    if args.threads == 1:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-                                   " intra_op_parallelism_threads=1").strip()
+    from _timing import machine, pin_threads
+
+    pin_threads(args.threads)  # before torch and JAX start their threads
     import torch
-    from _timing import machine
 
     torch.set_num_threads(args.threads)
     shapes, budgets = (QUICK, BUDGETS[1:4]) if args.quick else (SHAPES, BUDGETS)

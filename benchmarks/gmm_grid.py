@@ -229,11 +229,9 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated N:D:K shapes, e.g. 60000:20:10")
     ap.add_argument("--quick", action="store_true", help="N in {6k, 10k}, D in {2, 20}, K in {4, 10}")
     args = ap.parse_args()
-    # pin the process (and every thread it starts: XLA's, OpenMP's, OpenBLAS's) to T cores
-    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
-    if args.threads == 1:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-                                   " intra_op_parallelism_threads=1").strip()
+    from _timing import pin_threads
+
+    pin_threads(args.threads)  # before torch, NumPy's BLAS and JAX start their threads
     import torch
     from threadpoolctl import threadpool_limits
 
