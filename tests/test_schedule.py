@@ -86,7 +86,7 @@ def test_follows_dtype_and_device_and_checks_input():
     assert float(sched.beta_tildes[1]) == 0.0
 
 
-def test_steps_are_checked_once_per_tensor_and_again_after_a_change():
+def test_steps_are_checked_once_per_tensor_and_again_after_a_change(monkeypatch):
     """The range check reads a tensor (a host sync): remembered for an unchanged tensor, redone otherwise."""
     sched = NoiseSchedule(100)
     x = torch.zeros(3, 2)
@@ -98,25 +98,22 @@ def test_steps_are_checked_once_per_tensor_and_again_after_a_change():
         syncs.append(1)
         return original(*a, **k)
 
-    torch.aminmax = counting
-    try:
-        for name in ("betas", "alphas", "alpha_bars", "beta_tildes"):
-            sched.at(name, t, x)
-        assert len(syncs) == 1
-        t[0] = -1  # in place: a new version, checked again
-        with pytest.raises(InputError, match=r"got values in -1\.\.100"):
-            sched.at("betas", t, x)
-        with pytest.raises(InputError, match=r"got values in -1\.\.100"):   # a failed check is not remembered
-            sched.at("betas", t, x)
-        with pytest.raises(InputError, match="got 101"):                     # a Python int: no tensor read
-            sched.at("betas", 101, x)
-        assert len(syncs) == 3
-        with torch.inference_mode():
-            bad = torch.tensor([-3, 4])
-            with pytest.raises(InputError, match=r"got values in -3\.\.4"):
-                sched.at("betas", bad, x)
-    finally:
-        torch.aminmax = original
+    monkeypatch.setattr(torch, "aminmax", counting)
+    for name in ("betas", "alphas", "alpha_bars", "beta_tildes"):
+        sched.at(name, t, x)
+    assert len(syncs) == 1
+    t[0] = -1  # in place: a new version, checked again
+    with pytest.raises(InputError, match=r"got values in -1\.\.100"):
+        sched.at("betas", t, x)
+    with pytest.raises(InputError, match=r"got values in -1\.\.100"):   # a failed check is not remembered
+        sched.at("betas", t, x)
+    with pytest.raises(InputError, match="got 101"):                     # a Python int: no tensor read
+        sched.at("betas", 101, x)
+    assert len(syncs) == 3
+    with torch.inference_mode():
+        bad = torch.tensor([-3, 4])
+        with pytest.raises(InputError, match=r"got values in -3\.\.4"):
+            sched.at("betas", bad, x)
 
 
 def test_tables_are_rounded_once_per_dtype_from_float64():

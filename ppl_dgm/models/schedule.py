@@ -35,6 +35,12 @@ from ..errors import InputError, check_choice
 SCHEDULES = ("linear", "cosine")
 
 
+def _recording() -> bool:
+    """Whether a training step is being recorded as a graph (:mod:`ppl_dgm.inference.compiled`): its tensors are
+    placeholders, so no value can be read and no real tensor kept from an earlier call can enter the graph."""
+    return get_proxy_mode() is not None
+
+
 def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
     """beta_1..beta_T evenly spaced (Ho et al. 2020, §4), rescaled so T = 1000 gives the paper's values.
 
@@ -122,7 +128,7 @@ class NoiseSchedule(nn.Module):
             return t
         if not (isinstance(t, torch.Tensor) and t.dtype == torch.long):
             t = torch.as_tensor(t, device=self.betas.device, dtype=torch.long)
-        if not t.numel() or get_proxy_mode() is not None:
+        if not t.numel() or _recording():
             return t
         lo, hi = torch.aminmax(t)
         lo, hi = int(lo), int(hi)
@@ -137,7 +143,7 @@ class NoiseSchedule(nn.Module):
 
         Computed in float64 and rounded once per dtype and device, then kept (the tables never change): a lookup is
         then one gather, not a gather and a cast (a kernel launch each on a GPU, ~60 per DDPM step)."""
-        if get_proxy_mode() is not None:  # being recorded as a graph: from the buffer, the graph's input
+        if _recording():  # from the buffer, an input of the graph
             return getattr(self, name).to(device=like.device, dtype=like.dtype)
         key = (name, like.dtype, like.device)
         cast = self._cast.get(key)
