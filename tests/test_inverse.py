@@ -178,3 +178,13 @@ def test_restore_refuses_a_vae_run(arrays, capsys, tmp_path):
     code, _, err = run_cli(["restore", tmp_path / "vae", "--task", "denoise", "--input", arrays / "clean.npy",
                             "--out", tmp_path / "x.npy"], capsys)
     assert code == 2 and err == "error: ppl-dgm restore needs a diffusion run (ddpm); got 'vae'\n"
+
+
+def test_restore_names_the_run_kind_before_the_picture(arrays, capsys, tmp_path):
+    """A 2-D flow run with a .png output: the run's kind is what is wrong, said first."""
+    code, _, err = run_cli(["fit", "flow", "--dataset", "moons", "--epochs", "1", "--quiet", "--threads", "1",
+                            "--out", tmp_path / "flow"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["restore", tmp_path / "flow", "--task", "denoise", "--input", arrays / "clean.npy",
+                            "--out", tmp_path / "x.png"], capsys)
+    assert code == 2 and err == "error: ppl-dgm restore needs a diffusion run (ddpm); got 'flow'\n"

@@ -44,11 +44,12 @@ def restore(run_dir, task, input_path, mask_path, sigma_y, scale, zeta, referenc
         raise InputError(f"--out: expected a file ending in .npy or .png; got {str(out)!r}")
     ensure_writable_dir(out.parent if str(out.parent) else Path("."))
     from ..data.images import read_array_file
-    from ..runs import restore_run
+    from ..runs import check_restorable, restore_run
 
     arrays = {name: None if path is None else read_array_file(path, name)["x"]
               for name, path in (("--input", input_path), ("--mask", mask_path), ("--reference", reference_path))}
     run = load(run_dir, device, checkpoint, threads)
+    check_restorable(run)  # before the picture check: the run's kind is the first thing wrong
     if out.suffix == ".png" and len(run.shape) < 2:
         raise InputError(f"--out: a picture grid needs image data; the run's examples have shape {run.shape} "
                          f"(write .npy)")

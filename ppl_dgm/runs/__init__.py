@@ -7,11 +7,11 @@
 
 from .diagnose import Diagnosis, diagnose_run, summary
 from .quality import sample_quality_run, scorer_for
-from .restore import restore_run
+from .restore import check_restorable, restore_run
 from .store import RUN_FORMAT, DataSpec, Run, default_out_dir, load_run, read_config, save_run
 from .train import load_twin, train_run
 from .use import evaluate_run, sample_run, trajectory_run
 
 __all__ = ["RUN_FORMAT", "DataSpec", "Run", "load_run", "save_run", "read_config", "default_out_dir", "train_run",
            "load_twin", "evaluate_run", "sample_run", "trajectory_run", "diagnose_run", "Diagnosis", "summary",
-           "restore_run", "sample_quality_run", "scorer_for"]
+           "restore_run", "check_restorable", "sample_quality_run", "scorer_for"]

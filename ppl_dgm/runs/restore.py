@@ -49,6 +49,14 @@ def _operator(run: Run, task: str, y: np.ndarray, mask, scale: int):
     return A, A(rows)
 
 
+def check_restorable(run: Run) -> None:
+    """Refuse, in one line, a run that cannot serve as the prior of a restoration: DPS needs a DDPM on the data."""
+    if run.family.name != "ddpm":
+        raise InputError(f"ppl-dgm restore needs a diffusion run (ddpm); got {run.family.name!r}")
+    if run.decoder is not None:
+        raise InputError("ppl-dgm restore needs a ddpm on the data itself; got a latent diffusion run (--latent-of)")
+
+
 def restore_run(run: Run, y, task: str, *, mask=None, sigma_y: float = 0.05, scale: int = 2, zeta: float = 1.0,
                 seed: int = 0, reference=None) -> dict:
     """DPS restorations of the measurements ``y`` with the run's DDPM as the prior.
@@ -78,10 +86,7 @@ def restore_run(run: Run, y, task: str, *, mask=None, sigma_y: float = 0.05, sca
         leaves; with a reference ``mse``, ``psnr``, ``ssim`` as {"dps": ..., "baseline": ...} (PSNR, SSIM:
         images; SSIM: sides >= 7).
     """
-    if run.family.name != "ddpm":
-        raise InputError(f"ppl-dgm restore needs a diffusion run (ddpm); got {run.family.name!r}")
-    if run.decoder is not None:
-        raise InputError("ppl-dgm restore needs a ddpm on the data itself; got a latent diffusion run (--latent-of)")
+    check_restorable(run)
     check_choice("task", task, TASKS)
     sigma_y = check_number("sigma_y", sigma_y, min=0, min_open=True)
     y = check_array(y, "input")
