@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ppl_dgm import GaussianMixture
+from ppl_dgm.errors import InputError
 from ppl_dgm.inference.em import fit_em
 from ppl_dgm.models.gmm_em import GMMFamily
 
@@ -86,6 +87,46 @@ def test_jax_restarts_keep_the_best_like_torch():
     finals = [h[-1] for h in res.histories]
     assert len(finals) == 5 and res.best_init == int(np.argmax(finals)) != 0
     assert res.lower_bound == max(finals) == pytest.approx(b.lower_bound_, rel=1e-12)
+
+
+def test_chunk_blocks_cover_every_chunk_once():
+    from ppl_dgm.numpyro.inference.em import chunk_blocks
+
+    assert chunk_blocks(7, 2) == [(0, 3), (3, 7)]
+    assert chunk_blocks(2, 4) == [(0, 1), (1, 2)]  # no empty block
+    assert chunk_blocks(5, 1) == [(0, 5)]
+
+
+@pytest.mark.parametrize("strategy", ["features", "direct"])
+def test_workers_sum_the_same_statistics(strategy):
+    """Blocks of chunks passed at once (threads) give the one-pass statistics: the same fit to rounding, and
+    the same numbers again for the same number of workers."""
+    from ppl_dgm.numpyro.inference.em import fit_em_gmm
+
+    x = np.random.default_rng(3).normal(size=(2000, 6)) * [1, 2, 3, 1, 1, 0.5]
+    kw = dict(n_components=3, init_params="random_from_data", strategy=strategy, chunk_size=128, max_iter=15,
+              tol=0.0, warn=False)
+    one = fit_em_gmm(x, workers=1, **kw)
+    fits = [fit_em_gmm(x, workers=w, **kw) for w in (2, 3, 3)]
+    for got in fits:
+        np.testing.assert_allclose(got.history, one.history, rtol=1e-12)
+        np.testing.assert_allclose(got.params.covariances.numpy(), one.params.covariances.numpy(), rtol=1e-9,
+                                   atol=1e-12)
+    assert fits[1].history == fits[2].history  # deterministic for a given number of workers
+    assert np.array_equal(fits[1].params.means.numpy(), fits[2].params.means.numpy())
+
+
+def test_workers_checked_and_blas_threads_restored():
+    from threadpoolctl import threadpool_info
+
+    from ppl_dgm.numpyro.inference.em import JaxGMMFamily, fit_em_gmm
+
+    with pytest.raises(InputError, match="workers must be a positive integer; got 0"):
+        JaxGMMFamily(GMMFamily(2), workers=0)
+    fit_em_gmm(blobs(), n_components=3, max_iter=3, tol=0.0, warn=False)  # loads the LAPACK XLA borrows
+    before = [(i["filepath"], i["num_threads"]) for i in threadpool_info()]
+    fit_em_gmm(blobs(), n_components=3, max_iter=3, tol=0.0, warn=False)
+    assert [(i["filepath"], i["num_threads"]) for i in threadpool_info()] == before  # the M-step's limit is undone
 
 
 def test_jax_backend_checks_monotone_like_torch(monkeypatch):

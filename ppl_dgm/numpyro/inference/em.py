@@ -1,14 +1,18 @@
-"""Gaussian-mixture EM with every iteration one jit-compiled JAX call (plain JAX, no NumPyro).
+"""Gaussian-mixture EM with every pass over the data jit-compiled JAX (plain JAX, no NumPyro).
 
 The JAX twin of :class:`ppl_dgm.models.gmm_em.GMMFamily` (course notes, EM
 section), in the same two forms: the *feature* form (``phi(x)`` built per chunk,
 E-step ``log p = W phi``, M-step statistics ``S = gamma phi^T``) and, for full
 covariances with ``2.5 K <= D``, the *direct* form (``y = [U_1 .. U_K]^T x``, second
-moments as one ``(gamma x) x^T`` product).  Chunks of columns are visited by
-``lax.scan``; the closed-form M-step with ``reg_covar`` runs in the same
-compiled call.  Data sit as centred columns (n_chunks, D, chunk), so memory is
-the data plus O(chunk x (F + K)) whatever N is, and XLA's matrix products (which
-use the CPU's widest vector units) see ``(K x F)(F x c)`` and ``(K x c)(c x F)``.
+moments as one ``(gamma x) x^T`` product).  A compiled pass visits a block of
+chunks of columns in a loop and returns their statistics; the blocks' passes run
+at once, one thread each (``workers``: XLA runs concurrent calls on separate
+cores, while one call's loop of small products keeps about one core busy), and
+the closed-form M-step with ``reg_covar`` is compiled on their sum.  Data sit as
+centred columns (n_chunks, D, chunk), indexed in place, so memory is the data
+plus O(chunk x (F + K)) per worker whatever N is, and XLA's matrix products
+(which use the CPU's widest vector units) see ``(K x F)(F x c)`` and
+``(K x c)(c x F)``.
 
 :class:`JaxGMMFamily` plugs that call into the one EM loop,
 :func:`ppl_dgm.inference.em.fit_em`, so restarts (``n_init``, from the same
@@ -26,6 +30,8 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -142,8 +148,14 @@ def _m_step(jax, jnp, stats, n_dim, covariance_type, reg_covar, eps):
     return nk / nk.sum(), mu, cov, prec_chol
 
 
-def _feature_pass(jax, jnp, params, shift, cols, mask, covariance_type):
-    """Statistics ``S`` (F, K) and the summed log-likelihood, in the feature form."""
+def _fold_chunks(jax, body, init, cols, mask, bounds):
+    """``body(carry, (columns, mask))`` folded over chunks ``bounds[0] <= i < bounds[1]`` (indexed in place: a
+    block of chunks is never copied out of the data)."""
+    return jax.lax.fori_loop(bounds[0], bounds[1], lambda i, carry: body(carry, (cols[i], mask[i])), init)
+
+
+def _feature_pass(jax, jnp, params, shift, cols, mask, bounds, covariance_type):
+    """Statistics ``S`` (F, K) and the summed log-likelihood of chunks ``bounds``, in the feature form."""
     weights, means, _, prec_chol = params
     w = _weight_matrix(jnp, weights, means - shift, prec_chol, covariance_type).T  # (K, F)
 
@@ -152,14 +164,14 @@ def _feature_pass(jax, jnp, params, shift, cols, mask, covariance_type):
         xt, m = inp
         f = _features_t(jnp, xt, covariance_type)  # (F, c)
         resp, ll = _softmax_columns(jax, jnp, w @ f, m)
-        return (stats + resp @ f.T, total + ll), None
+        return stats + resp @ f.T, total + ll
 
     init = (jnp.zeros(w.shape, w.dtype), jnp.zeros((), w.dtype))
-    (stats, total), _ = jax.lax.scan(body, init, (cols, mask))
+    stats, total = _fold_chunks(jax, body, init, cols, mask, bounds)
     return stats.T, total
 
 
-def _direct_pass(jax, jnp, params, shift, cols, mask):
+def _direct_pass(jax, jnp, params, shift, cols, mask, bounds):
     """The same statistics in the direct form (full covariances), by row blocks of the triangles."""
     weights, means, _, u = params
     k, d = means.shape
@@ -179,12 +191,12 @@ def _direct_pass(jax, jnp, params, shift, cols, mask):
         resp, ll = _softmax_columns(jax, jnp, c0 - 0.5 * maha, m)
         s2 = [acc + (resp[:, None, :] * xt[None, a:b]).reshape(k * (b - a), -1) @ xt[a:].T
               for acc, (a, b) in zip(s2, blocks, strict=True)]
-        return (s2, s1 + resp @ xt.T, s0 + resp.sum(1), total + ll), None
+        return s2, s1 + resp @ xt.T, s0 + resp.sum(1), total + ll
 
     dt = means.dtype
     init = ([jnp.zeros((k * (b - a), d - a), dt) for a, b in blocks], jnp.zeros((k, d), dt),
             jnp.zeros(k, dt), jnp.zeros((), dt))
-    (s2, s1, s0, total), _ = jax.lax.scan(body, init, (cols, mask))
+    s2, s1, s0, total = _fold_chunks(jax, body, init, cols, mask, bounds)
     upper = jnp.concatenate([jnp.pad(m.reshape(k, b - a, d - a), ((0, 0), (0, 0), (a, 0)))
                              for m, (a, b) in zip(s2, blocks, strict=True)], axis=1)
     iu = np.triu_indices(d)
@@ -192,21 +204,66 @@ def _direct_pass(jax, jnp, params, shift, cols, mask):
 
 
 @functools.lru_cache(maxsize=32)
-def _make_step(covariance_type: str, reg_covar: float, n_dim: int, n: int, eps: float, direct: bool):
-    """The compiled EM iteration ``(params, shift, columns, mask) -> (new params, mean log-lik)``."""
+def _make_pass(covariance_type: str, direct: bool):
+    """The compiled pass ``(params, shift, columns, mask, bounds) -> (statistics, summed log-lik)`` over the
+    chunks ``bounds = [start, stop)`` (one compilation serves every block of the same data)."""
     import jax
     import jax.numpy as jnp
 
     @jax.jit
-    def step(params, shift, cols, mask):
+    def run(params, shift, cols, mask, bounds):
         if direct:
-            stats, total = _direct_pass(jax, jnp, params, shift, cols, mask)
-        else:
-            stats, total = _feature_pass(jax, jnp, params, shift, cols, mask, covariance_type)
+            return _direct_pass(jax, jnp, params, shift, cols, mask, bounds)
+        return _feature_pass(jax, jnp, params, shift, cols, mask, bounds, covariance_type)
+
+    return run
+
+
+@functools.lru_cache(maxsize=32)
+def _make_m_step(covariance_type: str, reg_covar: float, n_dim: int, n: int, eps: float):
+    """The compiled M-step ``(statistics, summed log-lik, shift) -> (new params, mean log-lik)``."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def m_step(stats, total, shift):
         weights, mu, cov, prec_chol = _m_step(jax, jnp, stats, n_dim, covariance_type, reg_covar, eps)
         return (weights, mu + shift, cov, prec_chol), total / n
 
-    return step
+    return m_step
+
+
+@functools.lru_cache(maxsize=4)
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="ppl_dgm-em")
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    """The BLAS libraries of this process (threadpoolctl), looked up once XLA's CPU Cholesky has loaded the
+    OpenBLAS it borrows from SciPy (on first use)."""
+    import jax.numpy as jnp
+    from threadpoolctl import ThreadpoolController
+
+    jnp.linalg.cholesky(jnp.eye(1)).block_until_ready()
+    return ThreadpoolController()
+
+
+def default_workers() -> int:
+    """Concurrent passes by default: the CPU cores this process may use; 1 off the CPU (an accelerator runs
+    one call at a time)."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def chunk_blocks(n_chunks: int, workers: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of ``min(workers, n_chunks)`` consecutive blocks of chunks, as equal as can be."""
+    parts = max(1, min(workers, n_chunks))
+    edges = [n_chunks * i // parts for i in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
 
 
 class JaxGMMFamily:
@@ -218,19 +275,28 @@ class JaxGMMFamily:
         Supplies ``covariance_type``, ``reg_covar``, the seeded initialisations
         (``init_params``) and the monotone-check slack; copied, never changed.
     chunk_size : int, optional
-        Rows per ``lax.scan`` step (memory O(chunk x (F + K))); by default about
-        512 KB of temporaries for the direct form and 4 MB, at most 4,096 rows, for
-        the feature form (XLA runs best on smaller chunks than MKL; its feature
-        products gain from more columns, on two threads above all, while the K x c
-        elementwise passes want to stay in cache: benchmarks/gmm_chunks.py).
+        Rows per step of a pass (memory O(chunk x (F + K)) per worker); by default
+        about 512 KB of temporaries for the direct form and 4 MB, at most 4,096 rows,
+        for the feature form (XLA runs best on smaller chunks than MKL; its feature
+        products gain from more columns, while the K x c elementwise passes want to
+        stay in cache: benchmarks/gmm_chunks.py).
+    workers : int, optional
+        Passes run at once, each over its block of consecutive chunks, from a pool of
+        threads (XLA runs concurrent calls on separate cores; one call's chunk loop
+        keeps about one core busy); their statistics are summed in block order, so a
+        fit is deterministic for a given ``workers``.  Default: the CPU cores this
+        process may use (1 on an accelerator).
     """
 
-    def __init__(self, family: GMMFamily, chunk_size: int | None = None) -> None:
+    def __init__(self, family: GMMFamily, chunk_size: int | None = None, workers: int | None = None) -> None:
         self.family = copy.copy(family)
         # measured on one core: XLA's products favour the direct form more than MKL's
         self.family.direct_ratio = 2.5
         if chunk_size is not None:
             self.family.chunk_size = int(chunk_size)
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise InputError(f"workers must be a positive integer; got {workers!r}")
+        self.workers = workers
 
     def _chunked(self, x: Tensor) -> GMMFamily:
         """The family with this backend's chunk size for ``x`` (the class docstring)."""
@@ -272,18 +338,33 @@ class JaxGMMFamily:
         return self.family.initialize(data.init_data, generator)
 
     def e_step(self, params: GMMParams, data: JaxGMMData) -> EStep:
-        """One compiled iteration: the mean log-likelihood under ``params``; the M-step's
-        closed-form parameters (computed in the same call) are the statistics."""
+        """One iteration: the mean log-likelihood under ``params``; the M-step's closed-form
+        parameters (computed from the same pass's statistics) are the statistics."""
+        import jax
         import jax.numpy as jnp
 
         n, d = data.init_data.x.shape
-        eps = float(np.finfo(data.columns.dtype).eps)
-        step = _make_step(self.family.covariance_type, self.family.reg_covar, d, n, eps, data.init_data.direct)
+        family = self.family
         if data.init_data.direct:  # the direct form's blocks need upper-triangular factors
             params = params._replace(precisions_cholesky=upper_factor(params.precisions_cholesky))
         jparams = tuple(jnp.asarray(p.detach().cpu().numpy()) for p in params)
-        new, ll = step(jparams, data.shift, data.columns, data.mask)
-        if not bool(jnp.isfinite(new[3]).all()):
+        run = _make_pass(family.covariance_type, data.init_data.direct)
+        blocks = chunk_blocks(data.columns.shape[0], self.workers or default_workers())
+
+        def one(bounds):  # waited for in its thread, so the blocks' passes overlap
+            bounds = np.asarray(bounds, np.int32)
+            return jax.block_until_ready(run(jparams, data.shift, data.columns, data.mask, bounds))
+
+        parts = [one(blocks[0])] if len(blocks) == 1 else list(_thread_pool(len(blocks)).map(one, blocks))
+        stats, total = functools.reduce(lambda a, b: (a[0] + b[0], a[1] + b[1]), parts)
+        eps = float(np.finfo(data.columns.dtype).eps)
+        m_step = _make_m_step(family.covariance_type, family.reg_covar, d, n, eps)
+        # The M-step's K small factorizations run in SciPy's OpenBLAS: on one thread, as its idle threads would
+        # spin for ~0.1 s after the call, taking a core from the next pass (benchmarks/gmm_pass_pieces.py).
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            new, ll = m_step(stats, total, data.shift)
+            finite = bool(jnp.isfinite(new[3]).all())  # waits for the call inside the limit
+        if not finite:
             raise InputError(COLLAPSE_MESSAGE.format(reg=self.family.reg_covar))
         return EStep(float(ll), new)
 
@@ -299,7 +380,8 @@ class JaxGMMFamily:
 
 def fit_em_gmm(x: Any, init: Any = None, *, n_components: int | None = None,
                covariance_type: str = "full", reg_covar: float = 1e-6, init_params: str = "kmeans",
-               chunk_size: int | None = None, strategy: str = "auto", **loop: Any) -> EMResult:
+               chunk_size: int | None = None, strategy: str = "auto", workers: int | None = None,
+               **loop: Any) -> EMResult:
     """EM for a Gaussian mixture in JAX: :func:`fit_em` with :class:`JaxGMMFamily`.
 
     Parameters
@@ -314,7 +396,9 @@ def fit_em_gmm(x: Any, init: Any = None, *, n_components: int | None = None,
     covariance_type, reg_covar, init_params
         As in :class:`ppl_dgm.GaussianMixture`.
     chunk_size : int, optional
-        Rows per ``lax.scan`` step.
+        Rows per step of a pass.
+    workers : int, optional
+        Passes run at once (:class:`JaxGMMFamily`; default: the CPU cores this process may use).
     strategy : {'auto', 'features', 'direct'}
         The E-step's form (:class:`~ppl_dgm.models.gmm_em.GMMFamily`).
     **loop
@@ -332,4 +416,4 @@ def fit_em_gmm(x: Any, init: Any = None, *, n_components: int | None = None,
         xt = xt.double()
     k = n_components if n_components is not None else len(init[0])
     family = GMMFamily(k, covariance_type, reg_covar, init_params, chunk_size=chunk_size, strategy=strategy)
-    return fit_em(JaxGMMFamily(family, chunk_size), xt, init=init, **loop)
+    return fit_em(JaxGMMFamily(family, chunk_size, workers), xt, init=init, **loop)
