@@ -173,8 +173,8 @@ class GaussianMixture(_DensityEstimator):
     backend : {'torch', 'jax', 'svi', 'numpyro'}
         ``'torch'``: EM in torch, both steps as chunked matrix products
         (:class:`~ppl_dgm.models.gmm_em.GMMFamily`).  ``'jax'``: the same EM loop
-        with each iteration one jit-compiled JAX call
-        (:class:`~ppl_dgm.numpyro.inference.em.JaxGMMFamily`).  ``'svi'``: MAP
+        with jit-compiled JAX passes over blocks of the data run at once, one
+        per core (:class:`~ppl_dgm.numpyro.inference.em.JaxGMMFamily`).  ``'svi'``: MAP
         by SVI in Pyro, ``c`` summed out by ``TraceEnum_ELBO``, Delta guides on
         the weights and means (:func:`~ppl_dgm.models.gmm_svi.fit_gmm_map_svi`).
         ``'numpyro'``: the same MAP in NumPyro, the enumerated model fitted by
