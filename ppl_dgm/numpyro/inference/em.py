@@ -235,6 +235,7 @@ def _make_m_step(covariance_type: str, reg_covar: float, n_dim: int, n: int, eps
 
 @functools.lru_cache(maxsize=4)
 def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    """The threads the blocks' passes are called from (kept for the process: idle threads cost nothing)."""
     return ThreadPoolExecutor(workers, thread_name_prefix="ppl_dgm-em")
 
 
