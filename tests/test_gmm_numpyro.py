@@ -123,6 +123,14 @@ def test_workers_checked_and_blas_threads_restored():
 
     with pytest.raises(InputError, match="workers must be a positive integer; got 0"):
         JaxGMMFamily(GMMFamily(2), workers=0)
+    threads = torch.get_num_threads()
+    try:  # the default follows the package's thread setting (--threads): one thread, one block
+        torch.set_num_threads(1)
+        data = JaxGMMFamily(GMMFamily(2, chunk_size=64)).prepare(torch.tensor(blobs()))
+        assert [b.tolist() for b in data.blocks] == [[0, 8]]
+    finally:
+        torch.set_num_threads(threads)
+    assert len(JaxGMMFamily(GMMFamily(2, chunk_size=64), workers=3).prepare(torch.tensor(blobs())).blocks) == 3
     fit_em_gmm(blobs(), n_components=3, max_iter=3, tol=0.0, warn=False)  # loads the LAPACK XLA borrows
     before = [(i["filepath"], i["num_threads"]) for i in threadpool_info()]
     fit_em_gmm(blobs(), n_components=3, max_iter=3, tol=0.0, warn=False)

@@ -58,12 +58,15 @@ class JaxGMMData(NamedTuple):
         The data mean (centring for numerical safety).
     init_data : GMMData
         The torch data the seeded initialisations are drawn from (and the E-step's form).
+    blocks : tuple of np.ndarray
+        ``[start, stop)`` (int32) of the blocks of chunks whose passes run at once, one per worker.
     """
 
     columns: Any
     mask: Any
     shift: Any
     init_data: GMMData
+    blocks: tuple
 
 
 def _features_t(jnp, xt, covariance_type):
@@ -251,13 +254,15 @@ def _blas_controller():
 
 
 def default_workers() -> int:
-    """Concurrent passes by default: the CPU cores this process may use; 1 off the CPU (an accelerator runs
-    one call at a time)."""
+    """Concurrent passes by default: the package's CPU threads (torch's, as ``--threads`` sets them:
+    :func:`ppl_dgm.utils.set_threads`), at most the cores this process may use; 1 off the CPU (an accelerator
+    runs one call at a time)."""
     import jax
 
     if jax.default_backend() != "cpu":
         return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cores))
 
 
 def chunk_blocks(n_chunks: int, workers: int) -> list[tuple[int, int]]:
@@ -285,8 +290,9 @@ class JaxGMMFamily:
         Passes run at once, each over its block of consecutive chunks, from a pool of
         threads (XLA runs concurrent calls on separate cores; one call's chunk loop
         keeps about one core busy); their statistics are summed in block order, so a
-        fit is deterministic for a given ``workers``.  Default: the CPU cores this
-        process may use (1 on an accelerator).
+        fit is deterministic for a given ``workers``.  Default: the package's CPU
+        threads (``--threads``, torch's count), at most the cores this process may
+        use (1 on an accelerator): :func:`default_workers`.
     """
 
     def __init__(self, family: GMMFamily, chunk_size: int | None = None, workers: int | None = None) -> None:
@@ -332,7 +338,8 @@ class JaxGMMFamily:
             block[: len(rows)] = rows
             cols = _block_setter()(cols, b, block.reshape(-1, chunk, d).transpose(0, 2, 1))
         mask = jnp.asarray(np.arange(n_chunks * chunk) < n, dtype=x_np.dtype).reshape(n_chunks, chunk)
-        return JaxGMMData(cols, mask, jnp.asarray(shift), init_data)
+        blocks = tuple(np.asarray(b, np.int32) for b in chunk_blocks(n_chunks, self.workers or default_workers()))
+        return JaxGMMData(cols, mask, jnp.asarray(shift), init_data, blocks)
 
     def initialize(self, data: JaxGMMData, generator: torch.Generator) -> GMMParams:
         """The torch backend's initialisation (same generator, same draws)."""
@@ -350,12 +357,11 @@ class JaxGMMFamily:
             params = params._replace(precisions_cholesky=upper_factor(params.precisions_cholesky))
         jparams = tuple(jnp.asarray(p.detach().cpu().numpy()) for p in params)
         run = _make_pass(family.covariance_type, data.init_data.direct)
-        blocks = chunk_blocks(data.columns.shape[0], self.workers or default_workers())
 
         def one(bounds):  # waited for in its thread, so the blocks' passes overlap
-            bounds = np.asarray(bounds, np.int32)
             return jax.block_until_ready(run(jparams, data.shift, data.columns, data.mask, bounds))
 
+        blocks = data.blocks
         parts = [one(blocks[0])] if len(blocks) == 1 else list(_thread_pool(len(blocks)).map(one, blocks))
         stats, total = functools.reduce(lambda a, b: (a[0] + b[0], a[1] + b[1]), parts)
         eps = float(np.finfo(data.columns.dtype).eps)
@@ -399,7 +405,7 @@ def fit_em_gmm(x: Any, init: Any = None, *, n_components: int | None = None,
     chunk_size : int, optional
         Rows per step of a pass.
     workers : int, optional
-        Passes run at once (:class:`JaxGMMFamily`; default: the CPU cores this process may use).
+        Passes run at once (:class:`JaxGMMFamily`; default: :func:`default_workers`).
     strategy : {'auto', 'features', 'direct'}
         The E-step's form (:class:`~ppl_dgm.models.gmm_em.GMMFamily`).
     **loop
