@@ -144,15 +144,24 @@ def test_fit_svi_calls_set_epoch_and_beta_lowers_fitted_kl(digits):
             calls.append((epoch, epochs))
             super().set_epoch(epoch, epochs)
 
-    kls = {}
+    kls, weights = {}, {}
     for beta in (1.0, 4.0):
         torch.manual_seed(0)
         vae = VAE(digits.dim, latent_dim=4, hidden=[64])
-        fit_svi(vae, digits.x_train, loss=Recorder(beta=beta), epochs=10, batch_size=128, lr=3e-3, progress=False,
-                seed=0)
+        fit = fit_svi(vae, digits.x_train, loss=Recorder(beta=beta), epochs=10, batch_size=128, lr=3e-3,
+                      progress=False, seed=0)
         kls[beta] = elbo_terms(vae.model, vae.guide, digits.x_test, num_particles=5).kl
+        weights[beta] = [h["kl_weight"] for h in fit.history]
     assert calls[:3] == [(0, 10), (1, 10), (2, 10)]
+    assert weights == {1.0: [1.0] * 10, 4.0: [4.0] * 10}  # each epoch's weight in its history record
     assert kls[4.0] < 0.75 * kls[1.0], kls
+
+
+def test_fit_svi_history_states_the_warmup_weights(digits):
+    vae = VAE(digits.dim, latent_dim=2, hidden=[8])
+    fit = fit_svi(vae, digits.x_train[:100], loss=AnalyticELBO(beta=0.5, warmup_epochs=2), epochs=4, batch_size=50,
+                  progress=False, seed=0)
+    assert [h["kl_weight"] for h in fit.history] == [0.0, 0.25, 0.5, 0.5]  # as the NumPyro backend's history
 
 
 def test_warmup_and_free_bits_change_fitted_kl(digits):

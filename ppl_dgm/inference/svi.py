@@ -274,6 +274,9 @@ class SVILoop:
         ``lr_at(epoch) -> float``, the learning rate of each (0-based) epoch.
     set_epoch : callable, optional
         ``set_epoch(epoch, epochs)`` of the objective (e.g. KL warm-up), at each epoch start.
+    kl_weight : callable, optional
+        ``kl_weight() -> float or None``: the objective's KL weight (beta times the warm-up factor) in the epoch,
+        written to its history record as ``kl_weight`` (as the NumPyro backend does).
     transform : callable, optional
         Applied to each minibatch's first tensor.
     history, start_epoch, epoch, checkpoint, stopped
@@ -290,6 +293,7 @@ class SVILoop:
     seed: int
     lr_at: Callable[[int], float]
     set_epoch: Callable[[int, int], None] | None = None
+    kl_weight: Callable[[], float | None] | None = None
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     start_epoch: int = 0
@@ -372,7 +376,9 @@ class SVILoop:
             on_step(step, loss)
         metrics = self.state.epoch_metrics()
         self.metrics = tuple(dict.fromkeys((*self.metrics, *metrics)))
-        return {"epoch": epoch + 1, "train_elbo": -total / self.n, "lr": lr, **metrics}
+        weight = None if self.kl_weight is None else self.kl_weight()
+        schedule = {} if weight is None else {"kl_weight": float(weight)}
+        return {"epoch": epoch + 1, "train_elbo": -total / self.n, "lr": lr, **schedule, **metrics}
 
 
 def _as_tuple(data) -> tuple[torch.Tensor, ...]:
@@ -634,15 +640,17 @@ def fit_svi(
     opt = (torch.optim.Adam(params.values(), lr=lr, betas=(beta1, 0.999), fused=fused) if optimizer == "adam"
            else ClippedAdam(params.values(), lr=lr, betas=(beta1, 0.999), clip_norm=clip_norm or 10.0))
     clip = clip_norm if optimizer == "adam" else None
+    def kl_weight():  # the objective's KL weight in the current epoch (None: it has none)
+        return getattr(loss, "kl_weight", None)
+
     if compile_step:
         if own_state:
             raise InputError(f"compile_step: {type(loss).__name__} takes its own step; fit without compile_step")
-        objective = RecordedLoss(objective, model_fn, guide_fn, modules, params,
-                                 key=lambda: getattr(loss, "kl_weight", None))
+        objective = RecordedLoss(objective, model_fn, guide_fn, modules, params, key=kl_weight)
     state = (loss.make_state(model, model_fn, guide_fn, params, opt, modules, clip, averager) if own_state
              else SVIState(model_fn, guide_fn, amp.loss(objective), params, opt, modules, clip, averager, amp.scaler))
     run = SVILoop(state, model, train_t, epochs, batch_size, seed, lr_at(lr_schedule, lr, epochs, lr_gamma),
-                  getattr(loss, "set_epoch", None), transform, stage=stage)
+                  getattr(loss, "set_epoch", None), kl_weight, transform, stage=stage)
     # The first traces (check_guide) ran with Pyro's argument validation on, catching model bugs early;
     # the loop runs without it (it costs about 5% per step); non-finite values are still caught and named.
     with pyro.validation_enabled(validate), amp, parallel_fit(ddp, state, run, first):

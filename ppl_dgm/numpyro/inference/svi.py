@@ -180,9 +180,10 @@ def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str
         raise InputError("expected at least one training example; got none")
     steps = math.ceil(n / batch_size)
     sites = twin.latent_sites
-    lrs = np.array([lr_at(lr_schedule, lr, epochs)(e) for e in range(epochs)], dtype=np.float32)
+    lrs = [lr_at(lr_schedule, lr, epochs)(e) for e in range(epochs)]   # Python floats for the history
+    svi_lrs = np.array(lrs, dtype=np.float32)
     svi = SVI(weighted(twin.model, sites), weighted(twin.guide, sites),
-              make_optimizer(optimizer, lrs, steps, clip_norm),
+              make_optimizer(optimizer, svi_lrs, steps, clip_norm),
               make_loss(objective, particles, twin, free_bits))
     key, bin_key, eval_key = jax.random.split(jax.random.PRNGKey(seed), 3)
     terms = jax.jit(lambda p, xb, yb, kb: elbo_terms(twin, p, xb, yb, key=kb))
