@@ -219,6 +219,7 @@ def test_cli_numpyro_run_works_with_every_command(family, tmp_path, capsys):
         code, stdout, err = run_cli(args, capsys)
         assert code in (0, None), (args, err)
     assert "checkpoint.npz" in stdout + err or (out / "diagnostics.json").is_file()
+    assert "convergence: too short (2 epochs of test_elbo; a trend needs 4)" in stdout and "nan" not in stdout
 
 
 @pytest.mark.parametrize("args, message", [

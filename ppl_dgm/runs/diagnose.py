@@ -137,8 +137,11 @@ def summary(report: dict[str, Any]) -> str:
                          f"(IWAE {g['iwae']:.3f})")
     c = report["convergence"]
     lines.append("  gradient SNR: " + ", ".join(f"{k} {v['snr']:.3f}" for k, v in report["snr"].items()))
-    lines.append(f"  convergence: {c['status']} ({c['metric']} slope {c['slope']:.3g} nats/epoch over "
-                 f"{c['epochs_used']} epochs)")
+    if c["status"] == "too short":  # no line through fewer than 4 points: no slope to state
+        lines.append(f"  convergence: too short ({c['epochs_used']} epochs of {c['metric']}; a trend needs 4)")
+    else:
+        lines.append(f"  convergence: {c['status']} ({c['metric']} slope {c['slope']:.3g} nats/epoch over "
+                     f"{c['epochs_used']} epochs)")
     lines += [f"  note: {m}" for m in report.get("notes", [])]
     lines += [f"  warning: {m}" for m in report["warnings"]]
     lines.append(f"  wrote {', '.join(report.get('files', []))} in {report['run']}")
