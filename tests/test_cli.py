@@ -1,6 +1,7 @@
 """Every CLI subcommand runs; every bad input gives one line and exit status 2."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -210,9 +211,23 @@ def test_test_data_and_val_fraction_are_stored(tmp_path, capsys):
     assert code == 2 and "--val-fraction" in err and not (tmp_path / "c").exists()
 
 
-def test_resume_refuses_new_data_options(run_dir, capsys):
-    code, _, err = run(["fit", "vae", "--out", run_dir, "--resume", "--val-fraction", "0.5"], capsys)
-    assert code == 2 and "expected only --epochs; got --val-fraction" in err
+def test_resume_takes_the_runs_own_options_and_refuses_others(run_dir, tmp_path, capsys):
+    out = tmp_path / "vae"
+    shutil.copytree(run_dir, out)
+    # the command that started the run, with --resume and more epochs, continues it
+    code, _, err = run(["fit", "vae", "--out", out, "--epochs", "4", "--hidden", "32", "--latent-dim", "4", "--quiet",
+                        "--resume", "--seed", "0", "--dataset", "digits", "--binarize", "dynamic"], capsys)
+    assert code == 0, err
+    assert len(json.loads((out / "history.json").read_text())) == 4
+    for args, message in [(["--val-fraction", "0.5"], "the run has --val-fraction 0.2, got 0.5"),
+                          (["--hidden", "64"], "the run has --hidden 32, got 64"),
+                          (["--seed", "1"], "the run has --seed 0, got 1"),
+                          (["--data-dir", tmp_path], f"the run has --data-dir none, got {tmp_path}")]:
+        code, _, err = run(["fit", "vae", "--out", out, "--resume", *args], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert len(json.loads((out / "history.json").read_text())) == 4
+    code, _, err = run(["fit", "vae", "--resume", "--epochs", "5"], capsys)
+    assert code == 2 and "--resume: expected --out, the run directory to continue" in err
 
 
 @pytest.mark.parametrize("which, name", [("last", "checkpoint.pt"), ("best", "best.pt")])

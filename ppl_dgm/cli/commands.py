@@ -71,7 +71,55 @@ def _fit_help(family: Family) -> str:
 
 
 # options that --resume takes from the stored run (besides the family's own, --epochs excepted)
-_STORED = ("dataset", "data_path", "data_dir", "test_path", "val_fraction", "binarize")
+# the data options as the run's config.json stores them (its "data" section)
+_STORED = {"dataset": "dataset", "data_path": "path", "data_dir": "data_dir", "test_path": "test_path",
+           "val_fraction": "val_fraction", "binarize": "binarize", "seed": "seed"}
+_PATHS = {"data_path", "data_dir", "test_path", "latent_of", "codes_of"}   # compared as resolved paths
+_UNSET = object()
+
+
+def _check_resume(ctx: click.Context, out, given: dict) -> None:
+    """``--resume`` continues a run with its stored data and options: an option typed on the command line must
+    equal the run's own value (so the command that started a run, with ``--resume`` and a larger ``--epochs``,
+    continues it); a different or unstored one is refused in one line."""
+    from ..runs.store import read_config
+
+    typed = [k for k in given if k != "epochs" and ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE]
+    if not typed or out is None or not (Path(out) / "config.json").is_file():
+        return  # nothing to compare, or no run to compare with (train_run refuses that, naming what is missing)
+    cfg = read_config(out)
+    data = cfg.get("data", {})
+    for name, flag in zip(typed, explicit(ctx, typed), strict=True):
+        if name in _STORED:
+            stored = data.get(_STORED[name], _UNSET)
+            if name == "dataset" and stored is None and not data.get("path"):
+                stored = data.get("name", _UNSET)  # the embedded default (digits) is stored as no dataset
+        else:
+            stored = cfg["train"].get(name, cfg.get("model", {}).get(name, _UNSET))
+        value = given[name]
+        if stored is _UNSET:
+            raise InputError(f"--resume continues the run with its stored options; {flag} is not among them "
+                             f"(expected at most --epochs); got {flag}")
+        if not _same(name, value, stored):
+            raise InputError(f"--resume continues the run with its stored data and options; the run has {flag} "
+                             f"{_shown(stored)}, got {_shown(value)} (start a new run with another --out, or "
+                             f"--overwrite)")
+
+
+def _same(name: str, value, stored) -> bool:
+    """A typed option against its stored (JSON) value: sequences item by item, paths resolved, numbers by value."""
+    if isinstance(value, (list, tuple)) or isinstance(stored, (list, tuple)):
+        return isinstance(value, (list, tuple)) and isinstance(stored, (list, tuple)) and \
+            len(value) == len(stored) and all(_same(name, a, b) for a, b in zip(value, stored, strict=True))
+    if name in _PATHS and value is not None and stored is not None:
+        return Path(value).resolve() == Path(stored).resolve()
+    return value == stored
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "none"
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _fit_command(family: Family) -> click.Command:
@@ -97,9 +145,9 @@ def _fit_command(family: Family) -> click.Command:
         if resume and overwrite:
             raise InputError("expected one of --resume (continue the run in --out) or --overwrite (replace it); "
                              "got both")
-        if resume and (fixed := explicit(ctx, [*_STORED, *(k for k in fields if k != "epochs")])):
-            raise InputError(f"--resume continues the run with its stored data and options; expected only --epochs; "
-                             f"got {fixed[0]}")
+        if resume:
+            _check_resume(ctx, out, dict(dataset=dataset, data_path=data_path, data_dir=data_dir, test_path=test_path,
+                                         val_fraction=val_fraction, binarize=binarize, seed=seed, **fields))
         options = family.config(**fields)
         image = (dataset or ("digits" if not data_path else None)) in IMAGE_DATASETS
         data = DataSpec(dataset if not data_path else None, data_path, data_dir, options.binarize(binarize, image),

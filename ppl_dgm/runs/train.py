@@ -47,7 +47,10 @@ def objective_for(options: FitOptions, model: GenerativeModel):
 
 def _resumed(family: Family, out: str | Path | None, epochs: int | None):
     """The stored options, data and model config of the run in ``out`` (only ``epochs`` may grow)."""
-    if out is None or not (Path(out) / "config.json").exists():
+    if out is None:
+        raise InputError("--resume: expected --out, the run directory to continue (e.g. runs/"
+                         f"{family.name}-digits); got none")
+    if not (Path(out) / "config.json").exists():
         raise InputError(f"--resume: expected a run directory with config.json at {out}; found none")
     cfg = read_config(out)
     if cfg["family"] != family.name:
