@@ -168,6 +168,19 @@ def test_nonfinite_parameters_are_named():
     sites = _nonfinite_sites(twin, bad, jnp.asarray(x), None, jax.random.PRNGKey(0))
     assert "decoder$params" in sites and "x" in sites and "encoder$params" not in sites
     assert issubclass(NonFiniteError, RuntimeError)
+    # a broken encoder makes the guide's Normal invalid: named too, not NumPyro's argument check raising
+    bad = dict(params, **{"encoder$params": jax.tree_util.tree_map(lambda t: t * jnp.nan, params["encoder$params"])})
+    sites = _nonfinite_sites(twin, bad, jnp.asarray(x), None, jax.random.PRNGKey(0))
+    assert sites[0] == "encoder$params" and "z" in sites
+
+
+def test_diverging_fit_stops_naming_sites_and_states_no_checkpoint(tmp_path):
+    _, twin, _ = _pair("vae")
+    x, _ = _data(False)
+    with pytest.raises(NonFiniteError, match=r"non-finite ELBO in epoch \d at sites .*encoder\$params.*; "
+                                             r"last good checkpoint: none written"):
+        fit(twin, x, epochs=3, batch_size=16, lr=1e9, progress=False, out_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / npz.CHECKPOINT_NPZ).exists()
 
 
 def test_both_backends_reach_the_same_heldout_elbo_on_digits(tmp_path):

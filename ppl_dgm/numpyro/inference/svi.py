@@ -141,7 +141,8 @@ def _held_out(terms: Callable, params, x, y, key, rows: int = 2048) -> dict[str,
 def _nonfinite_sites(twin, params, x, y, key) -> list[str]:
     """Sites whose log-density is not finite at ``params`` on ``x`` (and non-finite parameter sites)."""
     bad = [n for n, v in params.items() if not all(bool(jnp.isfinite(t).all()) for t in jax.tree_util.tree_leaves(v))]
-    terms = elbo_terms(twin, params, x, y, key=key)
+    with numpyro.validation_enabled(False):  # (NumPyro's eager argument checks would raise at the first bad site)
+        terms = elbo_terms(twin, params, x, y, key=key)
     return bad + [n for n, v in terms.items() if not bool(jnp.isfinite(v).all())]
 
 
@@ -171,7 +172,7 @@ def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str
         along its rows, the parameters and optimizer state are replicated, and XLA all-reduces the gradient.
 
     The history has the Pyro loop's records: ``epoch``, ``train_elbo`` (mean objective per example), ``lr``,
-    ``seconds`` and, with held-out rows, ``test_elbo``, ``test_reconstruction``, ``test_kl``, ``test_kl_sites``.
+    ``kl_weight``, ``seconds`` and, with held-out rows, ``test_elbo``, ``test_reconstruction``, ``test_kl``, ``test_kl_sites``.
     """
     x_train = jnp.asarray(x_train, dtype=jnp.float32)
     y_train = None if y_train is None else jnp.asarray(y_train, dtype=jnp.int32)
@@ -236,10 +237,11 @@ def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str
         train_elbo = -float(total) / n
         params = svi.get_params(state)
         if not math.isfinite(train_elbo):
+            last_good = out / ckpt.CHECKPOINT_NPZ if out else None  # (written at the last checkpoint epoch, if any)
             sites_bad = _nonfinite_sites(twin, params, x_train[:batch_size], None if y_train is None
                                          else y_train[:batch_size], key)
             raise NonFiniteError(f"non-finite ELBO in epoch {epoch + 1} at sites {', '.join(sites_bad) or '?'}; "
-                                 f"last good checkpoint: {out / ckpt.CHECKPOINT_NPZ if out else 'none written'}",
+                                 f"last good checkpoint: {last_good if last_good and last_good.is_file() else 'none written'}",
                                  step=(epoch + 1) * steps, sites=sites_bad)
         record = {"epoch": epoch + 1, "train_elbo": train_elbo, "lr": float(lrs[epoch]),
                   "kl_weight": float(w)}
