@@ -136,6 +136,26 @@ def test_k_larger_than_n_is_input_error():
         fit_em(GMMFamily(9), data(n=5))
 
 
+@pytest.mark.parametrize("x, match", [
+    (torch.tensor([[0.0, 1.0], [float("nan"), 2.0], [1.0, float("inf")]] * 3), "expected finite data; got NaN or inf "
+                                                                               "in 6 row"),
+    (torch.ones(10), r"expected real data of shape \(N, D\) with N, D >= 1; got torch.float32 of shape \(10,\)"),
+    (torch.ones(0, 3), r"of shape \(0, 3\)"),
+    (torch.ones(5, 2, dtype=torch.long), "got torch.int64"),
+    (torch.full((4, 2), 1e308, dtype=torch.float64), "a column's sum overflows"),
+])
+def test_bad_data_is_refused_before_em_not_read_as_a_collapse(x, match):
+    """A NaN in the rows used to surface as 'a component collapsed' after the first M-step."""
+    with pytest.raises(InputError, match=match):
+        fit_em(GMMFamily(2), x)
+
+
+def test_n_components_is_checked():
+    for k in (0, -1, 2.5, True):
+        with pytest.raises(InputError, match="expected n_components as a positive integer"):
+            GMMFamily(k)
+
+
 def test_direct_form_matches_sklearn_per_iteration():
     import warnings
 

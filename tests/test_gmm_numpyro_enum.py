@@ -185,3 +185,34 @@ def test_arviz_log_likelihood_is_the_marginal(x64):
     pp = idata.posterior_predictive["x"]
     assert pp.shape == (1, s, 60, 2)
     _ = jax  # x64 on
+
+
+def test_functions_refuse_bad_input_in_one_line():
+    """The functional API checks its input like the estimators (before: NaN data ran, wrong shapes broadcast)."""
+    from ppl_dgm.errors import InputError
+    from ppl_dgm.numpyro.inference.em import fit_em_gmm
+    from ppl_dgm.numpyro.models.gmm import fit_bayesian_gmm, fit_gmm_map_svi, infer_assignments
+
+    x = blobs(10)
+    xn = x.copy()
+    xn[3, 1] = np.nan
+    init = (np.ones(2) / 2, x[:2], np.stack([np.eye(2)] * 2))
+    cases = [
+        (lambda: fit_gmm_map_svi(xn, init), r"x: expected finite values; got 1 NaN and 0 inf \(first at index \(3, 1\)\)"),
+        (lambda: fit_gmm_map_svi(x, (init[0], x[:3], init[2])), r"means \(K, 2\).*got shapes \(2,\), \(3, 2\)"),
+        (lambda: fit_gmm_map_svi(x, None), "init: expected"),
+        (lambda: fit_gmm_map_svi(x, init, steps=0), "expected steps as a positive integer"),
+        (lambda: fit_gmm_map_svi(x, init, lr=-1.0), "expected lr as a finite number > 0"),
+        (lambda: infer_assignments(x, init[0], x[:2, :1], init[2]), r"got shapes \(2,\), \(2, 1\)"),
+        (lambda: infer_assignments(x, init[0], init[1] * np.inf, init[2]), "expected finite mixture parameters"),
+        (lambda: infer_assignments(x, *init, temperature=0.5), "temperature must be one of 0, 1"),
+        (lambda: fit_bayesian_gmm(x, 0), "expected n_components as a positive integer"),
+        (lambda: fit_bayesian_gmm(x, 2, num_samples=0), "expected num_samples as a positive integer"),
+        (lambda: fit_bayesian_gmm([[1.0, 2.0], [3.0]], 2), r"x: expected an array of shape \(N, D\)"),
+        (lambda: fit_bayesian_gmm(x[:, 0], 2), r"with D >= 1; got shape \(30,\)"),
+        (lambda: fit_em_gmm(x[:, 0], n_components=2), r"expected real data of shape \(N, D\)"),
+        (lambda: fit_em_gmm(xn, n_components=2), "expected finite data; got NaN or inf in 1 row"),
+    ]
+    for call, match in cases:
+        with pytest.raises(InputError, match=match):
+            call()

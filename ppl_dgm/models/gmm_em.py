@@ -55,7 +55,7 @@ import pyro
 import torch
 from torch import Tensor
 
-from ..errors import InputError, check_choice
+from ..errors import InputError, check_choice, check_positive_int
 from .base import EStep
 from .gmm import (
     COVARIANCE_TYPES,
@@ -69,6 +69,13 @@ from .shards import Shards
 
 INIT_METHODS = ("kmeans", "k-means++", "random_from_data", "random")
 STRATEGIES = ("auto", "features", "direct")
+
+
+def check_rows(x: Tensor) -> None:
+    """Refuse anything but a floating tensor of shape (N, D), N, D >= 1, in one line (values: see ``prepare``)."""
+    if x.ndim != 2 or 0 in x.shape or not x.is_floating_point():
+        raise InputError(f"expected real data of shape (N, D) with N, D >= 1; got {x.dtype} of shape "
+                         f"{tuple(x.shape)}")
 
 
 @dataclass
@@ -124,7 +131,7 @@ class GMMFamily:
     def __init__(self, n_components: int, covariance_type: str = "full", reg_covar: float = 1e-6,
                  init_params: str = "kmeans", chunk_size: int | None = None,
                  chunk_bytes: int | None = None, strategy: str = "auto", shards: Shards | None = None) -> None:
-        self.k = int(n_components)
+        self.k = check_positive_int("n_components", n_components)
         self.covariance_type = check_choice("covariance_type", covariance_type, COVARIANCE_TYPES)
         self.init_params = check_choice("init_params", init_params, INIT_METHODS)
         self.reg_covar = float(reg_covar)
@@ -171,6 +178,7 @@ class GMMFamily:
 
     def prepare(self, x: Tensor) -> GMMData:
         """Rows ``x`` (N_r, D) with their (global) mean as the centring shift and the chunk size."""
+        check_rows(x)
         n, d = x.shape
         direct = self.use_direct(d)
         budget = self.chunk_bytes or (1 << 21) * torch.get_num_threads()
@@ -180,6 +188,14 @@ class GMMFamily:
             mean = x.mean(0, dtype=torch.float64)
         else:  # every rank centres by the same (global) mean
             mean = shards.sum(x.sum(0, dtype=torch.float64)) / shards.n_total
+        if not bool(torch.isfinite(mean).all()):  # a finite mean: every value finite (checked in one pass)
+            bad = int((~torch.isfinite(x)).any(1).sum())
+            if bad:
+                raise InputError(f"expected finite data; got NaN or inf in {bad} row(s)")
+            if shards is not None:  # (a rank's NaN reaches every rank through the sum)
+                raise InputError("expected finite data; got NaN or inf in another rank's rows")
+            raise InputError("expected data whose column means are finite; got values so large that a column's "
+                             "sum overflows")
         # rounded to float32: a centring needs no more digits, and rounded it is the same number whatever the
         # order of the sums (one process or many), so are the initial parameters (see docs/scaling.md)
         shift = mean.float().to(x.dtype)

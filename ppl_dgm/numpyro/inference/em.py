@@ -42,7 +42,7 @@ from ...errors import InputError
 from ...inference.em import EMResult, fit_em
 from ...models.base import EStep
 from ...models.gmm import COLLAPSE_MESSAGE, GMMParams
-from ...models.gmm_em import GMMData, GMMFamily, triangle_blocks, upper_factor
+from ...models.gmm_em import GMMData, GMMFamily, check_rows, triangle_blocks, upper_factor
 
 
 class JaxGMMData(NamedTuple):
@@ -323,6 +323,7 @@ class JaxGMMFamily:
             jax.config.update("jax_enable_x64", True)
         import jax.numpy as jnp
 
+        check_rows(x)
         init_data = self._chunked(x).prepare(x)
         x_np, shift = x.detach().cpu().numpy(), init_data.shift.cpu().numpy()
         n, d = x_np.shape

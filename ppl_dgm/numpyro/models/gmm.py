@@ -35,18 +35,47 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ...data import check_array
+from ...errors import InputError, check_choice, check_number, check_positive_int
+
 
 def _as_jax(x: Any):
-    """``x`` as a JAX array: float32 stays float32, anything else becomes float64 (x64 on)."""
+    """``x`` (N, D), checked (finite real numbers; one-line :class:`InputError` otherwise), as a JAX array:
+    float32 stays float32, anything else becomes float64 (x64 on)."""
     import jax
 
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError):  # ragged nested lists and the like
+        raise InputError(f"x: expected an array of shape (N, D); got a {type(x).__name__} that is not one") from None
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise InputError(f"x: expected an array of shape (N, D) with D >= 1; got shape {arr.shape}")
+    arr = check_array(arr, "x")
     if arr.dtype != np.float32:
         jax.config.update("jax_enable_x64", True)
         arr = arr.astype(np.float64)
     import jax.numpy as jnp
 
     return jnp.asarray(arr)
+
+
+def _mixture(xj, weights, means, scale_tril) -> tuple:
+    """The parameters ``weights`` (K,), ``means`` (K, D), ``scale_tril`` (K, D, D) for data ``xj`` (N, D),
+    checked (shapes, finite values) and in its dtype."""
+    import jax.numpy as jnp
+
+    d = xj.shape[1]
+    try:
+        w, m, t = (np.asarray(a, dtype=np.float64) for a in (weights, means, scale_tril))
+    except (TypeError, ValueError):
+        raise InputError("expected mixture parameters as numeric arrays (weights, means, scale_tril)") from None
+    k = w.shape[0] if w.ndim == 1 else 0
+    if not k or m.shape != (k, d) or t.shape != (k, d, d):
+        raise InputError(f"expected weights (K,), means (K, {d}) and scale_tril (K, {d}, {d}) with K >= 1; got shapes "
+                         f"{w.shape}, {m.shape}, {t.shape}")
+    if not all(np.isfinite(a).all() for a in (w, m, t)):
+        raise InputError("expected finite mixture parameters; got NaN or inf")
+    return tuple(jnp.asarray(a, xj.dtype) for a in (w, m, t))
 
 
 def model(x, weights, means, scale_tril):
@@ -157,11 +186,12 @@ def fit_gmm_map_svi(x: Any, init: tuple, *, steps: int = 300, lr: float = 0.05) 
     random draw is made; the same ``init`` gives the same numbers.  The priors are
     the Pyro twin's: ``pi ~ Dirichlet(1)`` (flat), ``mu_k ~ N(mean(x), (10 std(x))^2 I)``.
     """
-    import jax.numpy as jnp
-
+    steps, lr = check_positive_int("steps", steps), check_number("lr", lr, min=0, min_open=True)
     xj = _as_jax(x)
-    w, m, tril = (jnp.asarray(np.asarray(a), xj.dtype) for a in init)
-    run = _compiled_fit(int(w.shape[0]), int(steps), float(lr))
+    if not isinstance(init, (tuple, list)) or len(init) != 3:
+        raise InputError(f"init: expected (weights, means, scale_tril); got {type(init).__name__}")
+    w, m, tril = _mixture(xj, *init)
+    run = _compiled_fit(int(w.shape[0]), steps, lr)
     params, losses = run(xj, xj.mean(0), 10.0 * xj.std(ddof=1),
                          {"weights_map": w, "means_map": m, "scale_tril": tril})
     return MixtureFit(params["weights_map"], params["means_map"], params["scale_tril"],
@@ -178,10 +208,12 @@ def infer_assignments(x: Any, weights, means, scale_tril, *, temperature: int = 
     from numpyro import handlers
     from numpyro.contrib.funsor import infer_discrete
 
+    check_choice("temperature", temperature, (0, 1))
+    seed = check_number("seed", seed, integer=True, min=0)
     xj = _as_jax(x)
-    if np.shape(weights)[0] == 1:
+    args = [xj, *_mixture(xj, weights, means, scale_tril)]
+    if args[1].shape[0] == 1:
         return np.zeros(xj.shape[0], dtype=np.int32)
-    args = [xj] + [jax.numpy.asarray(np.asarray(a), xj.dtype) for a in (weights, means, scale_tril)]
     fn = infer_discrete(model, first_available_dim=-2, temperature=temperature,
                         rng_key=jax.random.PRNGKey(seed))
     return np.asarray(handlers.trace(fn).get_trace(*args)["c"]["value"])
@@ -246,7 +278,13 @@ def fit_bayesian_gmm(x: Any, n_components: int, *, num_warmup: int = 300,
     import jax
     from numpyro.infer import MCMC, NUTS
 
-    xj = _as_jax(np.asarray(x, dtype=np.float64))
+    n_components = check_positive_int("n_components", n_components)
+    num_warmup = check_number("num_warmup", num_warmup, integer=True, min=0)
+    num_samples, num_chains = check_positive_int("num_samples", num_samples), check_positive_int("num_chains", num_chains)
+    seed = check_number("seed", seed, integer=True, min=0)
+    xj = _as_jax(x)
+    if xj.dtype != np.float64:  # NUTS in float64 (x64 on)
+        xj = _as_jax(np.asarray(xj, dtype=np.float64))
     mcmc = MCMC(NUTS(bayesian_model), num_warmup=num_warmup, num_samples=num_samples,
                 num_chains=num_chains, progress_bar=progress_bar, chain_method="sequential")
     mcmc.run(jax.random.PRNGKey(seed), xj, n_components)
