@@ -271,3 +271,34 @@ def test_learning_rate_schedule_is_the_pyro_loops(digits):
                      progress=False)
     # the history states the schedule's own numbers (Python floats), not their float32 roundings
     assert [h["lr"] for h in history] == [lr_at("cosine", 0.1, 3)(e) for e in range(3)]
+
+
+def test_fit_checks_its_data_and_options_in_one_line():
+    """Before: NaN rows read as a diverging fit, a wrong width or label count raised from inside JAX or ran
+    (JAX clamps an out-of-range label's index), bad numbers ran."""
+    vae = twin_class("vae")(x_dim=D, latent_dim=2, hidden=(8,))
+    cvae = twin_class("cvae")(x_dim=D, n_classes=3, latent_dim=2, hidden=(8,))
+    x, _ = _data(False)
+    xn = x.copy()
+    xn[2, 3] = np.nan
+    kw = dict(epochs=1, progress=False)
+    cases = [
+        (lambda: fit(vae, xn, **kw), r"training data: expected finite values; got 1 NaN"),
+        (lambda: fit(vae, x[:, :3], **kw), rf"training data: expected an array of shape \(N, {D}\)"),
+        (lambda: fit(vae, x, None, x[:, :3], **kw), rf"test data: expected an array of shape \(N, {D}\)"),
+        (lambda: fit(vae, x, np.zeros(len(x), int), **kw), "training labels: expected none for an unconditional"),
+        (lambda: fit(cvae, x, **kw), r"a conditional CVAE needs labels y \(integers 0..2\)"),
+        (lambda: fit(cvae, x, np.full(len(x), 7), **kw), "training labels: expected integers 0..2; got values in 7..7"),
+        (lambda: fit(cvae, x, np.zeros(3, int), **kw), f"training labels: expected {len(x)} labels"),
+        (lambda: fit(vae, x, batch_size=0, **kw), "expected batch_size as a positive integer"),
+        (lambda: fit(vae, x, particles=0, **kw), "expected particles as a positive integer"),
+        (lambda: fit(vae, x, beta=-1.0, **kw), "expected beta as a finite number >= 0"),
+        (lambda: fit(vae, x, clip_norm=-1.0, **kw), "expected clip_norm as a finite number > 0"),
+        (lambda: fit(vae, x, seed=-1, **kw), "expected seed as an integer >= 0"),
+        (lambda: fit(vae, x, optimizer="sgd", **kw), "optimizer must be one of"),
+    ]
+    for call, match in cases:
+        with pytest.raises(InputError, match=match):
+            call()
+    _, history = fit(vae, x, None, x[:0], **kw)  # no held-out rows: no held-out record
+    assert "test_elbo" not in history[-1]

@@ -1,6 +1,7 @@
 """fit_svi, ELBO terms and the IWAE estimate against closed forms."""
 
 import math
+import re
 
 import pyro
 import pyro.distributions as dist
@@ -275,8 +276,14 @@ def test_fit_svi_rejects_bad_options():
     m = VAE(4, 2, [8])
     with pytest.raises(InputError, match="optimizer must be one of 'adam', 'clipped_adam'; got 'sgd'"):
         fit_svi(m, torch.rand(10, 4), optimizer="sgd", progress=False)
-    with pytest.raises(InputError, match="epochs must be a positive integer; got 0"):
-        fit_svi(m, torch.rand(10, 4), epochs=0, progress=False)
+    for kw, match in [(dict(epochs=0), "expected epochs as a positive integer; got 0"),
+                      (dict(batch_size=2.5), "expected batch_size as a positive integer; got 2.5"),
+                      (dict(lr=float("nan")), "expected lr as a finite number > 0; got nan"),
+                      (dict(clip_norm=0.0), "expected clip_norm as a finite number > 0; got 0.0"),
+                      (dict(seed=-1), "expected seed as an integer >= 0; got -1"),
+                      (dict(held_out_examples=0), "expected held_out_examples as a positive integer; got 0")]:
+        with pytest.raises(InputError, match=re.escape(match)):
+            fit_svi(m, torch.rand(10, 4), progress=False, **kw)
     with pytest.raises(InputError, match="device 'cuda' was asked for"):
         if torch.cuda.is_available():
             raise InputError("device 'cuda' was asked for (skipped: CUDA present)")

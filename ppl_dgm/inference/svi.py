@@ -29,7 +29,7 @@ import torch
 from pyro.optim.clipped_adam import ClippedAdam
 from torch import nn
 
-from ..errors import InputError, NonFiniteError, check_choice, check_positive_int
+from ..errors import InputError, NonFiniteError, check_choice, check_number, check_positive_int
 from ..utils import ensure_writable_dir, resolve_device, seed_everything
 from .callbacks import (
     EMA,
@@ -456,14 +456,21 @@ def _model_guide(model, guide) -> tuple[Callable, Callable, dict[str, nn.Module]
     return model_fn, guide, modules, family
 
 
-def _check_options(optimizer, lr_schedule, lr, **positive_ints) -> None:
+def check_fit_options(optimizer: str, lr_schedule: str, lr: float, *, clip_norm: float | None = None, seed: int = 0,
+                      held_out_examples: int | None = None, **positive_ints: int) -> None:
+    """The loop options both SVI backends share (this loop and :func:`ppl_dgm.numpyro.inference.svi.fit`), checked
+    in one line each: the optimizer and schedule by name, ``lr`` and ``clip_norm`` > 0, ``seed`` >= 0, and
+    ``positive_ints`` (epochs, batch_size, ...) and ``held_out_examples`` integers >= 1."""
     check_choice("optimizer", optimizer, OPTIMIZERS)
     check_choice("lr_schedule", lr_schedule, LR_SCHEDULES)
     for name, v in positive_ints.items():
-        if not isinstance(v, int) or v < 1:
-            raise InputError(f"{name} must be a positive integer; got {v!r}")
-    if not lr > 0:
-        raise InputError(f"lr must be > 0; got {lr}")
+        check_positive_int(name, v)
+    check_number("lr", lr, min=0, min_open=True)
+    if clip_norm is not None:
+        check_number("clip_norm", clip_norm, min=0, min_open=True)
+    if held_out_examples is not None:
+        check_positive_int("held_out_examples", held_out_examples)
+    check_number("seed", seed, integer=True, min=0)
 
 
 def fit_svi(
@@ -590,15 +597,14 @@ def fit_svi(
         good checkpoint is kept.
     """
     model_fn, guide_fn, modules, family = _model_guide(model, guide)
-    _check_options(optimizer, lr_schedule, lr, epochs=epochs, batch_size=batch_size,
-                   checkpoint_every=checkpoint_every)
+    check_fit_options(optimizer, lr_schedule, lr, clip_norm=clip_norm, seed=seed, held_out_examples=held_out_examples,
+                      epochs=epochs, batch_size=batch_size, checkpoint_every=checkpoint_every)
     ddp = data_parallel(device)  # None in a plain run
     dev = ddp.device if ddp is not None else resolve_device(device)
     dtype = next((p.dtype for m in modules.values() for p in m.parameters()), torch.get_default_dtype())
     train_t, stage = place_training(_prepare(_as_tuple(train), None, dtype, "training"), dev)
     test_t = _prepare(_as_tuple(test), dev, dtype, "test")
     if held_out_examples is not None:
-        check_positive_int("held_out_examples", held_out_examples)
         test_t = tuple(t[:held_out_examples] for t in test_t)
     if not train_t or train_t[0].shape[0] == 0:
         raise InputError("expected at least one training example; got none")

@@ -28,9 +28,10 @@ from numpyro.distributions import kl_divergence
 from numpyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from numpyro.primitives import Messenger
 
-from ...errors import InputError, NonFiniteError
+from ...data import check_array, check_labels
+from ...errors import InputError, NonFiniteError, check_number
 from ...inference.objectives import OBJECTIVES, KLWarmup
-from ...inference.svi import lr_at
+from ...inference.svi import check_fit_options, lr_at
 from ...utils import atomic_write_json, ensure_writable_dir
 from . import checkpoint as ckpt
 
@@ -146,6 +147,37 @@ def _nonfinite_sites(twin, params, x, y, key) -> list[str]:
     return bad + [n for n, v in terms.items() if not bool(jnp.isfinite(v).all())]
 
 
+def _checked_data(twin, x, y, what: str, optional: bool = False) -> tuple[jax.Array | None, jax.Array | None]:
+    """Rows ``x`` (N, x_dim) of finite numbers and, for a conditional twin, labels ``y`` (N,) in 0..C-1, as float32
+    and int32 arrays; one-line :class:`InputError` otherwise (JAX would clamp a bad label's index silently).
+    ``optional``: no rows (None or empty) give ``(None, None)``."""
+    if optional and x is None:
+        return None, None
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} data: expected an array of shape (N, {twin.x_dim}); got a {type(x).__name__} "
+                         f"that is not one") from None
+    if optional and arr.size == 0:
+        return None, None
+    if arr.ndim != 2 or arr.shape[1] != twin.x_dim or not len(arr):
+        raise InputError(f"{what} data: expected an array of shape (N, {twin.x_dim}) with N >= 1 (flattened "
+                         f"examples, the twin's x_dim); got shape {arr.shape}")
+    arr = check_array(arr, f"{what} data")
+    if not getattr(twin, "conditional", False):
+        if y is not None:
+            raise InputError(f"{what} labels: expected none for an unconditional {type(twin).__name__}; got some")
+        return jnp.asarray(arr, dtype=jnp.float32), None
+    if y is None:
+        raise InputError(f"{what} labels: a conditional {type(twin).__name__} needs labels y (integers "
+                         f"0..{twin.n_classes - 1}); got none")
+    labels = check_labels(y, len(arr), f"{what} labels")
+    if labels.min() < 0 or labels.max() >= twin.n_classes:
+        raise InputError(f"{what} labels: expected integers 0..{twin.n_classes - 1}; got values in "
+                         f"{labels.min()}..{labels.max()}")
+    return jnp.asarray(arr, dtype=jnp.float32), jnp.asarray(labels, dtype=jnp.int32)
+
+
 def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str = "analytic", particles: int = 1,
         beta: float = 1.0, warmup_epochs: int = 0, free_bits: float = 0.0, epochs: int = 50, batch_size: int = 128,
         lr: float = 1e-3, optimizer: str = "adam", lr_schedule: str = "constant", clip_norm: float | None = None,
@@ -174,11 +206,12 @@ def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str
     The history has the Pyro loop's records: ``epoch``, ``train_elbo`` (mean objective per example), ``lr``,
     ``kl_weight``, ``seconds`` and, with held-out rows, ``test_elbo``, ``test_reconstruction``, ``test_kl``, ``test_kl_sites``.
     """
-    x_train = jnp.asarray(x_train, dtype=jnp.float32)
-    y_train = None if y_train is None else jnp.asarray(y_train, dtype=jnp.int32)
+    check_fit_options(optimizer, lr_schedule, lr, clip_norm=clip_norm, seed=seed, held_out_examples=held_out_examples,
+                      epochs=epochs, batch_size=batch_size, checkpoint_every=checkpoint_every, particles=particles)
+    check_number("beta", beta, min=0)
+    x_train, y_train = _checked_data(twin, x_train, y_train, "training")
+    x_test, y_test = _checked_data(twin, x_test, y_test, "test", optional=True)
     n = x_train.shape[0]
-    if n == 0:
-        raise InputError("expected at least one training example; got none")
     steps = math.ceil(n / batch_size)
     sites = twin.latent_sites
     lrs = [lr_at(lr_schedule, lr, epochs)(e) for e in range(epochs)]   # Python floats for the history
@@ -219,7 +252,7 @@ def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str
     full = n // batch_size
 
     bar = _bar(progress, (epochs - len(history)) * steps)
-    test_rows = None if x_test is None or not len(x_test) else slice(0, held_out_examples or len(x_test))
+    test_rows = None if x_test is None else slice(0, held_out_examples or len(x_test))
     best = max((h["test_elbo"] for h in history if "test_elbo" in h), default=-math.inf)
     for epoch in range(len(history), epochs):
         t0 = time.perf_counter()
