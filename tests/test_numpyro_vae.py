@@ -302,3 +302,22 @@ def test_fit_checks_its_data_and_options_in_one_line():
             call()
     _, history = fit(vae, x, None, x[:0], **kw)  # no held-out rows: no held-out record
     assert "test_elbo" not in history[-1]
+
+
+@pytest.mark.parametrize("family, kw, match", [
+    ("vae", dict(x_dim=0), "expected x_dim as a positive integer; got 0"),
+    ("vae", dict(x_dim=4, latent_dim=-1), "expected latent_dim as a positive integer; got -1"),
+    ("vae", dict(x_dim=4, hidden=(0,)), "expected each hidden width as a positive integer; got 0"),
+    ("vae", dict(x_dim=4, likelihood="gaussian", x_scale=-1.0), "x_scale must be > 0"),
+    ("cvae", dict(x_dim=4, n_classes=1), "n_classes must be an integer >= 2; got 1"),
+    ("hvae", dict(x_dim=4, layers=0), "expected layers as a positive integer; got 0"),
+    ("hvae", dict(x_dim=4, layers=2, latent_dims=(3, 2, 1)), "expected one positive latent size per layer"),
+])
+def test_twins_check_their_arguments_as_the_pyro_families_do(family, kw, match):
+    """The same checks (ppl_dgm.models.checks) and messages on both backends (before: a twin with latent_dim -1
+    failed inside XLA, x_dim 0 or n_classes 0 were built)."""
+    from ppl_dgm.models import get_family
+
+    for build in (twin_class(family), get_family(family).model):
+        with pytest.raises(InputError, match=match):
+            build(**kw)

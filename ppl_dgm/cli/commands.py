@@ -84,7 +84,8 @@ def _check_resume(ctx: click.Context, out, given: dict) -> None:
     continues it); a different or unstored one is refused in one line."""
     from ..runs.store import read_config
 
-    typed = [k for k in given if k != "epochs" and ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE]
+    typed_in = click.core.ParameterSource.COMMANDLINE
+    typed = [k for k in given if k != "epochs" and ctx.get_parameter_source(k) == typed_in]
     if not typed or out is None or not (Path(out) / "config.json").is_file():
         return  # nothing to compare, or no run to compare with (train_run refuses that, naming what is missing)
     cfg = read_config(out)

@@ -133,8 +133,9 @@ def run_options(f):
         click.option("--binarize", type=click.Choice(["none", "static", "dynamic"]), default=None,
                      help="Binarize images (default: dynamic for a Bernoulli likelihood on images, static for the "
                           "discrete fvsbn and pixelcnn, else none)."),
-        click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint, with its stored data and options (--epochs may grow; "
-                     "options typed again must equal the run's)."),
+        click.option("--resume", is_flag=True,
+                     help="Continue the run in --out from its checkpoint, with its stored data and options "
+                          "(--epochs may grow; options typed again must equal the run's)."),
         click.option("--overwrite", is_flag=True, help="Replace the run in --out (its files are removed first)."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]):

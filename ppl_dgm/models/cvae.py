@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from ..data import Dataset, check_label_range
 from ..errors import InputError
 from ..nn import MLP
+from .checks import check_n_classes
 from .options import n_classes_of, option
 from .vae import VAE, Likelihood, VAEConfig
 
@@ -63,8 +64,7 @@ class CVAE(VAE):
         if arch != "mlp":
             raise InputError(f"a CVAE has an MLP encoder and decoder; expected arch 'mlp'; got {arch!r}")
         super().__init__(x_dim, latent_dim, hidden, likelihood, "mlp", x_scale, image_shape)
-        if not isinstance(n_classes, int) or n_classes < 2:
-            raise InputError(f"n_classes must be an integer >= 2; got {n_classes!r}")
+        check_n_classes(n_classes)
         self._store_config(locals())
         self.n_classes = n_classes
         hidden = tuple(int(h) for h in hidden)

@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from ..errors import InputError, check_choice, check_positive_int
 from ..nn import MLP
 from .base import GenerativeModel
+from .checks import check_layers
 from .options import BackendOptions, ObjectiveOptions, SVIOptions, option
 
 
@@ -90,14 +91,8 @@ class HVAE(GenerativeModel):
                  x_scale: float = HVAEConfig.x_scale, image_shape: Sequence[int] | None = None):
         super().__init__()
         check_choice("likelihood", likelihood, ("bernoulli", "gaussian"))
-        layers = check_positive_int("layers", layers)
-        dims = [check_positive_int("each latent size", d) for d in latent_dims]
-        if len(dims) == 1 and layers > 1:
-            dims = dims * layers  # one size for every layer
+        layers, dims = check_layers(layers, latent_dims)
         latent_dims = dims
-        if len(dims) != layers:
-            raise InputError(f"expected one positive latent size per layer (or one for all); "
-                             f"got layers={layers}, latent_dims={dims}")
         if not x_scale > 0:
             raise InputError(f"x_scale must be > 0; got {x_scale}")
         self._store_config(locals())

@@ -30,9 +30,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data import Dataset
-from ..errors import InputError, check_choice, check_positive_int
+from ..errors import InputError, check_choice
 from ..nn import MLP, ConvDecoder28, ConvEncoder28
 from .base import GenerativeModel
+from .checks import check_vae_sizes
 from .options import BackendOptions, ObjectiveOptions, SVIOptions, option
 
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned", "continuous-bernoulli")
@@ -98,12 +99,9 @@ class VAE(GenerativeModel):
         super().__init__()
         check_choice("likelihood", likelihood, LIKELIHOODS)
         check_choice("arch", arch, ARCHS)
-        x_dim, latent_dim = check_positive_int("x_dim", x_dim), check_positive_int("latent_dim", latent_dim)
-        hidden = tuple(check_positive_int("each hidden width", h) for h in hidden)
+        x_dim, latent_dim, hidden = check_vae_sizes(x_dim, latent_dim, hidden, x_scale)
         if arch == "conv" and x_dim != 784:
             raise InputError(f"arch 'conv' expects 28x28 images (x_dim 784); got x_dim {x_dim}")
-        if not x_scale > 0:
-            raise InputError(f"x_scale must be > 0; got {x_scale}")
         self._store_config(locals())
         self.x_dim, self.latent_dim, self.likelihood, self.x_scale = x_dim, latent_dim, likelihood, x_scale
         self.image_shape = tuple(image_shape) if image_shape else None

@@ -204,7 +204,8 @@ def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str
         along its rows, the parameters and optimizer state are replicated, and XLA all-reduces the gradient.
 
     The history has the Pyro loop's records: ``epoch``, ``train_elbo`` (mean objective per example), ``lr``,
-    ``kl_weight``, ``seconds`` and, with held-out rows, ``test_elbo``, ``test_reconstruction``, ``test_kl``, ``test_kl_sites``.
+    ``kl_weight``, ``seconds`` and, with held-out rows, ``test_elbo``, ``test_reconstruction``, ``test_kl``,
+    ``test_kl_sites``.
     """
     check_fit_options(optimizer, lr_schedule, lr, clip_norm=clip_norm, seed=seed, held_out_examples=held_out_examples,
                       epochs=epochs, batch_size=batch_size, checkpoint_every=checkpoint_every, particles=particles)
@@ -271,10 +272,11 @@ def fit(twin, x_train, y_train=None, x_test=None, y_test=None, *, objective: str
         params = svi.get_params(state)
         if not math.isfinite(train_elbo):
             last_good = out / ckpt.CHECKPOINT_NPZ if out else None  # (written at the last checkpoint epoch, if any)
+            last_good = last_good if last_good and last_good.is_file() else "none written"
             sites_bad = _nonfinite_sites(twin, params, x_train[:batch_size], None if y_train is None
                                          else y_train[:batch_size], key)
             raise NonFiniteError(f"non-finite ELBO in epoch {epoch + 1} at sites {', '.join(sites_bad) or '?'}; "
-                                 f"last good checkpoint: {last_good if last_good and last_good.is_file() else 'none written'}",
+                                 f"last good checkpoint: {last_good}",
                                  step=(epoch + 1) * steps, sites=sites_bad)
         record = {"epoch": epoch + 1, "train_elbo": train_elbo, "lr": float(lrs[epoch]),
                   "kl_weight": float(w)}

@@ -280,7 +280,8 @@ def fit_bayesian_gmm(x: Any, n_components: int, *, num_warmup: int = 300,
 
     n_components = check_positive_int("n_components", n_components)
     num_warmup = check_number("num_warmup", num_warmup, integer=True, min=0)
-    num_samples, num_chains = check_positive_int("num_samples", num_samples), check_positive_int("num_chains", num_chains)
+    num_samples = check_positive_int("num_samples", num_samples)
+    num_chains = check_positive_int("num_chains", num_chains)
     seed = check_number("seed", seed, integer=True, min=0)
     xj = _as_jax(x)
     if xj.dtype != np.float64:  # NUTS in float64 (x64 on)

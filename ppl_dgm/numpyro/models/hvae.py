@@ -17,7 +17,7 @@ import jax
 import numpyro
 import numpyro.distributions as dist
 
-from ...errors import InputError
+from ...models.checks import check_layers, check_vae_sizes
 from ..nn import MLP
 from .twin import Twin
 
@@ -38,10 +38,8 @@ class HVAE(Twin):
     def __init__(self, x_dim: int, layers: int = 2, latent_dims: Sequence[int] = (16,), hidden: Sequence[int] = (256,),
                  likelihood: str = "bernoulli", x_scale: float = 0.1, image_shape: Sequence[int] | None = None, *,
                  seed: int = 0):
-        dims = list(latent_dims) * layers if len(latent_dims) == 1 and layers > 1 else list(latent_dims)
-        if len(dims) != layers:
-            raise InputError(f"expected one latent size per layer (or one for all); got layers={layers}, "
-                             f"latent_dims={dims}")
+        layers, dims = check_layers(layers, latent_dims)
+        x_dim, _, hidden = check_vae_sizes(x_dim, 1, hidden, x_scale)
         super().__init__(dict(x_dim=x_dim, layers=layers, latent_dims=dims, hidden=hidden, likelihood=likelihood,
                               x_scale=x_scale, image_shape=image_shape))
         self.x_dim, self.layers, self.dims, self.likelihood, self.x_scale = x_dim, layers, dims, likelihood, x_scale

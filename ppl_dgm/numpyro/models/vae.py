@@ -22,6 +22,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from ...errors import InputError
+from ...models.checks import check_n_classes, check_vae_sizes
 from ..nn import MLP
 from .twin import Twin
 
@@ -53,6 +54,7 @@ class VAE(Twin):
         if arch != "mlp":
             raise InputError(f"--backend numpyro: the twin's encoder and decoder are MLPs; expected arch 'mlp'; "
                              f"got {arch!r}")
+        x_dim, latent_dim, hidden = check_vae_sizes(x_dim, latent_dim, hidden, x_scale)
         super().__init__(dict(x_dim=x_dim, latent_dim=latent_dim, hidden=hidden, likelihood=likelihood, arch=arch,
                               x_scale=x_scale, image_shape=image_shape))
         self.x_dim, self.latent_dim, self.likelihood, self.x_scale = x_dim, latent_dim, likelihood, x_scale
@@ -122,7 +124,7 @@ class CVAE(VAE):
     def __init__(self, x_dim: int, n_classes: int = 10, latent_dim: int = 8, hidden: Sequence[int] = (256,),
                  likelihood: str = "bernoulli", x_scale: float = 0.1, image_shape: Sequence[int] | None = None,
                  arch: str = "mlp", *, seed: int = 0):
-        self.n_classes = int(n_classes)
+        self.n_classes = check_n_classes(n_classes)
         super().__init__(x_dim, latent_dim, hidden, likelihood, arch, x_scale, image_shape, seed=seed)
         self.config["n_classes"] = self.n_classes
 
