@@ -70,8 +70,8 @@ def _fit_help(family: Family) -> str:
     return f"{family.summary}  (trainer: {family.trainer})"
 
 
-# options that --resume takes from the stored run (besides the family's own, --epochs excepted)
-# the data options as the run's config.json stores them (its "data" section)
+# --resume takes the data and options from the stored run; the data options and their keys in its config.json's
+# "data" section (the family's own options are its "train" or "model" keys under their own names)
 _STORED = {"dataset": "dataset", "data_path": "path", "data_dir": "data_dir", "test_path": "test_path",
            "val_fraction": "val_fraction", "binarize": "binarize", "seed": "seed"}
 _PATHS = {"data_path", "data_dir", "test_path", "latent_of", "codes_of"}   # compared as resolved paths

@@ -646,6 +646,7 @@ def fit_svi(
     opt = (torch.optim.Adam(params.values(), lr=lr, betas=(beta1, 0.999), fused=fused) if optimizer == "adam"
            else ClippedAdam(params.values(), lr=lr, betas=(beta1, 0.999), clip_norm=clip_norm or 10.0))
     clip = clip_norm if optimizer == "adam" else None
+
     def kl_weight():  # the objective's KL weight in the current epoch (None: it has none)
         return getattr(loss, "kl_weight", None)
 
