@@ -297,3 +297,16 @@ def test_cuda_fit_and_evaluate():
     fit_svi(m, ds.x_train, test=ds.x_test, epochs=2, device="cuda", progress=False)
     assert m.device.type == "cuda"
     assert math.isfinite(evaluate_model(m, ds.x_test, iwae_k=10).log_likelihood)
+
+
+def test_progress_bar_redraws_at_its_interval_and_ends_on_the_last_epoch(capsys):
+    import time
+
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    fit_svi(VAE(4, 2, [8]), torch.rand(40, 4), epochs=30, batch_size=20, progress=True)
+    seconds = time.perf_counter() - t0
+    err = capsys.readouterr().err
+    redraws = err.count("\r")
+    assert redraws <= seconds / 0.5 + 4, (redraws, seconds)  # not one per epoch (30)
+    assert "60/60" in err.splitlines()[-1] and "epoch 30/30 elbo" in err.splitlines()[-1]
