@@ -100,6 +100,8 @@ def test_command_family_pair(runs, family, command, tmp_path, capsys):
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
         assert "needs" in lines[0] and f"got {family!r}" in lines[0]
         assert any(f in lines[0] for f in WORKS[command] - {family})  # names the families that can
+        if command == "diagnose" and family in ("gmm", "ppca", "flow"):  # exact likelihoods: says what to run
+            assert lines[0].endswith(f"`ppl-dgm evaluate {runs[family]}` reports its exact log-likelihood")
 
 
 def test_outputs_have_the_promised_content(runs, tmp_path, capsys):

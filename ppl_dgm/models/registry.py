@@ -169,7 +169,7 @@ _PHRASES = {
     "bound": "a family with a likelihood bound",
     "ode": "a family with a probability-flow ODE",
     "generative": "a generative family",
-    "svi": "a family with latent variables fitted by SVI",
+    "svi": "a family with latent variables and a guide, fitted by SVI",
 }
 
 
