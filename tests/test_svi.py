@@ -3,6 +3,7 @@
 import math
 import re
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -310,3 +311,26 @@ def test_progress_bar_redraws_at_its_interval_and_ends_on_the_last_epoch(capsys)
     redraws = err.count("\r")
     assert redraws <= seconds / 0.5 + 4, (redraws, seconds)  # not one per epoch (30)
     assert "60/60" in err.splitlines()[-1] and "epoch 30/30 elbo" in err.splitlines()[-1]
+
+
+def test_fit_svi_takes_numpy_rows_and_refuses_other_containers_in_one_line():
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).random((40, 4))  # float64 NumPy: cast to the model's float32, as a tensor would be
+    fit = fit_svi(VAE(4, 2, [8]), x, epochs=1, batch_size=20, progress=False)
+    assert math.isfinite(fit.history[-1]["train_elbo"])
+    for bad, got in [(5, "got int"), ("abc", "got str"), ([[0.1] * 4] * 10, "got list")]:
+        with pytest.raises(InputError, match="expected training data as a tensor .* or a tuple of them; " + got):
+            fit_svi(VAE(4, 2, [8]), bad, epochs=1, progress=False)
+
+
+def test_vae_refuses_a_wrong_width_in_one_line():
+    """Before: torch's 'mat1 and mat2 shapes cannot be multiplied' from inside the encoder."""
+    from ppl_dgm.inference.diagnostics import elbo_terms
+
+    vae = VAE(4, 2, [8])
+    for call, match in [(lambda: vae.encode(torch.rand(5, 3)), r"expected x of shape \(N, 4\); got shape \(5, 3\)"),
+                        (lambda: elbo_terms(vae.model, vae.guide, torch.rand(5, 3)), r"expected x of shape \(N, 4\)"),
+                        (lambda: vae.decode_mean(torch.rand(5, 3)), r"expected z of shape \(N, 2\)"),
+                        (lambda: vae.sample(-1), "expected n as an integer >= 0; got -1")]:
+        with pytest.raises(InputError, match=match):
+            call()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pyro
 import torch
 from pyro.optim.clipped_adam import ClippedAdam
@@ -384,12 +385,17 @@ class SVILoop:
 def _as_tuple(data) -> tuple[torch.Tensor, ...]:
     if data is None:
         return ()
-    if isinstance(data, torch.Tensor):
-        return (data,)
-    data = tuple(d for d in data if d is not None)
-    if not data or not all(isinstance(d, torch.Tensor) for d in data):
-        raise InputError("expected training data as a tensor or a tuple of tensors; got "
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        data = (data,)
+    if not isinstance(data, (tuple, list)):
+        raise InputError(f"expected training data as a tensor (or NumPy array) or a tuple of them; got "
                          f"{type(data).__name__}")
+    data = tuple(torch.from_numpy(d) if isinstance(d, np.ndarray) and d.dtype != object else d
+                 for d in data if d is not None)
+    if not data or not all(isinstance(d, torch.Tensor) for d in data):
+        kinds = sorted({type(d).__name__ for d in data if not isinstance(d, torch.Tensor)}) or ["nothing"]
+        raise InputError("expected training data as a tensor (or NumPy array) or a tuple of them; got "
+                         f"{', '.join(kinds)}")
     n = data[0].shape[0]
     if any(d.shape[0] != n for d in data):
         raise InputError(f"expected tensors with the same first dimension; got {[d.shape[0] for d in data]}")

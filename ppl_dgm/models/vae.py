@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data import Dataset
-from ..errors import InputError, check_choice
+from ..errors import InputError, check_choice, check_number
 from ..nn import MLP, ConvDecoder28, ConvEncoder28
 from .base import GenerativeModel
 from .checks import check_vae_sizes
@@ -120,8 +120,15 @@ class VAE(GenerativeModel):
         """What the encoder (t = x) or decoder (t = z) network reads; the CVAE appends the label."""
         return t
 
+    def _check_width(self, t: torch.Tensor, width: int, what: str) -> None:
+        """Refuse ``t`` whose last dimension is not ``width`` in one line (a Python comparison per call), not with
+        torch's matrix-product error from inside the network."""
+        if t.dim() == 0 or t.shape[-1] != width:
+            raise InputError(f"expected {what} of shape (N, {width}); got shape {tuple(t.shape)}")
+
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """g_mu(x), g_sigma(x): each of shape (N, K) for x of shape (N, D)."""
+        self._check_width(x, self.x_dim, "x")
         h = self.encoder(self._net_input(x, y))
         loc, raw = h[..., : self.latent_dim], h[..., self.latent_dim:]
         return loc, F.softplus(raw) + 1e-4
@@ -132,10 +139,12 @@ class VAE(GenerativeModel):
 
     def decode_mean(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """E[x | z]: probabilities (Bernoulli), means (Gaussian, continuous Bernoulli), shape (..., D)."""
+        self._check_width(z, self.latent_dim, "z")
         return self._mean(self.decoder(self._net_input(z, y)))
 
     def likelihood_dist(self, z: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
         """p_theta(x | z) with event shape (D,)."""
+        self._check_width(z, self.latent_dim, "z")
         return self._out_dist(self.decoder(self._net_input(z, y)))
 
     def _mean(self, out: torch.Tensor) -> torch.Tensor:
@@ -177,5 +186,6 @@ class VAE(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, *, y=None, mean: bool = False) -> torch.Tensor:
         """n new examples, shape (n, D): z ~ p(z), then x ~ p(x|z) (or E[x|z] if ``mean``)."""
+        n = check_number("n", n, integer=True, min=0)
         z = self.prior(n, next(self.parameters())).sample()
         return self.decode_mean(z, y) if mean else self.likelihood_dist(z, y).sample()
