@@ -520,7 +520,7 @@ def fit_svi(
     model : module with ``.model`` and ``.guide``, or a model callable
         A family (``model.model(*batch)``, ``model.guide(*batch)``; its parameters live on it),
         or a Pyro model function (or ``PyroModule``) taking ``*batch``: then pass ``guide=``.
-    train : Tensor (N, ...) or tuple of tensors
+    train : Tensor (N, ...) or tuple of tensors (NumPy arrays are taken as tensors)
         Training data; each minibatch passes ``batch[0], batch[1], ...`` positionally.
     test : Tensor or tuple of tensors, optional
         Held-out data: the ELBO and its terms are recorded every epoch.
