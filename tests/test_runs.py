@@ -189,3 +189,14 @@ def test_non_finite_weights_and_changed_data_are_reported(vae_run, tmp_path):
 
     with pytest.warns(DataChangedWarning, match="has changed since the run was fitted"):
         run.dataset()
+
+
+def test_save_run_refuses_what_is_not_a_family_model_and_writes_nothing(tmp_path):
+    from ppl_dgm.runs import save_run
+
+    for bad in (object(), torch.nn.Linear(2, 2)):
+        with pytest.raises(InputError, match=f"save_run: expected a model of a ppl_dgm family .*; got "
+                                             f"{type(bad).__name__}"):
+            save_run(bad, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    assert load_run(save_run(VAE(4, 2, [8]), tmp_path / "run")).family.name == "vae"

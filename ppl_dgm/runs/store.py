@@ -315,6 +315,9 @@ def save_run(model: GenerativeModel, run_dir: str | Path, *, data: DataSpec | No
     """Write a model fitted in Python (e.g. by ``fit_svi``) as a run directory that :func:`load_run` and the
     ``ppl-dgm`` commands read.  ``data`` says where the data come from (so ``evaluate`` can reload them);
     ``dataset`` gives the example shape (default: a flat vector of the model's ``x_dim``)."""
+    if not isinstance(model, GenerativeModel) or getattr(model, "family", None) not in REGISTRY:
+        raise InputError(f"save_run: expected a model of a ppl_dgm family ({', '.join(REGISTRY)}); got "
+                         f"{type(model).__name__}")
     out = ensure_writable_dir(run_dir)
     cfg = run_config(model, data, dataset, train or {}, **extra)
     if dataset is None:
