@@ -160,7 +160,7 @@ def test_fit_svi_checks_its_data(digits):
     bad[3, 5] = float("nan")
     with pytest.raises(InputError, match="expected finite real training data; got NaN or inf in 1 values"):
         fit_svi(vae, bad, epochs=1, progress=False)
-    with pytest.raises(InputError, match=r"the guide cannot run on the first minibatch \(\(64, 10\) float32\)"):
+    with pytest.raises(InputError, match=r"expected x of shape \(N, 64\); got shape \(64, 10\)"):
         fit_svi(vae, x[:, :10], epochs=1, progress=False)
     with pytest.raises(InputError, match=r"Bernoulli likelihood expects values in \[0, 1\]; got values in \[0, 5"):
         fit_svi(vae, x * 5, epochs=1, progress=False)
