@@ -245,3 +245,21 @@ def test_2d_toy_mmd_beats_a_fitted_gaussian():
     tr = ds.x_train.numpy()
     g = np.random.default_rng(0).multivariate_normal(tr.mean(0), np.cov(tr.T), 4000)
     assert mmd2(x, ds.x_test) < 0.5 * mmd2(g, ds.x_test)
+
+
+def test_ddpm_refuses_bad_input_in_one_line():
+    """Before: a wrong width failed inside the network's matrix product, eps took steps beyond T, DDIM read
+    steps=0 as the default 50, timesteps=0 was reported as a bad t_per_step."""
+    m = DDPM(2, timesteps=50)
+    for call, match in [
+        (lambda: m.eps(torch.rand(5, 3), torch.ones(5, dtype=torch.long)), r"expected x_t of shape \(\.\.\., 2\)"),
+        (lambda: m.eps(torch.rand(5, 2), torch.full((5,), 99)), "expected steps t in 0..50; got values in 99..99"),
+        (lambda: fit_svi(m, torch.rand(20, 3), epochs=1, progress=False), r"expected x of shape \(N, 2\); got "
+                                                                           r"shape \(20, 3\)"),
+        (lambda: m.sample(4, sampler="ddim", steps=0), "steps must be an integer in 1..50"),
+        (lambda: DDPM(2, timesteps=0), "timesteps must be a positive integer; got 0"),
+        (lambda: elbo_terms(m.model, m.guide, torch.rand(4, 2), num_particles=0),
+         "expected num_particles as a positive integer; got 0"),
+    ]:
+        with pytest.raises(InputError, match=match):
+            call()

@@ -24,6 +24,7 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from torch.distributions import Independent, kl_divergence
 
+from ..errors import check_positive_int
 from .traces import plate_size, sample_sites, scaled_log_prob, trace_pair
 
 
@@ -132,6 +133,7 @@ def elbo_terms(model, guide, *args, num_particles: int = 1, **kwargs) -> ElboTer
         Per-example terms; ``elbo * n`` estimates Pyro's ``-TraceMeanField_ELBO().loss``
         (the same sum of scaled log-densities and KLs).
     """
+    check_positive_int("num_particles", num_particles)
     rec: dict[str, float] = {}
     kls: dict[str, float] = {}
     analytic: dict[str, bool] = {}

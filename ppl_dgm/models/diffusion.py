@@ -218,6 +218,8 @@ class DDPM(GenerativeModel):
         check_choice("variance", variance, VARIANCES)
         if not isinstance(x_dim, int) or x_dim < 1:
             raise InputError(f"x_dim must be a positive integer; got {x_dim!r}")
+        if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
+            raise InputError(f"timesteps must be a positive integer; got {timesteps!r}")
         if t_per_step is not None and (not isinstance(t_per_step, int) or not 1 <= t_per_step <= timesteps):
             raise InputError(f"t_per_step must be an integer in 1..timesteps ({timesteps}) or None; got {t_per_step!r}")
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 0:
@@ -289,6 +291,8 @@ class DDPM(GenerativeModel):
     # -- pieces of the chain -------------------------------------------------------------
     def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
         """Data -> x_0: images in [0, 1] to the 256-level grid in [-1, 1]; vectors unchanged."""
+        if x.dim() != 2 or x.shape[1] != self.x_dim:
+            raise InputError(f"expected x of shape (N, {self.x_dim}); got shape {tuple(x.shape)}")
         return to_grid(x) if self.is_image else x
 
     def to_data_space(self, x0: torch.Tensor) -> torch.Tensor:
@@ -309,6 +313,10 @@ class DDPM(GenerativeModel):
         time (at most ``max_rows`` rows per call); the values are the same.  ``y`` None: the labels and
         guidance of :meth:`conditioned`, if inside it; else the null label (the unconditional eps).
         """
+        if x_t.dim() == 0 or x_t.shape[-1] != self.x_dim:
+            raise InputError(f"expected x_t of shape (..., {self.x_dim}); got shape {tuple(x_t.shape)}")
+        if isinstance(t, torch.Tensor):
+            self.schedule.steps(t)  # steps in 0..T (checked once per tensor, shared with the schedule's lookups)
         if y is None and self._guidance is not None:
             y, w, classifier = self._guidance
             if classifier is not None:
@@ -534,7 +542,7 @@ class DDPM(GenerativeModel):
         DDPM ``y`` (an int or (n,) labels) and ``guidance`` w (:meth:`conditioned`).
         """
         if sampler == "ddim":
-            kw.update(steps=steps or 50, eta=eta)
+            kw.update(steps=50 if steps is None else steps, eta=eta)
         elif steps is not None:
             kw["steps"] = steps
         return draw(self, n, sampler, record=record, **kw)
