@@ -315,7 +315,7 @@ class DDPM(GenerativeModel):
         """
         if x_t.dim() == 0 or x_t.shape[-1] != self.x_dim:
             raise InputError(f"expected x_t of shape (..., {self.x_dim}); got shape {tuple(x_t.shape)}")
-        if isinstance(t, torch.Tensor):
+        if isinstance(t, torch.Tensor) and not t.is_floating_point():  # (fractional t: the probability-flow ODE)
             self.schedule.steps(t)  # steps in 0..T (checked once per tensor, shared with the schedule's lookups)
         if y is None and self._guidance is not None:
             y, w, classifier = self._guidance
