@@ -71,9 +71,10 @@ INIT_METHODS = ("kmeans", "k-means++", "random_from_data", "random")
 STRATEGIES = ("auto", "features", "direct")
 
 
-def check_rows(x: Tensor) -> None:
-    """Refuse anything but a floating tensor of shape (N, D), N, D >= 1, in one line (values: see ``prepare``)."""
-    if x.ndim != 2 or 0 in x.shape or not x.is_floating_point():
+def check_rows(x: Tensor, empty: bool = False) -> None:
+    """Refuse anything but a floating tensor of shape (N, D), N, D >= 1 (N = 0 too if ``empty``: a rank's share of
+    a sharded fit may hold no rows), in one line (values: see ``prepare``)."""
+    if x.ndim != 2 or x.shape[1] == 0 or (x.shape[0] == 0 and not empty) or not x.is_floating_point():
         raise InputError(f"expected real data of shape (N, D) with N, D >= 1; got {x.dtype} of shape "
                          f"{tuple(x.shape)}")
 
@@ -178,7 +179,7 @@ class GMMFamily:
 
     def prepare(self, x: Tensor) -> GMMData:
         """Rows ``x`` (N_r, D) with their (global) mean as the centring shift and the chunk size."""
-        check_rows(x)
+        check_rows(x, empty=self.shards is not None)
         n, d = x.shape
         direct = self.use_direct(d)
         budget = self.chunk_bytes or (1 << 21) * torch.get_num_threads()
