@@ -288,7 +288,7 @@ def test_fit_checks_its_data_and_options_in_one_line():
         (lambda: fit(vae, x, None, x[:, :3], **kw), rf"test data: expected an array of shape \(N, {D}\)"),
         (lambda: fit(vae, x, np.zeros(len(x), int), **kw), "training labels: expected none for an unconditional"),
         (lambda: fit(cvae, x, **kw), r"a conditional CVAE needs labels y \(integers 0..2\)"),
-        (lambda: fit(cvae, x, np.full(len(x), 7), **kw), "training labels: expected integers 0..2; got values in 7..7"),
+        (lambda: fit(cvae, x, np.full(len(x), 7), **kw), "expected labels in 0..2; the training data has labels in 7..7"),
         (lambda: fit(cvae, x, np.zeros(3, int), **kw), f"training labels: expected {len(x)} labels"),
         (lambda: fit(vae, x, batch_size=0, **kw), "expected batch_size as a positive integer"),
         (lambda: fit(vae, x, particles=0, **kw), "expected particles as a positive integer"),

@@ -8,6 +8,13 @@ from __future__ import annotations
 from ..errors import InputError, check_positive_int
 
 
+def check_width(t, width: int, what: str, lead: str = "N") -> None:
+    """Refuse a tensor ``t`` whose last dimension is not ``width`` in one line (a Python comparison: cheap on every
+    call), rather than with the matrix-product error from inside a network; ``lead`` names the leading dims."""
+    if t.dim() == 0 or t.shape[-1] != width:
+        raise InputError(f"expected {what} of shape ({lead}, {width}); got shape {tuple(t.shape)}")
+
+
 def check_vae_sizes(x_dim, latent_dim, hidden, x_scale) -> tuple[int, int, tuple[int, ...]]:
     """``(x_dim, latent_dim, hidden)`` checked to be positive sizes and ``x_scale`` > 0 (the VAE's arguments)."""
     x_dim, latent_dim = check_positive_int("x_dim", x_dim), check_positive_int("latent_dim", latent_dim)

@@ -57,6 +57,7 @@ from ..errors import InputError, check_choice
 from ..nn import EpsMLP, UNet
 from ..utils import LN2
 from .base import GenerativeModel
+from .checks import check_width
 from .discretized import DiscretizedGaussian, to_grid
 from .options import SVIOptions, n_classes_of, option
 from .samplers import ScoreField, Trajectory, draw, vp_field
@@ -313,8 +314,7 @@ class DDPM(GenerativeModel):
         time (at most ``max_rows`` rows per call); the values are the same.  ``y`` None: the labels and
         guidance of :meth:`conditioned`, if inside it; else the null label (the unconditional eps).
         """
-        if x_t.dim() == 0 or x_t.shape[-1] != self.x_dim:
-            raise InputError(f"expected x_t of shape (..., {self.x_dim}); got shape {tuple(x_t.shape)}")
+        check_width(x_t, self.x_dim, "x_t", lead="...")
         if isinstance(t, torch.Tensor) and not t.is_floating_point():  # (fractional t: the probability-flow ODE)
             self.schedule.steps(t)  # steps in 0..T (checked once per tensor, shared with the schedule's lookups)
         if y is None and self._guidance is not None:

@@ -33,7 +33,7 @@ from ..data import Dataset
 from ..errors import InputError, check_choice, check_number
 from ..nn import MLP, ConvDecoder28, ConvEncoder28
 from .base import GenerativeModel
-from .checks import check_vae_sizes
+from .checks import check_vae_sizes, check_width
 from .options import BackendOptions, ObjectiveOptions, SVIOptions, option
 
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned", "continuous-bernoulli")
@@ -120,15 +120,9 @@ class VAE(GenerativeModel):
         """What the encoder (t = x) or decoder (t = z) network reads; the CVAE appends the label."""
         return t
 
-    def _check_width(self, t: torch.Tensor, width: int, what: str) -> None:
-        """Refuse ``t`` whose last dimension is not ``width`` in one line (a Python comparison per call), not with
-        torch's matrix-product error from inside the network."""
-        if t.dim() == 0 or t.shape[-1] != width:
-            raise InputError(f"expected {what} of shape (N, {width}); got shape {tuple(t.shape)}")
-
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """g_mu(x), g_sigma(x): each of shape (N, K) for x of shape (N, D)."""
-        self._check_width(x, self.x_dim, "x")
+        check_width(x, self.x_dim, "x")
         h = self.encoder(self._net_input(x, y))
         loc, raw = h[..., : self.latent_dim], h[..., self.latent_dim:]
         return loc, F.softplus(raw) + 1e-4
@@ -139,12 +133,12 @@ class VAE(GenerativeModel):
 
     def decode_mean(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """E[x | z]: probabilities (Bernoulli), means (Gaussian, continuous Bernoulli), shape (..., D)."""
-        self._check_width(z, self.latent_dim, "z")
+        check_width(z, self.latent_dim, "z")
         return self._mean(self.decoder(self._net_input(z, y)))
 
     def likelihood_dist(self, z: torch.Tensor, y: torch.Tensor | None = None) -> dist.Distribution:
         """p_theta(x | z) with event shape (D,)."""
-        self._check_width(z, self.latent_dim, "z")
+        check_width(z, self.latent_dim, "z")
         return self._out_dist(self.decoder(self._net_input(z, y)))
 
     def _mean(self, out: torch.Tensor) -> torch.Tensor:

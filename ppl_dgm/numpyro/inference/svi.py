@@ -28,7 +28,7 @@ from numpyro.distributions import kl_divergence
 from numpyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from numpyro.primitives import Messenger
 
-from ...data import check_array, check_labels
+from ...data import check_array, check_label_range, check_labels
 from ...errors import InputError, NonFiniteError, check_number
 from ...inference.objectives import OBJECTIVES, KLWarmup
 from ...inference.svi import check_fit_options, lr_at
@@ -172,9 +172,7 @@ def _checked_data(twin, x, y, what: str, optional: bool = False) -> tuple[jax.Ar
         raise InputError(f"{what} labels: a conditional {type(twin).__name__} needs labels y (integers "
                          f"0..{twin.n_classes - 1}); got none")
     labels = check_labels(y, len(arr), f"{what} labels")
-    if labels.min() < 0 or labels.max() >= twin.n_classes:
-        raise InputError(f"{what} labels: expected integers 0..{twin.n_classes - 1}; got values in "
-                         f"{labels.min()}..{labels.max()}")
+    check_label_range(labels, twin.n_classes, f"the {what} data")
     return jnp.asarray(arr, dtype=jnp.float32), jnp.asarray(labels, dtype=jnp.int32)
 
 
