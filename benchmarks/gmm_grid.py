@@ -11,14 +11,22 @@ repeats cancels).  A shape whose scikit-learn fits would cost more than ``--skle
 fewer repeats, or only the one-iteration probe (said in the table).  The per-iteration log-likelihoods
 of all three are compared (they are the same EM).
 
+The *ceiling* bounds what any exact float64 EM could reach on this machine: an iteration must form the K
+quadratic forms of every row (E-step) and the K weighted second moments (M-step), at least N K D (D + 1) / 2
+multiply-adds each, so ``2 N K D (D + 1)`` flops; run at the machine's dense float64 product peak (the best of
+MKL and XLA on n x n products, measured at the start) that work takes ``t_min``, and no backend can beat
+scikit-learn by more than ``sklearn s/iter / t_min``.  scikit-learn does ``4 N K D^2`` flops (full products in
+both steps); the table gives both implementations' share of the peak.
+
 Threads are pinned: the process is bound to T cores (``sched_setaffinity``, inherited by every thread
 the libraries start), ``torch.set_num_threads(T)`` and ``threadpoolctl`` for scikit-learn's BLAS; XLA
 sizes its pools by the cores it may use (and with ``--threads 1`` XLA_FLAGS turns Eigen's threading off).
 On a shared machine the CPU-time ratios are the robust figure.
 
-    python benchmarks/gmm_grid.py [--threads 2] [--iters 3] [--repeats 3] [--sklearn-cap 120] [--quick]
+    python benchmarks/gmm_grid.py [--threads 2] [--iters 3] [--repeats 3] [--sklearn-cap 120] [--quick] [--tag T]
 
-Writes ``benchmarks/results/gmm_grid.json`` and ``gmm_grid.md`` (``_quick`` with ``--quick``).
+Writes ``benchmarks/results/gmm_grid.json`` and ``gmm_grid.md`` (``_quick`` with ``--quick``, ``_T`` with
+``--tag``: results of another machine kept beside).
 """
 
 from __future__ import annotations
@@ -45,7 +53,10 @@ def machine(threads: int) -> dict:
     import torch
     from _timing import machine as base
 
-    info = base(sklearn=sklearn.__version__, numpy=np.__version__, threads=threads,
+    flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("flags")), []) if Path("/proc/cpuinfo").exists() else []
+    simd = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), "unknown")
+    info = base(sklearn=sklearn.__version__, numpy=np.__version__, threads=threads, widest_simd=simd,
                 torch_blas="MKL" if torch.backends.mkl.is_available() else "other")
     try:
         import jax
@@ -62,6 +73,30 @@ def machine(threads: int) -> dict:
     except ImportError:
         pass
     return info
+
+
+def dense_peak_gflops() -> dict:
+    """The best float64 GF/s of an n x n product (n = 1024, 2048) in MKL (torch) and in XLA (JAX)."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    jax.config.update("jax_enable_x64", True)
+    out = {}
+    for n in (1024, 2048):
+        a = torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+        ja = jnp.asarray(a.numpy())
+        mm = jax.jit(lambda x: x @ x)
+        for name, f in (("mkl", lambda a=a: a @ a), ("xla", lambda ja=ja, mm=mm: mm(ja))):
+            jax.block_until_ready(f())
+            best = float("inf")
+            for _ in range(5):
+                t = time.perf_counter()
+                jax.block_until_ready(f())
+                best = min(best, time.perf_counter() - t)
+            out[f"{name}_{n}"] = 2 * n**3 / best / 1e9
+    out["peak"] = max(out.values())
+    return out
 
 
 def make_data(n: int, d: int, k: int, seed: int = 0) -> np.ndarray:
@@ -198,6 +233,11 @@ def run_shape(n, d, k, args) -> dict:
         ref = runs["sklearn"][0]["history"]
         got = runs[name][0]["history"][: len(ref)]
         row[f"{name}_max_rel_diff"] = float(max(abs(a / b - 1) for a, b in zip(got, ref, strict=True)))
+    peak = args.peak_gflops * 1e9
+    row["min_flops"] = 2 * n * k * d * (d + 1)
+    row["ceiling_x"] = row["sklearn_iter_s"] * peak / row["min_flops"]
+    row["sklearn_peak_share"] = 4 * n * k * d * d / row["sklearn_iter_s"] / peak
+    row["jax_peak_share"] = row["min_flops"] / row["jax_iter_s"] / peak
     row["meets_goal"] = {b: row[f"{b}_x"] >= GOAL for b in ("torch", "jax")} \
         if row["sklearn_total_iter_s"] > 1.0 else None
     row["load_end"] = os.getloadavg()[0]
@@ -206,15 +246,18 @@ def run_shape(n, d, k, args) -> dict:
 
 def table(rows: list[dict]) -> str:
     head = ("| N | D | K | sklearn s/iter | torch s/iter | JAX s/iter | torch x | JAX x | torch x CPU | JAX x CPU "
-            f"| sklearn s ({rows[0]['iters']} iters) | >= {GOAL:g}x (torch, JAX) | max rel diff |")
-    lines = [head, "|" + "---|" * 13]
+            f"| sklearn s ({rows[0]['iters']} iters) | >= {GOAL:g}x (torch, JAX) | ceiling x | sklearn % peak "
+            "| JAX % peak | max rel diff |")
+    lines = [head, "|" + "---|" * 16]
     for r in rows:
         goal = "n/a (< 1 s)" if r["meets_goal"] is None else \
-            ", ".join("yes" if r["meets_goal"][b] else "no" for b in ("torch", "jax"))
+            ", ".join("yes" if r["meets_goal"][b] else "no" for b in ("torch", "jax")) \
+            + (f" (ceiling < {GOAL:g}x)" if r["ceiling_x"] < GOAL else "")
         probe = "" if r["sklearn_repeats"] else " (1-iteration probe)"
         lines.append(f"| {r['n']:,} | {r['d']} | {r['k']} | {r['sklearn_iter_s']:.4f}{probe} | "
                      f"{r['torch_iter_s']:.4f} | {r['jax_iter_s']:.4f} | {r['torch_x']:.1f} | {r['jax_x']:.1f} | "
                      f"{r['torch_cpu_x']:.1f} | {r['jax_cpu_x']:.1f} | {r['sklearn_total_iter_s']:.2f} | {goal} | "
+                     f"{r['ceiling_x']:.1f} | {100 * r['sklearn_peak_share']:.0f} | {100 * r['jax_peak_share']:.0f} | "
                      f"{max(r['torch_max_rel_diff'], r['jax_max_rel_diff']):.1e} |")
     return "\n".join(lines)
 
@@ -228,6 +271,7 @@ def main() -> None:
                     help="seconds of scikit-learn fits allowed per shape (fewer repeats beyond)")
     ap.add_argument("--only", default=None, help="comma-separated N:D:K shapes, e.g. 60000:20:10")
     ap.add_argument("--quick", action="store_true", help="N in {6k, 10k}, D in {2, 20}, K in {4, 10}")
+    ap.add_argument("--tag", default=None, help="suffix of the output files (another machine's results)")
     args = ap.parse_args()
     from _timing import pin_threads
 
@@ -243,6 +287,9 @@ def main() -> None:
     out = {"command": "python benchmarks/gmm_grid.py " + " ".join(sys.argv[1:]), "machine": machine(args.threads),
            "goal": f">= {GOAL:g}x scikit-learn per iteration where scikit-learn takes > 1 s for the iterations run",
            "load_start": os.getloadavg(), "rows": []}
+    out["dense_peak_gflops"] = dense_peak_gflops()
+    args.peak_gflops = out["dense_peak_gflops"]["peak"]
+    print(f"dense float64 product peak: {args.peak_gflops:.0f} GF/s", flush=True)
     c0 = time.process_time()
     with threadpool_limits(args.threads):
         for n, d, k in grid:
@@ -253,14 +300,16 @@ def main() -> None:
                   f"(x{row['jax_x']:.1f}), load {row['load_end']:.1f}", flush=True)
     out["load_end"] = os.getloadavg()
     out["cpu_minutes"] = (time.process_time() - c0) / 60
-    suffix = ("_quick" if args.quick else "") + (f"_{args.threads}thread" if args.threads != 2 else "")
+    suffix = ("_quick" if args.quick else "") + (f"_{args.threads}thread" if args.threads != 2 else "") \
+        + (f"_{args.tag}" if args.tag else "")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"gmm_grid{suffix}.json").write_text(json.dumps(out, indent=2) + "\n")
     m = out["machine"]
     md = (f"# GMM EM vs scikit-learn, full covariances, float64, {args.iters} iterations from the same init\n\n"
-          f"Machine: {m['cpu']}, {m['cores']} cores, {args.threads} threads; torch {m['torch']} "
+          f"Machine: {m['cpu']} ({m['widest_simd']}), {m['cores']} cores, {args.threads} threads; torch {m['torch']} "
           f"({m['torch_blas']}), JAX {m.get('jax', '-')}, scikit-learn {m['sklearn']}.  Load average "
-          f"{out['load_start'][0]:.2f} at start, {out['load_end'][0]:.2f} at end.  x = median over paired "
+          f"{out['load_start'][0]:.2f} at start, {out['load_end'][0]:.2f} at end.  Dense float64 product peak "
+          f"{args.peak_gflops:.0f} GF/s (ceiling: module docstring).  x = median over paired "
           f"repeats of scikit-learn's seconds per iteration over ours (E-step + M-step, timed inside each), of "
           f"wall time and of process CPU time (the fairer figure on a shared machine with one thread).\n\n"
           + table(out["rows"]) + f"\n\nRegenerate with:\n\n    {out['command']}\n")

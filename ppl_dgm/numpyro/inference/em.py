@@ -282,10 +282,10 @@ class JaxGMMFamily:
         (``init_params``) and the monotone-check slack; copied, never changed.
     chunk_size : int, optional
         Rows per step of a pass (memory O(chunk x (F + K)) per worker); by default
-        about 512 KB of temporaries for the direct form and 4 MB, at most 4,096 rows,
-        for the feature form (XLA runs best on smaller chunks than MKL; its feature
-        products gain from more columns, while the K x c elementwise passes want to
-        stay in cache: benchmarks/gmm_chunks.py).
+        about 512 KB of temporaries for the direct form, and for the feature form a
+        feature block ``phi`` (F x c) of about 512 KB, 256 to 1,024 rows (each worker
+        runs its passes on one core, whose cache should hold the block both products
+        read; fewer rows than 1,024 only add loop steps: docs/gmm.md, benchmarks/gmm_grid.py).
     workers : int, optional
         Passes run at once, each over its block of consecutive chunks, from a pool of
         threads (XLA runs concurrent calls on separate cores; one call's chunk loop
@@ -312,7 +312,7 @@ class JaxGMMFamily:
         if family.chunk_size is None and family.use_direct(d):
             family.chunk_bytes = 1 << 19
         elif family.chunk_size is None:
-            family.chunk_size = min(4096, max(256, (1 << 22) // (x.element_size() * family.numbers_per_row(d))))
+            family.chunk_size = min(1024, max(256, (1 << 19) // (x.element_size() * family.n_features_phi(d))))
         return family
 
     def prepare(self, x: Tensor) -> JaxGMMData:
