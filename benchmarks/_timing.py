@@ -38,7 +38,12 @@ def machine(**extra) -> dict:
     info_file = Path("/proc/cpuinfo")
     lines = info_file.read_text().splitlines() if info_file.exists() else []
     cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.processor())
-    info = {"cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}
+    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+    # a virtual machine may name every host alike ("AMD EPYC"): the widest vector unit and the clock tell them apart
+    simd = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), "unknown")
+    mhz = next((float(ln.split(":", 1)[1]) for ln in lines if ln.startswith("cpu MHz")), None)
+    info = {"cpu": cpu, "widest_simd": simd, "cpu_mhz": mhz, "cores": os.cpu_count(), "machine": platform.machine(),
+            "python": platform.python_version()}
     for name in ("torch", "pyro", "jax"):
         if name in sys.modules:
             info[name] = sys.modules[name].__version__

@@ -53,10 +53,7 @@ def machine(threads: int) -> dict:
     import torch
     from _timing import machine as base
 
-    flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("flags")), []) if Path("/proc/cpuinfo").exists() else []
-    simd = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), "unknown")
-    info = base(sklearn=sklearn.__version__, numpy=np.__version__, threads=threads, widest_simd=simd,
+    info = base(sklearn=sklearn.__version__, numpy=np.__version__, threads=threads,
                 torch_blas="MKL" if torch.backends.mkl.is_available() else "other")
     try:
         import jax
