@@ -48,3 +48,34 @@ def machine(**extra) -> dict:
         if name in sys.modules:
             info[name] = sys.modules[name].__version__
     return {**info, **extra}
+
+
+def best_seconds(f, repeats: int = 20) -> float:
+    """The best of ``repeats`` calls of ``f`` (after one untimed), each waited for (JAX dispatches asynchronously)."""
+    import jax
+
+    jax.block_until_ready(f())
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(f())
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def dense_float64_peaks(sizes=(1024, 2048), repeats: int = 5) -> dict:
+    """GF/s of an n x n float64 product, the best of ``repeats`` (after one untimed), in MKL (torch) and XLA (JAX):
+    ``{"1024": {"mkl_gflops": ..., "xla_gflops": ...}, ...}``.  Turns on ``jax_enable_x64``."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    jax.config.update("jax_enable_x64", True)
+    out = {}
+    for n in sizes:
+        a, b = (torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(i)) for i in (0, 1))
+        ja, jb = jnp.asarray(a.numpy()), jnp.asarray(b.numpy())
+        mm = jax.jit(lambda x, y: x @ y)
+        out[str(n)] = {"mkl_gflops": 2 * n**3 / best_seconds(lambda a=a, b=b: a @ b, repeats) / 1e9,
+                       "xla_gflops": 2 * n**3 / best_seconds(lambda mm=mm, ja=ja, jb=jb: mm(ja, jb), repeats) / 1e9}
+    return out

@@ -26,36 +26,9 @@ import os
 import time
 from pathlib import Path
 
+from _timing import best_seconds, dense_float64_peaks, machine, pin_threads
+
 OUT = Path(__file__).parent / "results"
-
-
-def best_seconds(f, repeats: int = 20) -> float:
-    """The best of ``repeats`` calls of ``f`` (after one untimed), each waited for."""
-    import jax
-
-    jax.block_until_ready(f())
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(f())
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def dense_peaks() -> dict:
-    import jax
-    import jax.numpy as jnp
-    import torch
-
-    out = {}
-    for n in (1024, 2048):
-        a, b = (torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(i)) for i in (0, 1))
-        ja, jb = jnp.asarray(a.numpy()), jnp.asarray(b.numpy())
-        mm = jax.jit(lambda x, y: x @ y)
-        flops = 2 * n**3
-        out[str(n)] = {"mkl_gflops": flops / best_seconds(lambda a=a, b=b: a @ b, 5) / 1e9,
-                       "xla_gflops": flops / best_seconds(lambda mm=mm, ja=ja, jb=jb: mm(ja, jb), 5) / 1e9}
-    return out
 
 
 def chunk_pieces(d: int, k: int, c: int) -> dict:
@@ -139,8 +112,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    from _timing import machine, pin_threads
-
     pin_threads(args.threads)  # before torch and JAX start their threads
     import jax
     import torch
@@ -150,7 +121,7 @@ def main() -> None:
     n, d, k, c = 60_000, 64, 10, 1024
     result = {"benchmark": "gmm_pass_pieces", "command": f"python benchmarks/gmm_pass_pieces.py --threads "
               f"{args.threads}", "threads": args.threads, "loadavg_start": os.getloadavg(),
-              "dense_peak": dense_peaks(), "shape": {"n": n, "d": d, "k": k, "chunk_rows_pieces": c},
+              "dense_peak": dense_float64_peaks(), "shape": {"n": n, "d": d, "k": k, "chunk_rows_pieces": c},
               "chunk_pieces": chunk_pieces(d, k, c), "whole_pass": whole_pass(n, d, k),
               "machine": machine(threads=args.threads), "loadavg_end": os.getloadavg()}
     for size, r in result["dense_peak"].items():
