@@ -7,15 +7,18 @@ For the grid's shapes that miss 8x scikit-learn (docs/gmm.md), 8x needs 20-127 G
 - for (N, D, K) = (60,000, 64, 10) with chunks of c = 1,024 rows (D x c columns, as the backend lays them out),
   the pieces of one chunk of the direct form with full products: the E-step's product R X (R the K D x D stacked
   factors), the same followed by the squared norms (the Mahalanobis distances, an elementwise pass over K D x c
-  numbers), the M-step's weighted moments; and the whole pass over all rows (``_direct_pass``: triangle blocks,
+  numbers; as the backend sums them, by pairwise halving, and as ``reshape(K, D, c).sum(1)``), the responsibilities
+  (one ``exp`` per entry, as the backend computes them, against ``logsumexp`` then ``exp``), the M-step's weighted
+  moments; and the whole pass over all rows (``_direct_pass``: triangle blocks,
   a loop over chunks) at the default chunk size, as one call and as the backend runs it (blocks of chunks at once,
   one thread each), in GF/s of the minimal work;
 - the CPU time burnt while idle just after an M-step, with SciPy's OpenBLAS (which XLA's CPU Cholesky calls)
   on every core and on one (its idle threads spin before they sleep).
 
-    python benchmarks/gmm_pass_pieces.py [--threads 2]
+    python benchmarks/gmm_pass_pieces.py [--threads 2] [--tag TAG]
 
-Writes ``benchmarks/results/gmm_pass_pieces_{T}thread.json``.
+Writes ``benchmarks/results/gmm_pass_pieces_{T}thread[_TAG].json`` (``--tag``: another machine's figures beside
+the committed ones).
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ from _timing import best_seconds, dense_float64_peaks, machine, pin_threads
 OUT = Path(__file__).parent / "results"
 
 
+def _two_exp_softmax(jax, jnp, logp, mask):
+    """The responsibilities and log-likelihood as ``logsumexp`` then ``exp(logp - lse)`` (two ``exp`` per entry)."""
+    lse = jax.scipy.special.logsumexp(logp, axis=0, keepdims=True)
+    return jnp.exp(logp - lse) * mask, (lse[0] * mask).sum()
+
+
 def chunk_pieces(d: int, k: int, c: int) -> dict:
     """Microseconds and GF/s of each piece of one chunk (full products)."""
     import jax
@@ -43,10 +52,17 @@ def chunk_pieces(d: int, k: int, c: int) -> dict:
     off = jnp.asarray(rng.standard_normal((k * d, 1)))
     resp = jnp.asarray(rng.random((k, c)))
     flops = 2 * k * d * d * c  # one full product
+    from ppl_dgm.numpyro.inference import em
+
+    mask = jnp.ones((1, c))
     pieces = {
         "e_product": (jax.jit(lambda r, x: r @ x), (r, x)),
         "e_product_and_squared_norms": (jax.jit(lambda r, x, o: ((r @ x - o) ** 2).reshape(k, d, -1).sum(1)),
                                         (r, x, off)),
+        "e_product_and_squared_norms_pairwise": (  # what the backend runs (em._sum_middle)
+            jax.jit(lambda r, x, o: em._sum_middle(jnp, ((r @ x - o) ** 2).reshape(k, d, -1))), (r, x, off)),
+        "softmax_logsumexp_then_exp": (jax.jit(lambda g: _two_exp_softmax(jax, jnp, g, mask)), (resp,)),
+        "softmax_one_exp": (jax.jit(lambda g: em._softmax_columns(jnp, g, mask)), (resp,)),  # the backend's
         "m_weighted_moments": (jax.jit(lambda g, x: (g[:, None, :] * x[None]).reshape(k * d, -1) @ x.T), (resp, x)),
     }
     out = {}
@@ -111,6 +127,7 @@ def whole_pass(n: int, d: int, k: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tag", default="", help="suffix of the output file (another machine's results)")
     args = ap.parse_args()
     pin_threads(args.threads)  # before torch and JAX start their threads
     import jax
@@ -119,8 +136,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     jax.config.update("jax_enable_x64", True)
     n, d, k, c = 60_000, 64, 10, 1024
-    result = {"benchmark": "gmm_pass_pieces", "command": f"python benchmarks/gmm_pass_pieces.py --threads "
-              f"{args.threads}", "threads": args.threads, "loadavg_start": os.getloadavg(),
+    command = f"python benchmarks/gmm_pass_pieces.py --threads {args.threads}" + (f" --tag {args.tag}" * bool(args.tag))
+    result = {"benchmark": "gmm_pass_pieces", "command": command, "threads": args.threads,
+              "loadavg_start": os.getloadavg(),
               "dense_peak": dense_float64_peaks(), "shape": {"n": n, "d": d, "k": k, "chunk_rows_pieces": c},
               "chunk_pieces": chunk_pieces(d, k, c), "whole_pass": whole_pass(n, d, k),
               "machine": machine(threads=args.threads), "loadavg_end": os.getloadavg()}
@@ -135,7 +153,7 @@ def main() -> None:
     idle = w["idle_cpu_seconds_in_0.2s_after_m_step"]
     print(f"CPU burnt in the 0.2 s after an M-step: {idle['blas_all_threads']:.3f} s with OpenBLAS on every core, "
           f"{idle['blas_one_thread']:.3f} s on one")
-    out = OUT / f"gmm_pass_pieces_{args.threads}thread.json"
+    out = OUT / f"gmm_pass_pieces_{args.threads}thread{'_' + args.tag if args.tag else ''}.json"
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
 
