@@ -92,7 +92,8 @@ def _block_setter():
 
 def _softmax_columns(jnp, logp, mask):
     """Responsibilities of ``logp`` (K, c), padding masked, and ``sum_n log sum_k exp``: one ``exp`` per
-    entry (``logsumexp`` followed by ``exp(logp - lse)`` takes two, a fifth of a small-K E-step)."""
+    entry (``logsumexp`` followed by ``exp(logp - lse)`` takes two; the softmax is about a fifth of a small-K
+    E-step)."""
     top = logp.max(0, keepdims=True)
     e = jnp.exp(logp - top)
     s = e.sum(0, keepdims=True)
@@ -101,7 +102,7 @@ def _softmax_columns(jnp, logp, mask):
 
 def _sum_middle(jnp, y):
     """``y.sum(1)`` of ``y`` (K, m, c) by pairwise halving: elementwise adds XLA fuses into one loop (its
-    reduction over a middle axis runs at a third of that speed on the CPU: benchmarks/gmm_pass_pieces.py)."""
+    reduction over a middle axis is several times slower on the CPU: benchmarks/gmm_pass_pieces.py)."""
     while y.shape[1] > 1:
         h = y.shape[1] // 2
         y = y[:, :h] + y[:, h : 2 * h] if y.shape[1] % 2 == 0 else jnp.concatenate(
