@@ -322,7 +322,8 @@ def sample(run_dir, n, out, mean, checkpoint, device, seed, threads, label, guid
         atomic_write_bytes(out, buf.getvalue())
     else:
         vector = len(run.sample_shape) < 2                   # a scatter reads against the held-out data in grey
-        plot_samples(x.reshape(n, -1), run.sample_shape, out, f"{run.family.name}: {n} samples",
+        what = run.family.name + ("" if run.decoder is None else f" prior, decoded by {run.decoder.family.name}")
+        plot_samples(x.reshape(n, -1), run.sample_shape, out, f"{what}: {n} samples",
                      reference=run.eval_data()[0].numpy() if vector else None, labels=sample_labels(run, n, label))
     also = f" and their trajectory to {trajectory}" if trajectory else ""
     click.echo(f"wrote {n} samples of shape {run.sample_shape} to {out}{also} (parameters from {run.checkpoint})")
