@@ -136,7 +136,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     jax.config.update("jax_enable_x64", True)
     n, d, k, c = 60_000, 64, 10, 1024
-    command = f"python benchmarks/gmm_pass_pieces.py --threads {args.threads}" + (f" --tag {args.tag}" * bool(args.tag))
+    tag = f" --tag {args.tag}" if args.tag else ""
+    command = f"python benchmarks/gmm_pass_pieces.py --threads {args.threads}{tag}"
     result = {"benchmark": "gmm_pass_pieces", "command": command, "threads": args.threads,
               "loadavg_start": os.getloadavg(),
               "dense_peak": dense_float64_peaks(), "shape": {"n": n, "d": d, "k": k, "chunk_rows_pieces": c},

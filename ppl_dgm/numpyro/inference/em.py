@@ -105,8 +105,8 @@ def _sum_middle(jnp, y):
     reduction over a middle axis is several times slower on the CPU: benchmarks/gmm_pass_pieces.py)."""
     while y.shape[1] > 1:
         h = y.shape[1] // 2
-        y = y[:, :h] + y[:, h : 2 * h] if y.shape[1] % 2 == 0 else jnp.concatenate(
-            [y[:, :h] + y[:, h : 2 * h], y[:, 2 * h :]], axis=1)
+        pairs = y[:, :h] + y[:, h : 2 * h]
+        y = pairs if y.shape[1] % 2 == 0 else jnp.concatenate([pairs, y[:, 2 * h :]], axis=1)  # odd: last one kept
     return y[:, 0]
 
 
