@@ -5,6 +5,7 @@ family can do has to change this table too.  Every family added to the registry 
 """
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -100,6 +101,9 @@ def test_command_family_pair(runs, family, command, tmp_path, capsys):
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
         assert "needs" in lines[0] and f"got {family!r}" in lines[0]
         assert any(f in lines[0] for f in WORKS[command] - {family})  # names the families that can
+        if command in ("evaluate", "sample", "latent", "diagnose"):  # and only those (no option narrows them)
+            listed = re.search(r" \(([^()]*)\); got ", lines[0]).group(1)
+            assert set(listed.split(", ")) == WORKS[command], lines[0]
         if command == "diagnose" and family in ("gmm", "ppca", "flow"):  # exact likelihoods: says what to run
             assert lines[0].endswith(f"`ppl-dgm evaluate {runs[family]}` reports its exact log-likelihood")
 

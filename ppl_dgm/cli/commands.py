@@ -347,8 +347,8 @@ def diagnose(run_dir, dataset, data_path, data_dir, iwae_k, max_examples, checkp
     one_source(dataset, data_path)
     run = load(run_dir, device, checkpoint, threads)
     exact = run.family.bound == "exact"  # (its latents, if any, are summed out: no guide to diagnose)
-    require(run.family, "svi", "ppl-dgm diagnose", f"`ppl-dgm evaluate {run_dir}` reports its exact log-likelihood"
-            if exact else "")
+    hint = f"`ppl-dgm evaluate {run_dir}` reports its exact log-likelihood" if exact else ""
+    require(run.family, ("generative", "svi"), "ppl-dgm diagnose", hint)
     x, y, name = run.eval_data(dataset, data_path, data_dir)
     diag = diagnose_run(run, x[:max_examples], None if y is None else y[:max_examples], name=name, iwae_k=iwae_k,
                         seed=seed)

@@ -180,17 +180,23 @@ def get_family(name: str) -> Family:
     return REGISTRY[name]
 
 
-def families_with(capability: str) -> list[str]:
-    """Names of the families that have ``capability`` (a key of the refusal phrases)."""
-    if capability == "svi":
-        return [n for n, f in REGISTRY.items() if f.trainer == "svi"]
-    return [n for n, f in REGISTRY.items() if getattr(f, capability)]
+def _has(family: Family, capability: str) -> bool:
+    return family.trainer == "svi" if capability == "svi" else bool(getattr(family, capability))
 
 
-def require(family: Family, capability: str, what: str, hint: str = "") -> None:
-    """Refuse ``what`` (e.g. ``"ppl-dgm latent"``) for a family that lacks ``capability``, in one line (ending in
-    ``hint``, if given: what to do instead)."""
-    have = family.trainer == "svi" if capability == "svi" else bool(getattr(family, capability))
-    if not have:
-        raise InputError(f"{what} needs {_PHRASES[capability]} ({', '.join(families_with(capability))}); "
+def families_with(*capabilities: str) -> list[str]:
+    """Names of the families that have every one of ``capabilities`` (keys of the refusal phrases)."""
+    return [n for n, f in REGISTRY.items() if all(_has(f, c) for c in capabilities)]
+
+
+def require(family: Family, capability: str | tuple[str, ...], what: str, hint: str = "") -> None:
+    """Refuse ``what`` (e.g. ``"ppl-dgm latent"``) for a family that lacks ``capability`` (or any of a tuple of
+    them), in one line naming the families that have them all (ending in ``hint``, if given: what to do instead)."""
+    caps = (capability,) if isinstance(capability, str) else capability
+    if not all(_has(family, c) for c in caps):
+        needs = _PHRASES[caps[0]]  # "a generative family" + "with latent variables ..." reads as one phrase
+        for c in caps[1:]:
+            rest = _PHRASES[c].removeprefix("a family ")
+            needs += f" {rest}" if rest != _PHRASES[c] else f" and {rest}"
+        raise InputError(f"{what} needs {needs} ({', '.join(families_with(*caps))}); "
                          f"got {family.name!r}{'; ' + hint if hint else ''}")

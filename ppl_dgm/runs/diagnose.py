@@ -75,8 +75,7 @@ def diagnose_run(run: Run, x: torch.Tensor, y: torch.Tensor | None = None, *, na
     Writes ``posterior.nc`` (q(z | x) draws of the first ``posterior_examples`` examples) into the run
     directory for latent-code families; the figures are drawn by :mod:`ppl_dgm.plotting`.
     """
-    require(run.family, "svi", "ppl-dgm diagnose")
-    require(run.family, "generative", "ppl-dgm diagnose")
+    require(run.family, ("generative", "svi"), "ppl-dgm diagnose")
     t0 = time.perf_counter()
     model = run.model
     x = x.to(model.device)
