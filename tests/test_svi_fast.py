@@ -159,7 +159,82 @@ def test_recorded_loss_records_a_shape_on_its_second_call():
     rec(None, None, x)
     assert list(rec.graphs.values()) == [False]  # first call: eager, nothing recorded
     rec(None, None, x)
-    assert len(list(rec.graphs.values())[0].graph.nodes) > 10
+    assert len(list(rec.graphs.values())[0].graph.graph.nodes) > 10
+
+
+class _Tabled(nn.Module):
+    """A float64 table cast to float32 at every call (work on a buffer alone), a BatchNorm whose running statistics
+    the step writes into, a zeros_like and an expand to a tensor's own shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("table", torch.linspace(0.5, 2.0, 6, dtype=torch.float64))
+        self.lin, self.norm = nn.Linear(3, 3), nn.BatchNorm1d(3)
+
+    def model(self, x):
+        scale = self.table.to(torch.float32)[:3].sqrt()
+        loc = self.norm(self.lin(x)) * scale
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros_like(x), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(loc + z, scale.expand(3)).to_event(1), obs=x)
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(self.lin(x), 1.0).to_event(1))
+
+
+def _ops(graph, name):
+    return [n for n in graph.graph.nodes if n.op == "call_function" and n.target.__name__.startswith(name)]
+
+
+def test_recording_computes_buffer_work_once_and_again_when_a_buffer_changes():
+    """The cast of the table moves to the prelude and is recomputed after the table is written into or replaced;
+    the BatchNorm's running statistics (written by the step) stay in the step; every value is the eager one."""
+    torch.manual_seed(0)
+    m, x = _Tabled(), torch.randn(16, 3)
+    rec = RecordedLoss(AnalyticELBO().differentiable_loss, m.model, m.guide, {"m": m}, collect_params({"m": m}))
+    rec(None, None, x)
+    rec(None, None, x)
+    replay = list(rec.graphs.values())[0]
+    assert _ops(replay.prelude, "_to_copy") and not _ops(replay.graph, "_to_copy")
+    assert _ops(replay.graph, "_native_batch_norm") or _ops(replay.graph, "native_batch_norm")
+    for change in (None, lambda: m.table.mul_(2.0), lambda: setattr(m, "table", m.table + 1.0)):
+        if change is not None:
+            change()
+        stats = (m.norm.running_mean.clone(), m.norm.running_var.clone())
+        torch.manual_seed(1)
+        recorded = rec(None, None, x)
+        after = (m.norm.running_mean.clone(), m.norm.running_var.clone())
+        m.norm.running_mean.copy_(stats[0]), m.norm.running_var.copy_(stats[1])
+        torch.manual_seed(1)
+        with pyro.validation_enabled(False):
+            eager = AnalyticELBO().differentiable_loss(m.model, m.guide, x)
+        assert torch.equal(recorded, eager)
+        assert torch.equal(after[0], m.norm.running_mean) and torch.equal(after[1], m.norm.running_var)
+
+
+def test_recording_drops_identities_and_keeps_the_gradients():
+    """No expand to a tensor's own shape and no product with 1 is left in a DDPM step; values and gradients are
+    those of the eager step bit for bit."""
+    torch.manual_seed(0)
+    m, x = DDPM(2, timesteps=50, hidden=(16, 16), t_per_step=4), torch.randn(32, 2)
+    rec = RecordedLoss(AnalyticELBO().differentiable_loss, m.model, m.guide, {"m": m}, collect_params({"m": m}))
+    rec(None, None, x)
+    rec(None, None, x)
+    graph = list(rec.graphs.values())[0].graph
+    for node in _ops(graph, "expand"):
+        assert tuple(node.args[0].meta["val"].shape) != tuple(node.meta["val"].shape)
+    assert not [n for n in _ops(graph, "mul") if len(n.args) == 2 and n.args[1] == 1]
+    values = []
+    for fn in (lambda: rec(None, None, x), lambda: AnalyticELBO().differentiable_loss(m.model, m.guide, x)):
+        m.zero_grad()
+        torch.manual_seed(3)
+        with pyro.validation_enabled(False):
+            loss = fn()
+        loss.backward()
+        values.append((loss.detach(), [p.grad.clone() for p in m.parameters()]))
+    assert torch.equal(values[0][0], values[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(values[0][1], values[1][1]))
 
 
 def test_compile_step_refuses_what_a_graph_cannot_hold():

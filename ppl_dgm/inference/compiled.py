@@ -5,9 +5,12 @@ as a graph with ``torch.fx``'s ``make_fx`` (a trace on fake tensors: shapes and 
 autograd) and then calls the graph instead: the same tensor operations in the same order, hence the same values,
 gradients and random draws as the eager step, bit for bit, without re-running the Python of Pyro's handlers, the
 distributions, the model and the guide.  The model and guide are unchanged; autograd and the optimizer run as
-usual on the graph's output.  Two clean-ups run on a recording: an operation computed twice from the same inputs
-(the model and the guide both look up the schedule at step t) is computed once, and results nothing uses are
-dropped; neither touches an operation that draws random numbers or writes into a tensor.
+usual on the graph's output.  Four clean-ups run on a recording: an operation that returns its input unchanged (an
+``expand`` to the shape a tensor has, a product with 1) is dropped; an operation computed twice from the same inputs
+(the model and the guide both look up the schedule at step t) is computed once; what depends on no parameter, no
+data value and no random draw (a noise schedule cast to float32, the schedule at the fixed step T, a network's
+embedding frequencies, a zeros_like) is computed once and kept while the buffers it reads are unchanged; and results
+nothing uses are dropped.  None touches an operation that draws random numbers or writes into a tensor.
 
 Decisions taken in Python are fixed in a recording, so those on Python values are part of its key: the minibatch
 shapes, the train/eval mode of the modules, the objective's KL weight (warm-up records a graph per epoch).  A key's
@@ -110,9 +113,9 @@ class RecordedLoss:
         if graph is False:
             graph = self.graphs[key] = self.record(batch)
         _, tensors = self.tensors()
-        return graph(*tensors, *batch)
+        return graph(tensors, batch)
 
-    def record(self, batch: tuple[torch.Tensor, ...]):
+    def record(self, batch: tuple[torch.Tensor, ...]) -> Replay:
         """The graph of one call on tensors shaped like ``batch`` (the RNG state is left as it was)."""
         from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -135,9 +138,31 @@ class RecordedLoss:
                     or "data-dependent" in text else f"{type(e).__name__}: {(text.splitlines() or [''])[0][:200]}")
             raise InputError(f"compile_step: the training step could not be recorded as a graph ({what}"
                              f"{_where(e.__traceback__)}); fit without compile_step") from None
+        _drop_identities(graph)
         _merge_repeated(graph)
+        prelude = _hoist_constant(graph, first_buffer=len(self.param_names), n_tensors=n)
         _drop_unused(graph)
-        return graph
+        return Replay(graph, prelude)
+
+
+class Replay:
+    """One recording: ``graph(*tensors, *batch, *kept)``, where ``kept`` are the outputs of ``prelude`` (the
+    operations on buffers and constants alone), recomputed when a buffer it reads is replaced or written into."""
+
+    def __init__(self, graph: torch.fx.GraphModule, prelude: tuple[torch.fx.GraphModule, list[int]] | None):
+        self.graph, (self.prelude, self.reads) = graph, prelude or (None, [])
+        self.kept, self.state = (), None  # the prelude's outputs; the buffers they came from, with their versions
+
+    def __call__(self, tensors: list[torch.Tensor], batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if self.prelude is not None:
+            read = [tensors[i] for i in self.reads]
+            state = [(t, None if t.is_inference() else t._version) for t in read]
+            if self.state is None or any(v is None or t is not u or v != w
+                                         for (t, v), (u, w) in zip(state, self.state)):
+                with torch.no_grad():
+                    self.kept = self.prelude(*read)
+                self.state = state
+        return self.graph(*tensors, *batch, *self.kept)
 
 
 def _where(tb) -> str:
@@ -152,39 +177,134 @@ def _where(tb) -> str:
     return f" at {name[name.find('ppl_dgm/'):] if 'ppl_dgm/' in name else name.rsplit('/', 1)[-1]}:{frames[-1].lineno}"
 
 
+def _aliased(node):
+    """The node whose tensor ``node``'s result shares memory with: followed through views and in-place results."""
+    while (node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload) and node.args
+           and isinstance(node.args[0], torch.fx.Node) and node.target._schema.returns
+           and node.target._schema.returns[0].alias_info is not None):
+        node = node.args[0]
+    return node
+
+
+def _written(nodes) -> set:
+    """The nodes (through :func:`_aliased`) whose tensors some operation of ``nodes`` writes into."""
+    written = set()
+    for node in nodes:
+        op = node.target
+        if node.op == "call_function" and isinstance(op, torch._ops.OpOverload) and op._schema.is_mutable:
+            written.update(_aliased(arg) for a, arg in zip(op._schema.arguments, node.args)
+                           if a.alias_info is not None and a.alias_info.is_write and isinstance(arg, torch.fx.Node))
+    return written
+
+
+def _pure(node) -> bool:
+    """An aten operation that neither writes into a tensor nor draws random numbers nor allocates uninitialised
+    memory, and gives the same bits on every call."""
+    op = node.target
+    return (node.op == "call_function" and isinstance(op, torch._ops.OpOverload) and not op._schema.is_mutable
+            and torch.Tag.nondeterministic_seeded not in op.tags and torch.Tag.nondeterministic_bitwise not in op.tags)
+
+
 def _merge_repeated(graph) -> None:
     """Compute once what the graph computes twice from the same inputs (the model and the guide both look up
     sqrt(abar_t), the weights of step t, ...): a later operation with the same target and arguments as an earlier
     one uses the earlier result.  Left alone: operations that write into a tensor, draw random numbers or allocate
     uninitialised memory, and every operation whose result or inputs some operation writes into (through views and
     in-place results too), so values and the RNG stream stay those of the eager step."""
-    def aliased(node):  # the tensor whose memory ``node`` shares: through views and in-place results
-        while (node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload) and node.args
-               and isinstance(node.args[0], torch.fx.Node) and node.target._schema.returns
-               and node.target._schema.returns[0].alias_info is not None):
-            node = node.args[0]
-        return node
-
     nodes = list(graph.graph.nodes)
-    written = set()
-    for node in nodes:
-        op = node.target
-        if node.op == "call_function" and isinstance(op, torch._ops.OpOverload) and op._schema.is_mutable:
-            written.update(aliased(arg) for a, arg in zip(op._schema.arguments, node.args)
-                           if a.alias_info is not None and a.alias_info.is_write and isinstance(arg, torch.fx.Node))
+    written = _written(nodes)
     first = {}
     for node in nodes:
-        op = node.target
-        if (node.op != "call_function" or not isinstance(op, torch._ops.OpOverload) or op._schema.is_mutable
-                or torch.Tag.nondeterministic_seeded in op.tags or torch.Tag.nondeterministic_bitwise in op.tags
-                or aliased(node) in written or any(aliased(a) in written for a in node.all_input_nodes)):
+        if not _pure(node) or _aliased(node) in written or any(_aliased(a) in written for a in node.all_input_nodes):
             continue
-        key = (op, repr(node.args), repr(sorted(node.kwargs.items())))
+        key = (node.target, repr(node.args), repr(sorted(node.kwargs.items())))
         if key in first:
             node.replace_all_uses_with(first[key])
             graph.graph.erase_node(node)
         else:
             first[key] = node
+
+
+def _drop_identities(graph) -> None:
+    """Replace by their input the operations that return it unchanged: an ``expand`` to the shape the tensor already
+    has (Pyro's distributions broadcast parameters that already broadcast: ~10 a DDPM step) and a multiplication by
+    the number 1 (a plate's or a mask's scale of 1) that changes neither dtype nor shape.  Left alone where an
+    operation writes into the result or the input, so values and gradients stay those of the eager step bit for
+    bit (an identity expand's gradient sums nothing; multiplying a gradient by 1 changes no bit)."""
+    aten = torch.ops.aten
+    nodes = list(graph.graph.nodes)
+    written = _written(nodes)
+    for node in nodes:
+        if node.op != "call_function" or not node.args or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        src, out = node.args[0], node.meta.get("val")
+        val = src.meta.get("val")
+        if not isinstance(out, torch.Tensor) or not isinstance(val, torch.Tensor):
+            continue
+        same = (out.shape == val.shape and out.dtype == val.dtype and out.stride() == val.stride()
+                and out.device == val.device)
+        identity = (node.target is aten.expand.default or (
+            node.target is aten.mul.Tensor and len(node.args) == 2 and not node.kwargs
+            and type(node.args[1]) in (int, float) and node.args[1] == 1))
+        if identity and same and _aliased(node) not in written and _aliased(src) not in written:
+            node.replace_all_uses_with(src)
+            graph.graph.erase_node(node)
+
+
+_SHAPE_ONLY = {torch.ops.aten.zeros_like.default: 0, torch.ops.aten.new_zeros.default: 0,
+               torch.ops.aten.ones_like.default: 1, torch.ops.aten.new_ones.default: 1}
+"""Operations whose result depends on their input's shape, dtype and device only (fixed in a recording)."""
+
+
+def _hoist_constant(graph, first_buffer: int, n_tensors: int) -> tuple[torch.fx.GraphModule, list[int]] | None:
+    """Move out of ``graph`` the operations that depend on no parameter, no data value and no random draw: those
+    reading only buffers no operation writes into (placeholders ``first_buffer .. n_tensors - 1``), constants, or
+    nothing (``arange``), and the :data:`_SHAPE_ONLY` ones (rewritten as ``full``).  They become a separate graph,
+    the prelude, whose outputs enter ``graph`` as placeholders appended after the batch; returns (prelude, indices of
+    the buffers it reads), or None if nothing moved.  The operations and their order are unchanged, so the values
+    are those of the eager step bit for bit."""
+    g = graph.graph
+    nodes = list(g.nodes)
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    written = _written(nodes)
+    const = {p for p in placeholders[first_buffer:n_tensors] if p not in written}
+    for node in nodes:
+        if node.op == "get_attr" and node not in written:
+            const.add(node)
+        elif _pure(node) and _aliased(node) not in written and (
+                (node.target in _SHAPE_ONLY and node.meta["val"].is_contiguous())
+                or all(a in const for a in node.all_input_nodes)):
+            const.add(node)
+    const.difference_update(next(n for n in reversed(nodes) if n.op == "output").all_input_nodes)  # no cached output
+    moved = [n for n in nodes if n in const and n.op == "call_function"]
+    frontier = [n for n in moved if any(u not in const for u in n.users)]
+    if not frontier:
+        return None
+    pre, env = torch.fx.Graph(), {}
+    needed = {a for n in moved if n.target not in _SHAPE_ONLY for a in n.all_input_nodes}
+    reads = [i for i, p in enumerate(placeholders) if p in needed]
+    for i in reads:
+        env[placeholders[i]] = pre.placeholder(placeholders[i].name)
+    for node in nodes:
+        if node.op == "get_attr" and node in needed:
+            env[node] = pre.node_copy(node)
+        elif node in const and node.op == "call_function":
+            val = node.meta["val"]
+            env[node] = (pre.call_function(torch.ops.aten.full.default, (list(val.shape), _SHAPE_ONLY[node.target]),
+                                           {"dtype": val.dtype, "device": val.device})
+                         if node.target in _SHAPE_ONLY else pre.node_copy(node, env.__getitem__))
+    pre.output(tuple(env[n] for n in frontier))
+    anchor = placeholders[-1]
+    for i, node in enumerate(frontier):
+        with g.inserting_after(anchor):
+            anchor = g.placeholder(f"kept_{i}")
+        node.replace_all_uses_with(anchor)
+    for node in reversed(moved):
+        g.erase_node(node)
+    for node in nodes:
+        if node.op == "get_attr" and not node.users:
+            g.erase_node(node)
+    return torch.fx.GraphModule(graph, pre), reads
 
 
 def _drop_unused(graph) -> None:

@@ -243,13 +243,16 @@ def _negative_elbo(g_tr, m_tr, kl_of) -> torch.Tensor | None:
 
     -sum_observed log p(x | .) + sum_latent kl_of(name, q_site, p_site), plus the log-factor of every
     ``pyro.factor`` of the guide (it enters log q, as in Pyro's ``Trace_ELBO``); None when a latent guide
-    site has no model counterpart or a model latent no guide counterpart.
+    site has no model counterpart or a model latent no guide counterpart.  A model site masked out entirely
+    (``poutine.mask(mask=False)``) adds nothing: its KL, like its log-density, is masked by the model's mask.
     """
     guide_only = [site for name, site in sample_sites(g_tr) if name not in m_tr.nodes]
     if any(not site["is_observed"] for site in guide_only):
         return None
     loss = _total(_site_log_prob_sum(site) for site in guide_only)
     for name, site in sample_sites(m_tr):
+        if site["mask"] is False:  # masked out (its term is 0 whatever the guide's site): nothing to compute
+            continue
         if name in g_tr.nodes:
             loss = _plus(loss, kl_of(name, g_tr.nodes[name], site))
         elif site["is_observed"]:

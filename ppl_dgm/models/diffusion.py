@@ -19,8 +19,8 @@ The ELBO with analytic KLs (eq. 5):
 :meth:`DDPM.chain_model` / :meth:`DDPM.chain_guide` write this literally with sites ``x_T .. x_1, x``.
 :meth:`DDPM.model` / :meth:`DDPM.guide` (what ``fit_svi`` trains) are its unbiased estimator: each
 L_{t-1} only needs x_t ~ q(x_t | x_0) (eq. 4), so k steps are drawn in a subsampled ``pyro.plate("t", T)``.
-Site ``x_t`` has the same law q(x_t | x_0) in both programs (its log-ratio is exactly 0); it only hands the
-draw to the model.  Which k steps, and their weights, depend on the module's mode:
+Site ``x_t`` has the same law q(x_t | x_0) in both programs, so its log-ratio is exactly 0; it only hands the
+draw to the model, and is masked out (``poutine.mask(mask=False)``) in both so that no objective computes that 0.  Which k steps, and their weights, depend on the module's mode:
 
 - training: k = ``t_per_step`` steps uniformly without replacement, each scaled by T/k (the plate's scale).
   E[(T/k) sum_{t in S} L_{t-1}] = sum_t L_{t-1} since each t is in S with probability k/T.
@@ -417,7 +417,8 @@ class DDPM(GenerativeModel):
             pyro.sample(f"x_{self.timesteps}", self._prior(x0))
             with self._time_plate(x0) as idx:
                 t = (idx + 1).reshape(-1, 1)                           # (k, 1): steps in 1..T
-                x_t = pyro.sample("x_t", self.q_t(x0, t))              # same law as in the guide: log-ratio 0
+                with poutine.mask(mask=False):                          # same law as in the guide: log-ratio 0
+                    x_t = pyro.sample("x_t", self.q_t(x0, t))
                 eps = self.eps(x_t, t, None if self.training else self.max_rows, y)
                 with poutine.scale(scale=self._weight(t, x0)):
                     with poutine.mask(mask=t > 1):
@@ -447,7 +448,8 @@ class DDPM(GenerativeModel):
             pyro.sample(f"x_{self.timesteps}", self.q_t(x0, self.timesteps))
             with self._time_plate(x0) as idx:
                 t = (idx + 1).reshape(-1, 1)
-                x_t = pyro.sample("x_t", self.q_t(x0, t))
+                with poutine.mask(mask=False):
+                    x_t = pyro.sample("x_t", self.q_t(x0, t))
                 mean, var = self.schedule.q_posterior(x_t, x0, t)
                 var = torch.where(t[..., None] > 1, var, self.schedule.at("betas", t, x0))   # t = 1: masked out
                 with poutine.scale(scale=self._weight(t, x0)), poutine.mask(mask=t > 1):

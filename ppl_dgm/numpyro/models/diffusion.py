@@ -83,7 +83,8 @@ def model(x0, tab, params, t_per_step: int):
         numpyro.sample(f"x_{T}", nd.Normal(jnp.zeros_like(x0), 1.0).to_event(1))
         with numpyro.plate("t", T, subsample_size=t_per_step, dim=-2) as idx:
             t = (idx + 1)[:, None]
-            x_t = numpyro.sample("x_t", _q_t(x0, tab, t))
+            with numpyro.handlers.mask(mask=False):  # same law as in the guide: log-ratio 0, not computed
+                x_t = numpyro.sample("x_t", _q_t(x0, tab, t))
             mean = p_mean(tab, params, x_t, t[..., None])
             with numpyro.handlers.mask(mask=t > 1):
                 numpyro.sample("x_{t-1}", nd.Normal(mean, sig[t][..., None]).to_event(1))
@@ -110,7 +111,8 @@ def guide(x0, tab, params, t_per_step: int):
         numpyro.sample(f"x_{T}", _q_t(x0, tab, jnp.array(T)))
         with numpyro.plate("t", T, subsample_size=t_per_step, dim=-2) as idx:
             t = (idx + 1)[:, None]
-            x_t = numpyro.sample("x_t", _q_t(x0, tab, t))
+            with numpyro.handlers.mask(mask=False):
+                x_t = numpyro.sample("x_t", _q_t(x0, tab, t))
             c0, ct = (jnp.asarray(tab[k])[t][..., None] for k in ("post_coef_x0", "post_coef_xt"))
             var = jnp.where(t > 1, jnp.asarray(tab["beta_tildes"])[t], jnp.asarray(tab["betas"])[1])[..., None]
             with numpyro.handlers.mask(mask=t > 1):
