@@ -20,7 +20,8 @@ The ELBO with analytic KLs (eq. 5):
 :meth:`DDPM.model` / :meth:`DDPM.guide` (what ``fit_svi`` trains) are its unbiased estimator: each
 L_{t-1} only needs x_t ~ q(x_t | x_0) (eq. 4), so k steps are drawn in a subsampled ``pyro.plate("t", T)``.
 Site ``x_t`` has the same law q(x_t | x_0) in both programs, so its log-ratio is exactly 0; it only hands the
-draw to the model, and is masked out (``poutine.mask(mask=False)``) in both so that no objective computes that 0.  Which k steps, and their weights, depend on the module's mode:
+draw to the model, and is masked out (``poutine.mask(mask=False)``) in both so that no objective computes that 0.
+Which k steps, and their weights, depend on the module's mode:
 
 - training: k = ``t_per_step`` steps uniformly without replacement, each scaled by T/k (the plate's scale).
   E[(T/k) sum_{t in S} L_{t-1}] = sum_t L_{t-1} since each t is in S with probability k/T.
