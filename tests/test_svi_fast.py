@@ -237,25 +237,26 @@ def test_recording_drops_identities_and_keeps_the_gradients():
     assert all(torch.equal(a, b) for a, b in zip(values[0][1], values[1][1]))
 
 
+class _ReadsValues(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(4))
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            loc = self.w if float(x.sum()) > 0 else -self.w   # a Python decision on a tensor's value
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        pass
+
+
 def test_compile_step_refuses_what_a_graph_cannot_hold():
     x = torch.rand(20, 4)
 
-    class ReadsValues(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = nn.Parameter(torch.zeros(4))
-
-        def model(self, x):
-            with pyro.plate("data", x.shape[0]):
-                loc = self.w if float(x.sum()) > 0 else -self.w   # a Python decision on a tensor's value
-                pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
-
-        def guide(self, x):
-            pass
-
     with pytest.raises(InputError, match=r"could not be recorded as a graph \(the program reads a tensor.s value in "
                                          r"Python at test_svi_fast.py:\d+\)"):
-        fit_svi(ReadsValues(), x, epochs=2, batch_size=10, progress=False, compile_step=True)
+        fit_svi(_ReadsValues(), x, epochs=2, batch_size=10, progress=False, compile_step=True)
 
     def model(x):
         loc = pyro.param("loc", torch.zeros(4))
@@ -266,6 +267,82 @@ def test_compile_step_refuses_what_a_graph_cannot_hold():
         fit_svi(model, x, guide=lambda x: None, epochs=1, progress=False, compile_step=True)
 
 
+def _count_recordings(monkeypatch):
+    """A list that grows by one per recording ``RecordedLoss.record`` makes."""
+    made, record = [], RecordedLoss.record
+
+    def counted(self, batch):
+        made.append(batch[0].shape)
+        return record(self, batch)
+
+    monkeypatch.setattr(RecordedLoss, "record", counted)
+    return made
+
+
+def test_compile_step_by_default_records_a_family_in_a_long_fit(monkeypatch):
+    """compile_step=None: a VAE fit of RECORD_AFTER steps or more is recorded (a graph per minibatch shape: 8 and
+    the last 6 of each epoch) and gives the eager numbers; a shorter fit is not recorded."""
+    import ppl_dgm.inference.svi as svi
+
+    monkeypatch.setattr(svi, "RECORD_AFTER", 24)
+    made = _count_recordings(monkeypatch)
+    x = torch.rand(46, 10).bernoulli()
+    params = []
+    for compile_step, epochs in ((None, 4), (False, 4), (None, 3)):
+        torch.manual_seed(0)
+        vae = VAE(10, 2, [8])
+        fit_svi(vae, x, epochs=epochs, batch_size=8, progress=False, compile_step=compile_step)  # 6 steps per epoch
+        params.append(torch.cat([p.detach().flatten() for p in vae.parameters()]))
+        assert made == [(8, 10), (6, 10)], (compile_step, epochs)
+    assert torch.equal(params[0], params[1])
+
+
+def test_compile_step_by_default_leaves_your_programs_eager(monkeypatch):
+    """Your own model function, your own guide, your own objective, a subclass of a family: run eagerly unless
+    compile_step=True; a GAN (its own step) as well."""
+    import ppl_dgm.inference.svi as svi
+    from ppl_dgm.inference.svi import _records_by_default
+
+    monkeypatch.setattr(svi, "RECORD_AFTER", 1)
+    made = _count_recordings(monkeypatch)
+    torch.manual_seed(0)
+    vae, x = VAE(10, 2, [8]), torch.rand(16, 10).bernoulli()
+
+    class MyVAE(VAE):
+        pass
+
+    class MyELBO(AnalyticELBO):
+        pass
+
+    assert _records_by_default(vae, None, None) and _records_by_default(vae, None, make_objective("iwae", particles=2))
+    assert not _records_by_default(MyVAE(10, 2, [8]), None, None)
+    assert not _records_by_default(vae, vae.guide, None)
+    assert not _records_by_default(vae, None, MyELBO())
+    assert not _records_by_default(vae.model, None, None)
+    fit_svi(MyVAE(10, 2, [8]), x, epochs=2, batch_size=8, progress=False)
+    fit_svi(vae, x, guide=vae.guide, epochs=2, batch_size=8, progress=False)
+    assert made == []
+    fit_svi(MyVAE(10, 2, [8]), x, epochs=2, batch_size=8, progress=False, compile_step=True)
+    assert made == [(8, 10)]
+
+
+def test_a_step_that_cannot_be_recorded_by_default_warns_and_goes_on_eagerly():
+    torch.manual_seed(0)
+    x = torch.rand(8, 4)
+
+    m = _ReadsValues()
+    loss = AnalyticELBO().differentiable_loss
+    rec = RecordedLoss(loss, m.model, m.guide, {"m": m}, collect_params({"m": m}), strict=False)
+    rec(None, None, x)
+    with pytest.warns(RuntimeWarning, match=r"could not be recorded .*test_svi_fast.py:\d+\); the fit goes on "
+                                            r"eagerly"):
+        value = rec(None, None, x)
+    assert rec.eager and torch.equal(value, loss(m.model, m.guide, x))
+    rec(None, None, x[:4])
+    rec(None, None, x[:4])  # no key records again
+    assert rec.eager and not any(rec.graphs.values())
+
+
 def test_cli_compile_step_same_run_or_one_line_refusal(tmp_path, capsys):
     import json
 
@@ -273,12 +350,13 @@ def test_cli_compile_step_same_run_or_one_line_refusal(tmp_path, capsys):
 
     tiny = ["--epochs", "2", "--hidden", "8", "--latent-dim", "2", "--quiet"]
     histories = []
-    for flag in ([], ["--compile-step"]):
-        code, _, _ = run_cli(["fit", "vae", *tiny, *flag, "--out", tmp_path / f"vae{len(flag)}"], capsys)
+    for i, flag in enumerate(([], ["--compile-step"], ["--no-compile-step"])):
+        code, _, _ = run_cli(["fit", "vae", *tiny, *flag, "--out", tmp_path / f"vae{i}"], capsys)
         assert code == 0
-        histories.append([h["train_elbo"] for h in json.loads((tmp_path / f"vae{len(flag)}" / "history.json")
-                                                                 .read_text())])
-    assert histories[0] == histories[1]
+        histories.append([h["train_elbo"] for h in json.loads((tmp_path / f"vae{i}" / "history.json").read_text())])
+        stored = json.loads((tmp_path / f"vae{i}" / "config.json").read_text())["train"]["compile_step"]
+        assert stored == [None, True, False][i]
+    assert histories[0] == histories[1] == histories[2]
     code, _, err = run_cli(["fit", "vqvae", "--epochs", "1", "--hidden", "8", "--n-codes", "4", "--code-dim", "2",
                             "--compile-step", "--out", tmp_path / "vq"], capsys)
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: compile_step: the training step could not")

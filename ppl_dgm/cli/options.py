@@ -56,7 +56,9 @@ def config_options(config: type[FitOptions]):
             flag = fld.metadata.get("flags") or (f"--{fld.name.replace('_', '-')}",)
             default = None if fld.default is MISSING else fld.default
             kw: dict = {"help": fld.metadata.get("help", ""), "default": default}
-            if specs[fld.name].kind == "bool":
+            if specs[fld.name].kind == "bool" and specs[fld.name].optional:  # None: the trainer decides
+                flag = (f"{flag[0]}/--no-{flag[0][2:]}", *flag[1:])
+            elif specs[fld.name].kind == "bool":
                 kw.update(is_flag=True, default=bool(default))
             elif specs[fld.name].kind == "sizes":
                 kw.update(default=None if default is None else ",".join(map(str, default)),

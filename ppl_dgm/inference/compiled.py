@@ -30,6 +30,7 @@ part of the step (small networks, many steps): benchmarks/svi_overhead.py, bench
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -73,6 +74,9 @@ class RecordedLoss:
         The trained tensors (:func:`~.svi.collect_params`); each must be a parameter of ``modules``.
     key : callable, optional
         ``key() -> hashable``: the objective's Python state that the program reads (e.g. its KL weight).
+    strict : bool
+        A step that cannot be recorded is refused (:class:`InputError`); False: a warning says why, and this and
+        every later step run eagerly (``fit_svi(compile_step=None)``).
 
     Raises
     ------
@@ -81,8 +85,8 @@ class RecordedLoss:
     """
 
     def __init__(self, loss: Callable, model: Callable, guide: Callable, modules: dict[str, nn.Module],
-                 params: dict[str, torch.Tensor], key: Callable[[], Any] | None = None):
-        self.program = ObjectiveProgram(loss, model, guide, modules)
+                 params: dict[str, torch.Tensor], key: Callable[[], Any] | None = None, strict: bool = True):
+        self.program, self.strict, self.eager = ObjectiveProgram(loss, model, guide, modules), strict, False
         self.modules, self.key, self.graphs = tuple(modules.values()), key or (lambda: None), {}
         named = dict(self.program.named_parameters())
         on_modules = {id(p) for p in named.values()}
@@ -106,12 +110,12 @@ class RecordedLoss:
 
     def __call__(self, model: Callable, guide: Callable, *batch: torch.Tensor) -> torch.Tensor:
         key = self.signature(batch)
-        graph = self.graphs.get(key)
-        if graph is None:  # a key's first call runs eagerly (the same numbers): one-off shapes are never recorded
-            self.graphs[key] = False
-            return self.program(*batch)
+        graph = None if self.eager else self.graphs.get(key)
         if graph is False:
             graph = self.graphs[key] = self.record(batch)
+        if graph is None:  # a key's first call runs eagerly (the same numbers): one-off shapes are never recorded
+            self.graphs.setdefault(key, False)
+            return self.program(*batch)
         _, tensors = self.tensors()
         return graph(tensors, batch)
 
@@ -136,8 +140,13 @@ class RecordedLoss:
             text = str(e).strip()
             what = ("the program reads a tensor's value in Python" if "DataDependent" in type(e).__name__
                     or "data-dependent" in text else f"{type(e).__name__}: {(text.splitlines() or [''])[0][:200]}")
-            raise InputError(f"compile_step: the training step could not be recorded as a graph ({what}"
-                             f"{_where(e.__traceback__)}); fit without compile_step") from None
+            problem = (f"compile_step: the training step could not be recorded as a graph ({what}"
+                       f"{_where(e.__traceback__)})")
+            if self.strict:
+                raise InputError(f"{problem}; fit without compile_step") from None
+            warnings.warn(f"{problem}; the fit goes on eagerly (the same numbers)", RuntimeWarning, stacklevel=4)
+            self.eager = True  # no key records again
+            return None
         _drop_identities(graph)
         _merge_repeated(graph)
         prelude = _hoist_constant(graph, first_buffer=len(self.param_names), n_tensors=n)

@@ -54,6 +54,8 @@ from .objectives import AnalyticELBO
 
 OPTIMIZERS = ("adam", "clipped_adam")
 LR_SCHEDULES = ("constant", "cosine", "exponential")
+RECORD_AFTER = 1000  # compile_step=None records a family's step in fits of at least this many steps (module docstring
+                     # of .compiled: recording costs ~0.05-0.4 s, plus ~1.5 s of imports once per process)
 __all__ = ["fit_svi", "FitResult", "SVIState", "SVILoop", "StopTraining", "Callback"]
 
 
@@ -462,6 +464,15 @@ def _model_guide(model, guide) -> tuple[Callable, Callable, dict[str, nn.Module]
     return model_fn, guide, modules, family
 
 
+def _records_by_default(model, guide, loss) -> bool:
+    """Whether ``compile_step=None`` records: ``model`` is an instance of one of this package's families whose own
+    class declares ``records_step = True`` (a subclass elsewhere may keep Python state a recording would fix, so it
+    does not inherit the flag), trained with its own guide and the default objective or one of the package's."""
+    ours = type(model).__module__.startswith("ppl_dgm.")
+    return (ours and vars(type(model)).get("records_step", False) and guide is None
+            and (loss is None or type(loss).__module__.startswith("ppl_dgm.")))
+
+
 def check_fit_options(optimizer: str, lr_schedule: str, lr: float, *, clip_norm: float | None = None, seed: int = 0,
                       held_out_examples: int | None = None, **positive_ints: int) -> None:
     """The loop options both SVI backends share (this loop and :func:`ppl_dgm.numpyro.inference.svi.fit`), checked
@@ -507,7 +518,7 @@ def fit_svi(
     ema: float | None = None,
     held_out_examples: int | None = None,
     beta1: float = 0.9,
-    compile_step: bool = False,
+    compile_step: bool | None = None,
     precision: Literal["fp32", "bf16", "fp16"] = "fp32",
 ) -> FitResult:
     """Fit a model–guide pair by SVI.
@@ -576,12 +587,16 @@ def fit_svi(
         epochs compare paired); None: all of them.  ``evaluate`` scores every row.
     beta1 : float in [0, 1)
         Adam's first-moment decay (0.5 is usual for GANs).
-    compile_step : bool
+    compile_step : bool, optional
         Record the objective's forward pass as a graph of tensor operations (once per minibatch shape, at its
         second step) and replay it (:mod:`~ppl_dgm.inference.compiled`): the same numbers, bit for bit, without
         re-running the Python of the model, the guide and Pyro's handlers, which is most of the overhead over a
         hand-written loop.  A program that reads tensor values in Python is refused in one line when recorded;
-        ``pyro.param`` sites and an objective with its own step are refused at once.
+        ``pyro.param`` sites and an objective with its own step are refused at once.  None (the default): record
+        the step of one of this package's families whose own class says it records (``records_step``; vae, ae,
+        hvae, cvae, ddpm, score, classifier), with its own guide and one of the package's objectives, in a
+        single-process fit of at least ``RECORD_AFTER`` (1000) steps; should such a recording fail, warn and
+        go on eagerly.  Any other program (your own model or guide, a subclass) runs eagerly unless you pass True.
     precision : {"fp32", "bf16", "fp16"}
         The networks' forward passes under ``torch.autocast`` in bf16 / fp16 (fp16 with a gradient scaler); the
         ELBO terms are computed and summed in float32 (:mod:`~ppl_dgm.inference.devices`).
@@ -614,7 +629,7 @@ def fit_svi(
         test_t = tuple(t[:held_out_examples] for t in test_t)
     if not train_t or train_t[0].shape[0] == 0:
         raise InputError("expected at least one training example; got none")
-    loss = loss if loss is not None else AnalyticELBO()
+    user_loss, loss = loss, loss if loss is not None else AnalyticELBO()
     own_state = callable(getattr(loss, "make_state", None))  # an objective with its own step: the GAN game
     objective = None if own_state else _loss_fn(loss)
     if not 0 <= beta1 < 1:
@@ -656,10 +671,15 @@ def fit_svi(
     def kl_weight():  # the objective's KL weight in the current epoch (None: it has none)
         return getattr(loss, "kl_weight", None)
 
+    strict = compile_step is not None
+    if compile_step is None:
+        steps = epochs * math.ceil(train_t[0].shape[0] / batch_size)
+        compile_step = (not own_state and ddp is None and steps >= RECORD_AFTER
+                        and _records_by_default(model, guide, user_loss))
     if compile_step:
         if own_state:
             raise InputError(f"compile_step: {type(loss).__name__} takes its own step; fit without compile_step")
-        objective = RecordedLoss(objective, model_fn, guide_fn, modules, params, key=kl_weight)
+        objective = RecordedLoss(objective, model_fn, guide_fn, modules, params, key=kl_weight, strict=strict)
     state = (loss.make_state(model, model_fn, guide_fn, params, opt, modules, clip, averager) if own_state
              else SVIState(model_fn, guide_fn, amp.loss(objective), params, opt, modules, clip, averager, amp.scaler))
     run = SVILoop(state, model, train_t, epochs, batch_size, seed, lr_at(lr_schedule, lr, epochs, lr_gamma),

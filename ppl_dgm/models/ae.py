@@ -28,6 +28,7 @@ class AE(VAE):
     """
 
     family = "ae"
+    records_step = True
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """q_phi(z | x) = delta(z - g_mu(x)); x of shape (N, D), z of shape (N, K)."""

@@ -52,6 +52,10 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
     """The latent sites a KL weight (beta, warm-up, free bits) applies to."""
     conditional: bool = False
     """Takes labels y (training data need them; ``sample(n, y=...)``); ``n_classes`` labels 0..C-1."""
+    records_step: ClassVar[bool] = False
+    """Its SVI step can be recorded as a graph and replayed (:mod:`ppl_dgm.inference.compiled`: no Python decision
+    on a tensor's value, no Python state that changes during a fit), so ``fit_svi`` does so by default in long fits.
+    Read from the class itself, never inherited: a subclass that keeps that promise declares it again."""
     point_mass_guide: ClassVar[bool] = False
     """The guide is a point mass (every draw of z is the same): the IWAE estimate equals the ELBO for every k, so
     ``evaluate`` computes it with k = 1."""

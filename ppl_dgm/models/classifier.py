@@ -99,6 +99,7 @@ class Classifier(GenerativeModel):
     """
 
     family = "classifier"
+    records_step = True
     latent_sites = ()
     conditional = True
 

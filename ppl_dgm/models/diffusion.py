@@ -202,6 +202,7 @@ class DDPM(GenerativeModel):
     """
 
     family = "ddpm"
+    records_step = True
     sample_title = "x_0 of the reverse chain from x_T ~ N(0, I)"
     t_eval = 64
     """Strata of steps (one step drawn in each) of :meth:`model`/:meth:`guide` in eval mode."""

@@ -84,6 +84,7 @@ class HVAE(GenerativeModel):
     """
 
     family = "hvae"
+    records_step = True
 
     def __init__(self, x_dim: int, layers: int = HVAEConfig.layers, latent_dims: Sequence[int] = HVAEConfig.latent_dims,
                  hidden: Sequence[int] = HVAEConfig.hidden,

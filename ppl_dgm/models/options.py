@@ -176,9 +176,10 @@ class SVIOptions(FitOptions):
     checkpoint_every: int = option(10, "Save a checkpoint every N epochs (and at the end).", role="train", min=1)
     held_out_examples: int | None = option(None, "Score the first N held-out examples after each epoch (default "
                                            "all; `evaluate` scores every row).", role="train", min=1)
-    compile_step: bool = option(False, "Record the training step as a graph once and replay it: the same numbers, "
-                                "less Python per step (programs that read tensor values in Python are refused).",
-                                role="train")
+    compile_step: bool | None = option(
+        None, "Record the training step as a graph once and replay it: the same numbers, less Python per step "
+        "(programs that read tensor values in Python are refused). Default: on for the families that record "
+        "(vae, ae, cvae, hvae, ddpm, score, classifier) in fits of 1000 steps or more.", role="train")
     precision: Literal["fp32", "bf16", "fp16"] = option(
         "fp32", "The networks' forward under autocast in bf16/fp16 (fp16 with a gradient scaler; meant for GPUs); "
         "the ELBO terms stay float32.", role="train")

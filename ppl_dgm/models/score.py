@@ -140,6 +140,7 @@ class ScoreModel(GenerativeModel):
     """
 
     family = "score"
+    records_step = True
     latent_sites = ()
     samplers = tuple(SCORE_SAMPLERS)
     sample_title = "annealed Langevin dynamics from N(0, sigma_max^2 I)"

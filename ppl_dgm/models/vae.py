@@ -85,6 +85,7 @@ class VAE(GenerativeModel):
     """
 
     family = "vae"
+    records_step = True
 
     def __init__(
         self,
