@@ -267,6 +267,35 @@ def test_compile_step_refuses_what_a_graph_cannot_hold():
         fit_svi(model, x, guide=lambda x: None, epochs=1, progress=False, compile_step=True)
 
 
+def test_cvae_records_and_checks_every_label_once():
+    """The CVAE's step records (its labels checked by check_data before the fit, not in the step): the eager numbers;
+    a label out of range in a late minibatch or in the held-out rows is refused before any step, recorded or not."""
+    from ppl_dgm.models import CVAE
+    from ppl_dgm.models.classifier import Classifier
+
+    torch.manual_seed(0)
+    x, y = torch.rand(46, 10).bernoulli(), torch.arange(46) % 3
+    params = []
+    for compile_step in (False, True):
+        torch.manual_seed(0)
+        cvae = CVAE(10, 3, 2, [8])
+        fit_svi(cvae, (x, y), epochs=3, batch_size=8, progress=False, compile_step=compile_step)
+        params.append(torch.cat([p.detach().flatten() for p in cvae.parameters()]))
+    assert torch.equal(params[0], params[1])
+    bad = y.clone()
+    bad[-1] = 3
+    for data, test in (((x, bad), None), ((x, y), (x, bad)), ((x, y.float() + 0.5), None)):
+        with pytest.raises(InputError, match=r"expected labels in 0..2; got 0..3|expected integer class labels; got "
+                                             r"non-integer values such as 0.5"):
+            fit_svi(CVAE(10, 3, 2, [8]), data, test=test, epochs=2, batch_size=8, progress=False, compile_step=True)
+    # the other conditional families: a classifier failed inside torch's gather, a DDPM read label C as the null one
+    for family in (Classifier(10, 3, hidden=[8]), DDPM(10, timesteps=20, hidden=(8,), n_classes=3)):
+        with pytest.raises(InputError, match=r"expected labels in 0..2; got 0..3"):
+            fit_svi(family, (x, bad), epochs=2, batch_size=8, progress=False)
+    with pytest.raises(InputError, match=r"a conditional cvae needs labels y \(integers 0..C-1\): fit it on"):
+        fit_svi(CVAE(10, 3, 2, [8]), x, epochs=2, batch_size=8, progress=False)
+
+
 def _count_recordings(monkeypatch):
     """A list that grows by one per recording ``RecordedLoss.record`` makes."""
     made, record = [], RecordedLoss.record

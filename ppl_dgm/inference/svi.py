@@ -629,6 +629,9 @@ def fit_svi(
         test_t = tuple(t[:held_out_examples] for t in test_t)
     if not train_t or train_t[0].shape[0] == 0:
         raise InputError("expected at least one training example; got none")
+    for data in (train_t, test_t) if callable(getattr(model, "check_data", None)) else ():
+        if data and len(data[0]):
+            model.check_data(*data)  # values a recorded step does not check per minibatch (a CVAE's labels)
     user_loss, loss = loss, loss if loss is not None else AnalyticELBO()
     own_state = callable(getattr(loss, "make_state", None))  # an objective with its own step: the GAN game
     objective = None if own_state else _loss_fn(loss)

@@ -21,8 +21,10 @@ from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
+from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
-from ..errors import CheckpointError
+from ..data import check_label_range
+from ..errors import CheckpointError, InputError
 
 
 class EStep(NamedTuple):
@@ -38,6 +40,22 @@ class EStep(NamedTuple):
 
     log_likelihood: float
     stats: Any
+
+
+def recording() -> bool:
+    """Whether a training step is being recorded as a graph (:mod:`ppl_dgm.inference.compiled`): its tensors are
+    placeholders, so no value can be read (a check on values belongs in :meth:`GenerativeModel.check_data`) and no
+    real tensor kept from an earlier call can enter the graph."""
+    return get_proxy_mode() is not None
+
+
+def check_class_labels(y, n_classes: int) -> None:
+    """Refuse labels ``y`` (a tensor or array) that are not integers in 0..C-1, in one line."""
+    y = torch.as_tensor(y)
+    if y.is_floating_point() and not torch.equal(y, y.round()):
+        raise InputError(f"expected integer class labels; got non-integer values such as "
+                         f"{float(y[y != y.round()].flatten()[0]):g}")
+    check_label_range(y.long().reshape(-1), n_classes)
 
 
 class GenerativeModel(nn.Module, metaclass=ABCMeta):
@@ -72,6 +90,16 @@ class GenerativeModel(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def sample(self, n: int, **kwargs: Any) -> torch.Tensor:
         """n new examples, shape (n, D)."""
+
+    def check_data(self, *data: torch.Tensor) -> None:
+        """Refuse in one line training or held-out data (``x``, and ``y`` for a conditional family, whole) that no
+        step could use; ``fit_svi`` calls it once before fitting, so a recorded step need not check each minibatch's
+        values.  Here: a conditional family's labels ``data[1]`` are integers in 0..C-1 (C = ``n_classes``)."""
+        if self.conditional:
+            if len(data) < 2 or data[1] is None:
+                raise InputError(f"a conditional {self.family} needs labels y (integers 0..C-1): fit it on (x, y); "
+                                 f"got x alone")
+            check_class_labels(data[1], self.n_classes)
 
     # -- declared by capability (see the module docstring) ------------------------------
     def encode_mean(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -18,9 +18,10 @@ from typing import Literal
 import torch
 from torch.nn import functional as F
 
-from ..data import Dataset, check_label_range
+from ..data import Dataset
 from ..errors import InputError
 from ..nn import MLP
+from .base import check_class_labels, recording
 from .checks import check_n_classes
 from .options import n_classes_of, option
 from .vae import VAE, Likelihood, VAEConfig
@@ -56,6 +57,7 @@ class CVAE(VAE):
     """
 
     family = "cvae"
+    records_step = True  # the labels' values are checked once per fit (check_data), not in a recorded step
     conditional = True
 
     def __init__(self, x_dim: int, n_classes: int = 10, latent_dim: int = VAEConfig.latent_dim,
@@ -79,11 +81,9 @@ class CVAE(VAE):
         if isinstance(y, int):
             y = torch.full((n or 1,), y, dtype=torch.long, device=like.device)
         y = torch.as_tensor(y, device=like.device)
-        if y.is_floating_point() and not torch.equal(y, y.round()):
-            raise InputError(f"expected integer class labels; got non-integer values such as {y.flatten()[0]}")
-        y = y.long().reshape(-1)
-        check_label_range(y, self.n_classes)
-        return F.one_hot(y, self.n_classes).to(like.dtype)
+        if not recording():  # a recorded fit step: fit_svi has checked every label (check_data)
+            check_class_labels(y, self.n_classes)
+        return F.one_hot(y.long().reshape(-1), self.n_classes).to(like.dtype)
 
     def _net_input(self, t: torch.Tensor, y) -> torch.Tensor:
         """[t, e(y)]: the encoder reads [x, e(y)], the decoder [z, e(y)]."""

@@ -28,17 +28,11 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from ..errors import InputError, check_choice
+from .base import recording
 
 SCHEDULES = ("linear", "cosine")
-
-
-def _recording() -> bool:
-    """Whether a training step is being recorded as a graph (:mod:`ppl_dgm.inference.compiled`): its tensors are
-    placeholders, so no value can be read and no real tensor kept from an earlier call can enter the graph."""
-    return get_proxy_mode() is not None
 
 
 def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -128,7 +122,7 @@ class NoiseSchedule(nn.Module):
             return t
         if not (isinstance(t, torch.Tensor) and t.dtype == torch.long):
             t = torch.as_tensor(t, device=self.betas.device, dtype=torch.long)
-        if not t.numel() or _recording():
+        if not t.numel() or recording():
             return t
         lo, hi = torch.aminmax(t)
         lo, hi = int(lo), int(hi)
@@ -143,7 +137,7 @@ class NoiseSchedule(nn.Module):
 
         Computed in float64 and rounded once per dtype and device, then kept (the tables never change): a lookup is
         then one gather, not a gather and a cast (a kernel launch each on a GPU, ~60 per DDPM step)."""
-        if _recording():  # from the buffer, an input of the graph
+        if recording():  # from the buffer, an input of the graph
             return getattr(self, name).to(device=like.device, dtype=like.dtype)
         key = (name, like.dtype, like.device)
         cast = self._cast.get(key)
