@@ -129,9 +129,11 @@ def test_compile_step_gives_the_eager_numbers(family):
     assert torch.equal(p_recorded, p_eager)
 
 
-def test_compile_step_with_warmup_and_iwae():
-    """The KL weight changes every epoch (a recording per weight); IWAE repeats the batch k times."""
-    for name, kw in (("analytic", dict(beta=2.0, warmup_epochs=2)), ("iwae", dict(particles=3))):
+def test_compile_step_with_warmup_iwae_and_particles():
+    """The KL weight changes every epoch (a recording per weight); IWAE repeats the batch k times; the Monte Carlo
+    ELBO runs the encoder once per particle on the same x (not merged: the gradients would round otherwise)."""
+    for name, kw in (("analytic", dict(beta=2.0, warmup_epochs=2)), ("iwae", dict(particles=3)),
+                     ("elbo", dict(particles=2))):
         eager, p0 = _fit(False, 3, loss=make_objective(name, **kw))
         recorded, p1 = _fit(True, 3, loss=make_objective(name, **kw))
         assert [h["train_elbo"] for h in recorded] == [h["train_elbo"] for h in eager]
@@ -267,21 +269,23 @@ def test_compile_step_refuses_what_a_graph_cannot_hold():
         fit_svi(model, x, guide=lambda x: None, epochs=1, progress=False, compile_step=True)
 
 
-def test_cvae_records_and_checks_every_label_once():
-    """The CVAE's step records (its labels checked by check_data before the fit, not in the step): the eager numbers;
-    a label out of range in a late minibatch or in the held-out rows is refused before any step, recorded or not."""
+def test_conditional_families_record_and_check_every_label_once():
+    """The steps of the CVAE and of a conditional DDPM record (their labels checked by check_data before the fit, not
+    in the step): the eager numbers; a label out of range in a late minibatch or in the held-out rows is refused
+    before any step, recorded or not."""
     from ppl_dgm.models import CVAE
     from ppl_dgm.models.classifier import Classifier
 
     torch.manual_seed(0)
     x, y = torch.rand(46, 10).bernoulli(), torch.arange(46) % 3
-    params = []
-    for compile_step in (False, True):
-        torch.manual_seed(0)
-        cvae = CVAE(10, 3, 2, [8])
-        fit_svi(cvae, (x, y), epochs=3, batch_size=8, progress=False, compile_step=compile_step)
-        params.append(torch.cat([p.detach().flatten() for p in cvae.parameters()]))
-    assert torch.equal(params[0], params[1])
+    for make in (lambda: CVAE(10, 3, 2, [8]), lambda: DDPM(10, timesteps=20, hidden=(8,), n_classes=3)):
+        params = []
+        for compile_step in (False, True):
+            torch.manual_seed(0)
+            family = make()
+            fit_svi(family, (x, y), epochs=3, batch_size=8, progress=False, compile_step=compile_step)
+            params.append(torch.cat([p.detach().flatten() for p in family.parameters()]))
+        assert torch.equal(params[0], params[1])
     bad = y.clone()
     bad[-1] = 3
     for data, test in (((x, bad), None), ((x, y), (x, bad)), ((x, y.float() + 0.5), None)):

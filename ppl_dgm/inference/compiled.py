@@ -7,7 +7,8 @@ gradients and random draws as the eager step, bit for bit, without re-running th
 distributions, the model and the guide.  The model and guide are unchanged; autograd and the optimizer run as
 usual on the graph's output.  Four clean-ups run on a recording: an operation that returns its input unchanged (an
 ``expand`` to the shape a tensor has, a product with 1) is dropped; an operation computed twice from the same inputs
-(the model and the guide both look up the schedule at step t) is computed once; what depends on no parameter, no
+(the model and the guide both look up the schedule at step t) is computed once, unless it depends on a parameter
+(the gradient would then be summed before, not after, and round otherwise); what depends on no parameter, no
 data value and no random draw (a noise schedule cast to float32, the schedule at the fixed step T, a network's
 embedding frequencies, a zeros_like) is computed once and kept while the buffers it reads are unchanged; and results
 nothing uses are dropped.  None touches an operation that draws random numbers or writes into a tensor.
@@ -148,7 +149,7 @@ class RecordedLoss:
             self.eager = True  # no key records again
             return None
         _drop_identities(graph)
-        _merge_repeated(graph)
+        _merge_repeated(graph, len(self.param_names))
         prelude = _hoist_constant(graph, first_buffer=len(self.param_names), n_tensors=n)
         _drop_unused(graph)
         return Replay(graph, prelude)
@@ -214,16 +215,22 @@ def _pure(node) -> bool:
             and torch.Tag.nondeterministic_seeded not in op.tags and torch.Tag.nondeterministic_bitwise not in op.tags)
 
 
-def _merge_repeated(graph) -> None:
+def _merge_repeated(graph, n_params: int) -> None:
     """Compute once what the graph computes twice from the same inputs (the model and the guide both look up
     sqrt(abar_t), the weights of step t, ...): a later operation with the same target and arguments as an earlier
     one uses the earlier result.  Left alone: operations that write into a tensor, draw random numbers or allocate
-    uninitialised memory, and every operation whose result or inputs some operation writes into (through views and
-    in-place results too), so values and the RNG stream stay those of the eager step."""
+    uninitialised memory, every operation whose result or inputs some operation writes into (through views and
+    in-place results too), so values and the RNG stream stay those of the eager step; and every operation that
+    depends on a parameter (the first ``n_params`` inputs), whose gradient would arrive summed over the merged uses
+    (rounded otherwise than the eager step's accumulation: an encoder run once per particle)."""
     nodes = list(graph.graph.nodes)
     written = _written(nodes)
+    on_params = set([n for n in nodes if n.op == "placeholder"][:n_params])
     first = {}
     for node in nodes:
+        if any(a in on_params for a in node.all_input_nodes):
+            on_params.add(node)
+            continue
         if not _pure(node) or _aliased(node) in written or any(_aliased(a) in written for a in node.all_input_nodes):
             continue
         key = (node.target, repr(node.args), repr(sorted(node.kwargs.items())))
