@@ -358,6 +358,12 @@ def test_compile_step_by_default_leaves_your_programs_eager(monkeypatch):
     fit_svi(MyVAE(10, 2, [8]), x, epochs=2, batch_size=8, progress=False, compile_step=True)
     assert made == [(8, 10)]
 
+    class MyRecordedVAE(VAE):
+        records_step = True  # a subclass that keeps the promise says so
+
+    fit_svi(MyRecordedVAE(10, 2, [8]), x, epochs=2, batch_size=8, progress=False)
+    assert made == [(8, 10), (8, 10)]
+
 
 def test_a_step_that_cannot_be_recorded_by_default_warns_and_goes_on_eagerly():
     torch.manual_seed(0)

@@ -16,6 +16,7 @@ from ._dataset import (
     apply_binarize,
     apply_binarize_to,
     check_array,
+    check_class_labels,
     check_label_range,
     check_labels,
     check_split,
@@ -44,8 +45,8 @@ IMAGE_DATASETS = {
 DATASETS = {**IMAGE_DATASETS, **{k: f"2-D toy '{k}', drawn from the seed" for k in TOYS}}
 
 __all__ = ["Dataset", "DATASETS", "BINARIZE", "load_dataset", "fingerprint", "check_array", "check_labels",
-           "check_label_range", "check_unit_interval", "dynamic_binarize", "sample_toy", "apply_binarize_to",
-           "TOY_MIXTURES"]
+           "check_class_labels", "check_label_range", "check_unit_interval", "dynamic_binarize", "sample_toy",
+           "apply_binarize_to", "TOY_MIXTURES"]
 
 
 def _named(name: str, data_dir, seed: int, n_toy: int):

@@ -135,6 +135,16 @@ def check_label_range(y, n_classes: int, source: str | None = None) -> None:
         raise InputError(f"expected labels in 0..{n_classes - 1}; {got}")
 
 
+def check_class_labels(y, n_classes: int) -> None:
+    """Refuse labels ``y`` (a tensor or array) that are not integers in 0..C-1 (float labels must be integral), in
+    one line."""
+    y = torch.as_tensor(y)
+    if y.is_floating_point() and not torch.equal(y, y.round()):
+        raise InputError(f"expected integer class labels; got non-integer values such as "
+                         f"{float(y[y != y.round()].flatten()[0]):g}")
+    check_label_range(y.long().reshape(-1), n_classes)
+
+
 def check_split(x, y, x_test, y_test, what: str, shape: tuple[int, ...] | None = None):
     """Check a training part (and a test part, if ``x_test`` is not None) of one source.
 

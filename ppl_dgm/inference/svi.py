@@ -465,11 +465,11 @@ def _model_guide(model, guide) -> tuple[Callable, Callable, dict[str, nn.Module]
 
 
 def _records_by_default(model, guide, loss) -> bool:
-    """Whether ``compile_step=None`` records: ``model`` is an instance of one of this package's families whose own
-    class declares ``records_step = True`` (a subclass elsewhere may keep Python state a recording would fix, so it
-    does not inherit the flag), trained with its own guide and the default objective or one of the package's."""
-    ours = type(model).__module__.startswith("ppl_dgm.")
-    return (ours and vars(type(model)).get("records_step", False) and guide is None
+    """Whether ``compile_step=None`` records: ``model``'s own class declares ``records_step = True`` (the package's
+    families that keep that promise; a subclass may keep Python state a recording would fix, so it does not inherit
+    the flag but may declare it again), trained with its own guide and the default objective or one of the
+    package's."""
+    return (vars(type(model)).get("records_step", False) is True and guide is None
             and (loss is None or type(loss).__module__.startswith("ppl_dgm.")))
 
 
@@ -596,7 +596,8 @@ def fit_svi(
         the step of one of this package's families whose own class says it records (``records_step``; vae, ae,
         hvae, cvae, ddpm, score, classifier), with its own guide and one of the package's objectives, in a
         single-process fit of at least ``RECORD_AFTER`` (1000) steps; should such a recording fail, warn and
-        go on eagerly.  Any other program (your own model or guide, a subclass) runs eagerly unless you pass True.
+        go on eagerly.  Any other program (your own model or guide, a subclass that does not declare
+        ``records_step = True`` itself) runs eagerly unless you pass True.
     precision : {"fp32", "bf16", "fp16"}
         The networks' forward passes under ``torch.autocast`` in bf16 / fp16 (fp16 with a gradient scaler); the
         ELBO terms are computed and summed in float32 (:mod:`~ppl_dgm.inference.devices`).
@@ -629,9 +630,10 @@ def fit_svi(
         test_t = tuple(t[:held_out_examples] for t in test_t)
     if not train_t or train_t[0].shape[0] == 0:
         raise InputError("expected at least one training example; got none")
-    for data in (train_t, test_t) if callable(getattr(model, "check_data", None)) else ():
-        if data and len(data[0]):
-            model.check_data(*data)  # values a recorded step does not check per minibatch (a CVAE's labels)
+    check_data = getattr(model, "check_data", None)  # values a recorded step does not check (a CVAE's labels)
+    for data in (train_t, test_t):
+        if callable(check_data) and data and len(data[0]):
+            check_data(*data)
     user_loss, loss = loss, loss if loss is not None else AnalyticELBO()
     own_state = callable(getattr(loss, "make_state", None))  # an objective with its own step: the GAN game
     objective = None if own_state else _loss_fn(loss)

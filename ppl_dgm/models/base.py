@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
-from ..data import check_label_range
+from ..data import check_class_labels
 from ..errors import CheckpointError, InputError
 
 
@@ -47,15 +47,6 @@ def recording() -> bool:
     placeholders, so no value can be read (a check on values belongs in :meth:`GenerativeModel.check_data`) and no
     real tensor kept from an earlier call can enter the graph."""
     return get_proxy_mode() is not None
-
-
-def check_class_labels(y, n_classes: int) -> None:
-    """Refuse labels ``y`` (a tensor or array) that are not integers in 0..C-1, in one line."""
-    y = torch.as_tensor(y)
-    if y.is_floating_point() and not torch.equal(y, y.round()):
-        raise InputError(f"expected integer class labels; got non-integer values such as "
-                         f"{float(y[y != y.round()].flatten()[0]):g}")
-    check_label_range(y.long().reshape(-1), n_classes)
 
 
 class GenerativeModel(nn.Module, metaclass=ABCMeta):

@@ -18,10 +18,10 @@ from typing import Literal
 import torch
 from torch.nn import functional as F
 
-from ..data import Dataset
+from ..data import Dataset, check_class_labels
 from ..errors import InputError
 from ..nn import MLP
-from .base import check_class_labels, recording
+from .base import recording
 from .checks import check_n_classes
 from .options import n_classes_of, option
 from .vae import VAE, Likelihood, VAEConfig
