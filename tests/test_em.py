@@ -104,9 +104,11 @@ def test_chunked_statistics_equal_one_shot(ct):
 @pytest.mark.parametrize("chunk, dim", [(77, 16), (10**6, 16), (77, 34), (100, 6)])
 def test_direct_and_feature_forms_give_the_same_statistics(chunk, dim):
     x = data(n=1000, d=dim, k=3)  # 1, 2 or 4 (uneven) row blocks of the triangles
-    fam = GMMFamily(3, "full", chunk_size=chunk, strategy="direct" if dim < 12 else "auto")
+    fam = GMMFamily(3, "full", chunk_size=chunk, strategy="direct")
     d = fam.prepare(x)
-    assert d.direct and GMMFamily(4, "full").prepare(x).direct == (dim >= 16)  # auto: 4 K <= D
+    assert d.direct and GMMFamily(4, "full").use_direct(dim) == (dim >= 16)  # auto: 4 K <= D ...
+    auto = GMMFamily(4, "full").prepare(x)  # ... and from D = 16 on, auto starts with the pruned form
+    assert auto.pruned == auto.direct == (dim >= 16)
     init = fam.initialize(d, torch.Generator().manual_seed(0))
     feats = GMMFamily(3, "full", chunk_size=chunk, strategy="features")
     ref = feats.e_step(init, feats.prepare(x))
@@ -156,16 +158,17 @@ def test_n_components_is_checked():
             GMMFamily(k)
 
 
-def test_direct_form_matches_sklearn_per_iteration():
+@pytest.mark.parametrize("strategy", ["direct", "pruned"])
+def test_direct_and_pruned_forms_match_sklearn_per_iteration(strategy):
     import warnings
 
     from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
     x = data(n=900, d=16, k=3).numpy()
-    fam = GMMFamily(3, "full", init_params="random_from_data", chunk_size=100)
+    fam = GMMFamily(3, "full", init_params="random_from_data", chunk_size=100, strategy=strategy)
     xt = torch.tensor(x)
     init = fam.initialize(fam.prepare(xt), torch.Generator().manual_seed(0))
-    assert fam.prepare(xt).direct
+    assert getattr(fam.prepare(xt), strategy)
     u = init.precisions_cholesky
     sk = SkGaussianMixture(3, covariance_type="full", max_iter=15, tol=0.0, weights_init=init.weights.numpy(),
                            means_init=init.means.numpy(), precisions_init=(u @ u.transpose(-1, -2)).numpy())

@@ -64,11 +64,12 @@ from .gmm import (
     log_det_cholesky,
     precision_cholesky,
 )
+from .gmm_prune import chunk_sums, make_plan
 from .kmeans import kmeans, kmeans_plusplus, take_rows
 from .shards import Shards
 
 INIT_METHODS = ("kmeans", "k-means++", "random_from_data", "random")
-STRATEGIES = ("auto", "features", "direct")
+STRATEGIES = ("auto", "features", "direct", "pruned")
 
 
 def check_rows(x: Tensor, empty: bool = False) -> None:
@@ -81,14 +82,18 @@ def check_rows(x: Tensor, empty: bool = False) -> None:
 
 @dataclass
 class GMMData:
-    """Prepared data: raw rows (N_r, D), the mean of all rows (D,), rows per chunk, the E-step's form,
-    and the ranks' layout when sharded (``None``: one process)."""
+    """Prepared data: raw rows (N_r, D), the mean of all rows (D,), rows per chunk, the E-step's dense form
+    (``direct``, else features), the ranks' layout when sharded (``None``: one process), and whether the
+    E-step takes the pruned form (:mod:`~ppl_dgm.models.gmm_prune`, with ``prune_chunk`` rows per chunk;
+    under ``strategy="auto"`` a fit leaves it for the dense form once it does not pay)."""
 
     x: Tensor
     shift: Tensor
     chunk_size: int
     direct: bool = False
     shards: Shards | None = None
+    pruned: bool = False
+    prune_chunk: int = 0
 
     @property
     def n(self) -> int:
@@ -117,9 +122,14 @@ class GMMFamily:
         Target size of one chunk's temporaries when ``chunk_size`` is not given; by default 2 MB per
         thread of torch (``torch.get_num_threads()``): one thread runs best on ~2 MB chunks and two threads,
         which split each product, on ~4 MB (benchmarks/gmm_chunks.py).
-    strategy : {'auto', 'features', 'direct'}
-        The E-step's form (module docstring); ``direct`` needs full covariances;
-        ``auto`` takes it when ``direct_ratio * K <= D`` (4 here, 2.5 for the JAX backend).
+    strategy : {'auto', 'features', 'direct', 'pruned'}
+        The E-step's form (module docstring); ``direct`` and ``pruned`` (:mod:`~ppl_dgm.models.gmm_prune`:
+        pairs whose responsibility a bound puts below ``exp(-60)`` are skipped) need full covariances.
+        ``auto`` starts a fit with ``pruned`` for full covariances with ``D >= 16`` and ``K >= 4`` (never on
+        the JAX backend) and leaves it for the dense form after an E-step that computed more than
+        ``max(K / 4, 1.25)`` pairs per row (:meth:`prune_pays`; overlapping components); the dense form is
+        ``direct`` when ``direct_ratio * K <= D`` (4 here, 2.5 for the JAX backend), else ``features``.
+        After a pruned E-step, ``last_pairs_per_row`` holds the pairs it computed per row (1 to K).
     shards : Shards, optional
         Sharded EM: ``x`` given to :meth:`prepare` is this rank's block of rows and the
         statistics are summed over ranks (:class:`~ppl_dgm.models.shards.Shards`); ``None``
@@ -128,6 +138,12 @@ class GMMFamily:
 
     #: ``auto`` takes the direct form when ``direct_ratio * K <= D`` (measured crossover, one core, float64)
     direct_ratio = 4.0
+    #: ``auto`` starts with the pruned form for full covariances with at least this many dimensions and components
+    prune_min_dim: float = 16
+    prune_min_k = 4
+    #: the pruned form's chunks hold at least this many rows per component, and this many rows in all
+    prune_rows = 256
+    prune_min_rows = 16384
 
     def __init__(self, n_components: int, covariance_type: str = "full", reg_covar: float = 1e-6,
                  init_params: str = "kmeans", chunk_size: int | None = None,
@@ -140,8 +156,9 @@ class GMMFamily:
         self.chunk_bytes = chunk_bytes
         self.strategy = check_choice("strategy", strategy, STRATEGIES)
         self.shards = shards
-        if self.strategy == "direct" and self.covariance_type != "full":
-            raise InputError(f"expected covariance_type='full' with strategy='direct'; got {covariance_type!r}")
+        if self.strategy in ("direct", "pruned") and self.covariance_type != "full":
+            raise InputError(f"expected covariance_type='full' with strategy={self.strategy!r}; got "
+                             f"{covariance_type!r}")
 
     # --- features --------------------------------------------------------------------------
     def n_features_phi(self, d: int) -> int:
@@ -171,9 +188,21 @@ class GMMFamily:
             return self.covariance_type == "full" and self.direct_ratio * self.k <= d
         return self.strategy == "direct"
 
+    def use_pruned(self, d: int) -> bool:
+        """Whether a fit starts with the pruned form (full covariances, ``D >= prune_min_dim`` and
+        ``K >= prune_min_k`` under ``auto``)."""
+        if self.strategy == "auto":
+            return self.covariance_type == "full" and self.k >= self.prune_min_k and d >= self.prune_min_dim
+        return self.strategy == "pruned"
+
+    def prune_pays(self, pairs_per_row: float) -> bool:
+        """Whether the pruned form pays with this many exact pairs per row (of K): at most
+        ``max(K / 4, 1.25)``; its per-pair products are smaller and less efficient than the dense forms'."""
+        return pairs_per_row <= max(self.k / 4, 1.25)
+
     def numbers_per_row(self, d: int) -> int:
-        """Temporaries per row of a chunk: ``y`` (K x the largest block) or ``phi`` (F), the centred row (D),
-        three (K) rows."""
+        """Temporaries per row of a dense form's chunk: ``y`` (K x the largest block) or ``phi`` (F), the
+        centred row (D), three (K) rows."""
         block = max(b - a for a, b in triangle_blocks(d))
         return (self.k * block if self.use_direct(d) else self.n_features_phi(d)) + d + 3 * self.k
 
@@ -184,6 +213,8 @@ class GMMFamily:
         direct = self.use_direct(d)
         budget = self.chunk_bytes or (1 << 21) * torch.get_num_threads()
         chunk = self.chunk_size or max(256, budget // (x.element_size() * self.numbers_per_row(d)))
+        # the pruned form's products per component need rows, its per-chunk steps many
+        prune_chunk = self.chunk_size or max(self.prune_rows * self.k, self.prune_min_rows)
         shards = None if self.shards is None else self.shards.locate(n, d, x.device)
         if shards is None:
             mean = x.mean(0, dtype=torch.float64)
@@ -200,7 +231,8 @@ class GMMFamily:
         # rounded to float32: a centring needs no more digits, and rounded it is the same number whatever the
         # order of the sums (one process or many), so are the initial parameters (see docs/scaling.md)
         shift = mean.float().to(x.dtype)
-        return GMMData(x, shift, max(1, min(int(chunk), n)), direct, shards)
+        return GMMData(x, shift, max(1, min(int(chunk), n)), direct, shards, self.use_pruned(d),
+                       max(1, min(int(prune_chunk), n)))
 
     def _columns(self, data: GMMData, i: int) -> Tensor:
         """Centred rows ``i .. i + chunk`` as columns (D, c), contiguous."""
@@ -238,10 +270,20 @@ class GMMFamily:
         """Mean log-likelihood and ``S = Phi^T gamma`` (F, K) in float64, one pass over chunks.
 
         Sharded: ``[S_r | sum_n log p(x_n)]`` (F K + 1 numbers) summed over ranks, once."""
-        total, stats = (self._sums_direct if data.direct else self._sums_features)(params, data)
+        pairs = None
+        if data.pruned:
+            total, stats, pairs = self._sums_pruned(params, data)
+        else:
+            total, stats = (self._sums_direct if data.direct else self._sums_features)(params, data)
         if data.shards is not None:
-            both = data.shards.sum(torch.cat([stats.reshape(-1), total.reshape(1)]))
-            total, stats = both[-1], both[:-1].view(stats.shape)
+            extra = [] if pairs is None else [pairs.reshape(1)]
+            both = data.shards.sum(torch.cat([stats.reshape(-1), total.reshape(1), *extra]))
+            total, stats = both[stats.numel()], both[: stats.numel()].view(stats.shape)
+            pairs = None if pairs is None else both[-1]
+        if pairs is not None:
+            self.last_pairs_per_row = float(pairs) / data.n_total
+            if self.strategy == "auto" and not self.prune_pays(self.last_pairs_per_row):
+                data.pruned = False  # the dense form from the next E-step on (the same on every rank)
         return EStep(float(total) / data.n_total, stats)
 
     def _sums_features(self, params: GMMParams, data: GMMData) -> tuple[Tensor, Tensor]:
@@ -293,6 +335,29 @@ class GMMFamily:
                            for m, (a, b) in zip(s2, blocks, strict=True)], dim=1)  # (K, D, D), upper part
         iu = torch.triu_indices(d, d, device=u.device)
         return total, torch.cat([upper[:, iu[0], iu[1]].T, s1.T, s0.unsqueeze(0)])
+
+    def _sums_pruned(self, params: GMMParams, data: GMMData) -> tuple[Tensor, Tensor, Tensor]:
+        """The pruned form (:mod:`~ppl_dgm.models.gmm_prune`): the same sums up to terms below round-off,
+        and the number of pairs computed exactly (float64)."""
+        u = upper_factor(params.precisions_cholesky)
+        mu = (params.means.double() - data.shift.double()).to(u.dtype)
+        k, d = mu.shape
+        c0 = params.weights.log() - 0.5 * d * math.log(2 * math.pi) + log_det_cholesky(u, "full", d)
+        plan = make_plan(u, mu, c0)
+        stats = torch.zeros(k, d + 1, d + 1, dtype=torch.float64, device=u.device)
+        total = torch.zeros((), dtype=torch.float64, device=u.device)
+        xa = data.x.new_empty(data.prune_chunk, d + 1)
+        xa[:, d] = 1
+        pairs = 0
+        for i in range(0, data.n, data.prune_chunk):
+            rows = data.x[i : i + data.prune_chunk]
+            torch.sub(rows, data.shift, out=xa[: len(rows), :d])
+            lse, kept = chunk_sums(xa[: len(rows)], plan, stats)
+            total += lse
+            pairs += kept
+        iu = torch.triu_indices(d, d, device=u.device)
+        return (total, torch.cat([stats[:, iu[0], iu[1]].T, stats[:, :d, d].T, stats[:, d, d].unsqueeze(0)]),
+                torch.tensor(float(pairs), dtype=torch.float64, device=u.device))
 
     # --- M-step ----------------------------------------------------------------------------
     def m_step(self, estep: EStep, data: GMMData) -> GMMParams:

@@ -310,9 +310,13 @@ class JaxGMMFamily:
     """
 
     def __init__(self, family: GMMFamily, chunk_size: int | None = None, workers: int | None = None) -> None:
+        if family.strategy == "pruned":
+            raise InputError("strategy='pruned' runs on the torch backend only; the JAX backend takes 'auto', "
+                             "'features' or 'direct'")
         self.family = copy.copy(family)
         # measured on one core: XLA's products favour the direct form more than MKL's
         self.family.direct_ratio = 2.5
+        self.family.prune_min_dim = math.inf  # XLA wants static shapes: no pruned form
         if chunk_size is not None:
             self.family.chunk_size = int(chunk_size)
         if workers is not None and (not isinstance(workers, int) or workers < 1):
@@ -422,7 +426,7 @@ def fit_em_gmm(x: Any, init: Any = None, *, n_components: int | None = None,
     workers : int, optional
         Passes run at once (:class:`JaxGMMFamily`; default: :func:`default_workers`).
     strategy : {'auto', 'features', 'direct'}
-        The E-step's form (:class:`~ppl_dgm.models.gmm_em.GMMFamily`).
+        The E-step's form (:class:`~ppl_dgm.models.gmm_em.GMMFamily`; ``'pruned'`` is the torch backend's only).
     **loop
         ``n_init``, ``tol``, ``max_iter``, ``seed``, ``warn``, ... of :func:`fit_em`.
 

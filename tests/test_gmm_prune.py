@@ -1,0 +1,144 @@
+"""The pruned E-step (ppl_dgm.models.gmm_prune): a valid bound, the dense form's statistics, the auto rule."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ppl_dgm.errors import InputError
+from ppl_dgm.inference.em import fit_em
+from ppl_dgm.models.gmm import log_gaussian_prob
+from ppl_dgm.models.gmm_em import GMMFamily
+from ppl_dgm.models.gmm_prune import make_plan, upper_bounds
+
+
+def blobs(n: int, d: int, k: int, spread: float, seed: int = 0) -> torch.Tensor:
+    """K blobs with centres ~ N(0, spread^2 I) and unit noise, shifted by 5; the first blob stretched 30x
+    along one axis and the second along two (elongated components, whose bound needs eigen-directions)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(k, d, generator=g, dtype=torch.float64) * spread
+    labels = torch.randint(k, (n,), generator=g)
+    noise = torch.randn(n, d, generator=g, dtype=torch.float64)
+    noise[labels == 0, 0] *= 30
+    noise[labels == 1, :2] *= 30
+    return centres[labels] + noise + 5.0
+
+
+def fitted(x: torch.Tensor, k: int, iters: int = 5):
+    fam = GMMFamily(k, "full", strategy="features")
+    return fit_em(fam, x, max_iter=iters, tol=0.0, warn=False, seed=0).params
+
+
+def exact_log_joint(x: torch.Tensor, params) -> torch.Tensor:
+    """log pi_k N(x | mu_k, Sigma_k), (N, K), densely."""
+    lp = log_gaussian_prob(x, params.means, params.precisions_cholesky, "full")
+    return lp + params.weights.log()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_bound_is_above_every_exact_log_density(dtype):
+    x = blobs(3000, 20, 6, spread=3.0)
+    params = fitted(x, 6)
+    far = x[:50] * 40.0  # rows far from every component as well
+    rows = torch.cat([x, far]).to(dtype)
+    shift = x.mean(0).to(dtype)
+    fam = GMMFamily(6, "full", strategy="pruned")
+    u = params.precisions_cholesky.to(dtype)
+    mu = params.means.to(dtype) - shift
+    c0 = params.weights.to(dtype).log() - 10 * math.log(2 * math.pi) + u.diagonal(dim1=1, dim2=2).log().sum(1)
+    plan = make_plan(u, mu, c0)
+    assert plan.coef.shape[1] >= 2  # the stretched blobs' components need two eigen-directions
+    xa = torch.cat([rows - shift, torch.ones(len(rows), 1, dtype=dtype)], 1)
+    bound = upper_bounds(xa, plan).double()
+    exact = exact_log_joint(rows.double(), params)
+    gap = bound - exact
+    tol = 1e-9 if dtype == torch.float64 else 1e-2  # float32: the exact values' own round-off
+    assert float(gap.min()) >= -tol * float(exact.abs().max())
+    # and a useful one: on the pairs of distant components, at least a quarter of the Mahalanobis term
+    maha, lower = -2 * (exact - c0.double()), -2 * (bound - c0.double())
+    far_pairs = maha > 100
+    assert float((lower[far_pairs] < maha[far_pairs] / 4).double().mean()) < 0.02
+    assert fam.prepare(rows).pruned
+
+
+@pytest.mark.parametrize("spread, chunk", [(3.0, 10**6), (3.0, 333), (0.3, 10**6), (0.3, 333)])
+def test_pruned_statistics_equal_the_feature_form(spread, chunk):
+    # spread 3: separated blobs, nearly every row keeps one pair; 0.3: overlapping, rows keep several
+    x = blobs(4000, 24, 8, spread=spread, seed=1)
+    params = fitted(x, 8, iters=3)
+    feats = GMMFamily(8, "full", strategy="features")
+    ref = feats.e_step(params, feats.prepare(x))
+    fam = GMMFamily(8, "full", strategy="pruned", chunk_size=chunk)
+    got = fam.e_step(params, fam.prepare(x))
+    assert got.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-13)
+    torch.testing.assert_close(got.stats, ref.stats, rtol=1e-10, atol=1e-8)
+    if spread == 3.0:
+        assert 1.0 <= fam.last_pairs_per_row < 2.0  # of 8
+    else:
+        assert fam.last_pairs_per_row > 2.0
+    r32 = fam.e_step(type(params)(*(t.float() for t in params)), fam.prepare(x.float()))
+    assert r32.stats.dtype == torch.float64
+    assert r32.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-5)
+
+
+def test_pruned_fit_follows_the_dense_fit_and_sklearn():
+    import warnings
+
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    x = blobs(3000, 32, 10, spread=2.0, seed=2)
+    init = GMMFamily(10, "full").initialize(GMMFamily(10, "full").prepare(x), torch.Generator().manual_seed(0))
+    runs = {s: fit_em(GMMFamily(10, "full", strategy=s), x, init=init, max_iter=12, tol=0.0, warn=False)
+            for s in ("pruned", "direct")}
+    np.testing.assert_allclose(runs["pruned"].history, runs["direct"].history, rtol=1e-12)
+    torch.testing.assert_close(runs["pruned"].params.covariances, runs["direct"].params.covariances,
+                               rtol=1e-9, atol=1e-11)
+    u = init.precisions_cholesky
+    sk = SkGaussianMixture(10, covariance_type="full", max_iter=12, tol=0.0, weights_init=init.weights.numpy(),
+                           means_init=init.means.numpy(), precisions_init=(u @ u.transpose(-1, -2)).numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk.fit(x.numpy())
+    np.testing.assert_allclose(runs["pruned"].history, sk.lower_bounds_, rtol=1e-9)
+
+
+def test_auto_rule_and_refusals():
+    assert GMMFamily(4, "full").use_pruned(16) and not GMMFamily(4, "full").use_pruned(15)
+    assert not GMMFamily(4, "diag").use_pruned(64) and not GMMFamily(3, "full").use_pruned(64)
+    assert not GMMFamily(4, "full", strategy="direct").use_pruned(64)
+    with pytest.raises(InputError, match="covariance_type='full' with strategy='pruned'"):
+        GMMFamily(3, "tied", strategy="pruned")
+    x = blobs(2000, 20, 4, spread=3.0)
+    data = GMMFamily(4, "full").prepare(x)
+    assert data.pruned and data.prune_chunk == 2000  # whole small data in one chunk (>= 16,384 rows)
+
+
+def test_jax_backend_keeps_its_forms_and_refuses_pruned():
+    pytest.importorskip("jax")
+    from ppl_dgm.numpyro.inference.em import JaxGMMFamily
+
+    jf = JaxGMMFamily(GMMFamily(3, "full"))
+    assert not jf.family.use_pruned(64) and jf.family.use_direct(64)
+    with pytest.raises(InputError, match="strategy='pruned' runs on the torch backend only"):
+        JaxGMMFamily(GMMFamily(3, "full", strategy="pruned"))
+
+
+@pytest.mark.parametrize("spread, stays", [(8.0, True), (0.3, False)])
+def test_auto_leaves_the_pruned_form_when_it_does_not_pay(spread, stays):
+    x = blobs(3000, 24, 8, spread=spread, seed=3)
+    fam = GMMFamily(8, "full")
+    data = fam.prepare(x)
+    params = fam.initialize(data, torch.Generator().manual_seed(0))
+    assert data.pruned
+    first = fam.e_step(params, data)
+    assert data.pruned == stays == fam.prune_pays(fam.last_pairs_per_row)
+    dense = GMMFamily(8, "full", strategy="direct")
+    ref = dense.e_step(params, dense.prepare(x))
+    torch.testing.assert_close(first.stats, ref.stats, rtol=1e-10, atol=1e-8)
+    forced = GMMFamily(8, "full", strategy="pruned")
+    kept = forced.prepare(x)
+    forced.e_step(params, kept)
+    assert kept.pruned  # a forced strategy is kept whatever it costs
