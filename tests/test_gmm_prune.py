@@ -106,14 +106,16 @@ def test_pruned_fit_follows_the_dense_fit_and_sklearn():
 
 
 def test_auto_rule_and_refusals():
-    assert GMMFamily(4, "full").use_pruned(16) and not GMMFamily(4, "full").use_pruned(15)
-    assert not GMMFamily(4, "diag").use_pruned(64) and not GMMFamily(3, "full").use_pruned(64)
-    assert not GMMFamily(4, "full", strategy="direct").use_pruned(64)
+    n = 16384
+    assert GMMFamily(4, "full").use_pruned(16, n) and not GMMFamily(4, "full").use_pruned(15, n)
+    assert not GMMFamily(4, "full").use_pruned(16, n - 1) and GMMFamily(4, "full", strategy="pruned").use_pruned(2, 9)
+    assert not GMMFamily(4, "diag").use_pruned(64, n) and not GMMFamily(3, "full").use_pruned(64, n)
+    assert not GMMFamily(4, "full", strategy="direct").use_pruned(64, n)
     with pytest.raises(InputError, match="covariance_type='full' with strategy='pruned'"):
         GMMFamily(3, "tied", strategy="pruned")
-    x = blobs(2000, 20, 4, spread=3.0)
+    x = blobs(20000, 20, 4, spread=3.0)
     data = GMMFamily(4, "full").prepare(x)
-    assert data.pruned and data.prune_chunk == 2000  # whole small data in one chunk (>= 16,384 rows)
+    assert data.pruned and data.prune_chunk == 16384  # at least 16,384 rows a chunk
 
 
 def test_jax_backend_keeps_its_forms_and_refuses_pruned():
@@ -121,24 +123,40 @@ def test_jax_backend_keeps_its_forms_and_refuses_pruned():
     from ppl_dgm.numpyro.inference.em import JaxGMMFamily
 
     jf = JaxGMMFamily(GMMFamily(3, "full"))
-    assert not jf.family.use_pruned(64) and jf.family.use_direct(64)
+    assert not jf.family.use_pruned(64, 10**6) and jf.family.use_direct(64)
     with pytest.raises(InputError, match="strategy='pruned' runs on the torch backend only"):
         JaxGMMFamily(GMMFamily(3, "full", strategy="pruned"))
 
 
-@pytest.mark.parametrize("spread, stays", [(8.0, True), (0.3, False)])
-def test_auto_leaves_the_pruned_form_when_it_does_not_pay(spread, stays):
+@pytest.mark.parametrize("spread, pays", [(8.0, True), (0.3, False)])
+def test_auto_screens_each_e_step_and_takes_the_dense_form_when_pruning_does_not_pay(spread, pays):
     x = blobs(3000, 24, 8, spread=spread, seed=3)
     fam = GMMFamily(8, "full")
+    fam.prune_min_n = 1000  # (auto's rule for few rows; a short test)
+    fam.prune_probe_rows = 500  # two chunks: the probe decides for both
     data = fam.prepare(x)
     params = fam.initialize(data, torch.Generator().manual_seed(0))
     assert data.pruned
-    first = fam.e_step(params, data)
-    assert data.pruned == stays == fam.prune_pays(fam.last_pairs_per_row)
-    dense = GMMFamily(8, "full", strategy="direct")
+    got = fam.e_step(params, data)
+    assert fam.prune_pays(fam.last_pairs_per_row) == pays
+    forced = GMMFamily(8, "full", strategy="pruned")  # a forced strategy runs whatever it costs
+    dense = GMMFamily(8, "full", strategy="direct" if data.direct else "features")
+    same = forced if pays else dense
+    forced.prune_probe_rows = 500
+    assert torch.equal(got.stats, same.e_step(params, same.prepare(x)).stats)  # the very form that ran
     ref = dense.e_step(params, dense.prepare(x))
-    torch.testing.assert_close(first.stats, ref.stats, rtol=1e-10, atol=1e-8)
-    forced = GMMFamily(8, "full", strategy="pruned")
-    kept = forced.prepare(x)
-    forced.e_step(params, kept)
-    assert kept.pruned  # a forced strategy is kept whatever it costs
+    torch.testing.assert_close(got.stats, ref.stats, rtol=1e-10, atol=1e-8)
+
+
+def test_sharded_code_path_with_identity_shards_equals_the_plain_pruned_fit():
+    from ppl_dgm.models.shards import Shards
+
+    x = blobs(2000, 16, 4, spread=4.0, seed=4)
+    for strategy in ("pruned", "auto"):
+        fams = [GMMFamily(4, "full", strategy=strategy, chunk_size=300, shards=s) for s in (None, Shards(lambda t: t))]
+        for f in fams:
+            f.prune_min_n = 1000
+        plain, one = (fit_em(f, x, n_init=2, tol=1e-8, warn=False) for f in fams)
+        assert one.n_iter == plain.n_iter and fams[1].last_pairs_per_row == fams[0].last_pairs_per_row
+        for a, b in zip(one.params, plain.params, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=0)

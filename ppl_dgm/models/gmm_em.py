@@ -64,7 +64,7 @@ from .gmm import (
     log_det_cholesky,
     precision_cholesky,
 )
-from .gmm_prune import chunk_sums, make_plan
+from .gmm_prune import chunk_sums, make_plan, screen
 from .kmeans import kmeans, kmeans_plusplus, take_rows
 from .shards import Shards
 
@@ -125,11 +125,11 @@ class GMMFamily:
     strategy : {'auto', 'features', 'direct', 'pruned'}
         The E-step's form (module docstring); ``direct`` and ``pruned`` (:mod:`~ppl_dgm.models.gmm_prune`:
         pairs whose responsibility a bound puts below ``exp(-60)`` are skipped) need full covariances.
-        ``auto`` starts a fit with ``pruned`` for full covariances with ``D >= 16`` and ``K >= 4`` (never on
-        the JAX backend) and leaves it for the dense form after an E-step that computed more than
-        ``max(K / 4, 1.25)`` pairs per row (:meth:`prune_pays`; overlapping components); the dense form is
-        ``direct`` when ``direct_ratio * K <= D`` (4 here, 2.5 for the JAX backend), else ``features``.
-        After a pruned E-step, ``last_pairs_per_row`` holds the pairs it computed per row (1 to K).
+        ``auto``, for full covariances with ``D >= 16``, ``K >= 4`` and ``N >= 16,384`` (never on the JAX
+        backend), screens the first 2,048 rows of every E-step and takes ``pruned`` if they keep at most
+        ``max(K / 4, 1.25)`` pairs per row (:meth:`prune_pays`), else the dense form: ``direct`` when
+        ``direct_ratio * K <= D`` (4 here, 2.5 for the JAX backend), else ``features``.
+        ``last_pairs_per_row`` holds the pairs per row (1 to K) of the last screen.
     shards : Shards, optional
         Sharded EM: ``x`` given to :meth:`prepare` is this rank's block of rows and the
         statistics are summed over ranks (:class:`~ppl_dgm.models.shards.Shards`); ``None``
@@ -138,12 +138,15 @@ class GMMFamily:
 
     #: ``auto`` takes the direct form when ``direct_ratio * K <= D`` (measured crossover, one core, float64)
     direct_ratio = 4.0
-    #: ``auto`` starts with the pruned form for full covariances with at least this many dimensions and components
+    #: ``auto`` may take the pruned form for full covariances with at least this many dimensions, components, rows
     prune_min_dim: float = 16
     prune_min_k = 4
+    prune_min_n = 16384
     #: the pruned form's chunks hold at least this many rows per component, and this many rows in all
     prune_rows = 256
     prune_min_rows = 16384
+    #: under ``auto``, the first chunk of rows screened (at least 32 per component) decides an E-step's form
+    prune_probe_rows = 2048
 
     def __init__(self, n_components: int, covariance_type: str = "full", reg_covar: float = 1e-6,
                  init_params: str = "kmeans", chunk_size: int | None = None,
@@ -188,11 +191,12 @@ class GMMFamily:
             return self.covariance_type == "full" and self.direct_ratio * self.k <= d
         return self.strategy == "direct"
 
-    def use_pruned(self, d: int) -> bool:
-        """Whether a fit starts with the pruned form (full covariances, ``D >= prune_min_dim`` and
-        ``K >= prune_min_k`` under ``auto``)."""
+    def use_pruned(self, d: int, n: int) -> bool:
+        """Whether the E-steps of ``n`` rows in ``d`` dimensions may take the pruned form (under ``auto``: full
+        covariances, ``D >= prune_min_dim``, ``K >= prune_min_k``, ``N >= prune_min_n``)."""
         if self.strategy == "auto":
-            return self.covariance_type == "full" and self.k >= self.prune_min_k and d >= self.prune_min_dim
+            return (self.covariance_type == "full" and self.k >= self.prune_min_k and d >= self.prune_min_dim
+                    and n >= self.prune_min_n)
         return self.strategy == "pruned"
 
     def prune_pays(self, pairs_per_row: float) -> bool:
@@ -231,7 +235,8 @@ class GMMFamily:
         # rounded to float32: a centring needs no more digits, and rounded it is the same number whatever the
         # order of the sums (one process or many), so are the initial parameters (see docs/scaling.md)
         shift = mean.float().to(x.dtype)
-        return GMMData(x, shift, max(1, min(int(chunk), n)), direct, shards, self.use_pruned(d),
+        n_total = n if shards is None else int(shards.n_total)
+        return GMMData(x, shift, max(1, min(int(chunk), n)), direct, shards, self.use_pruned(d, n_total),
                        max(1, min(int(prune_chunk), n)))
 
     def _columns(self, data: GMMData, i: int) -> Tensor:
@@ -269,21 +274,17 @@ class GMMFamily:
     def e_step(self, params: GMMParams, data: GMMData) -> EStep:
         """Mean log-likelihood and ``S = Phi^T gamma`` (F, K) in float64, one pass over chunks.
 
-        Sharded: ``[S_r | sum_n log p(x_n)]`` (F K + 1 numbers) summed over ranks, once."""
-        pairs = None
-        if data.pruned:
-            total, stats, pairs = self._sums_pruned(params, data)
-        else:
+        Sharded: ``[S_r | sum_n log p(x_n)]`` (F K + 1 numbers; the pruned form: two more, its pairs and
+        screened rows) summed over ranks, once."""
+        total, stats, screened = self._sums_pruned(params, data) if data.pruned else (None, None, None)
+        if stats is None:
             total, stats = (self._sums_direct if data.direct else self._sums_features)(params, data)
         if data.shards is not None:
-            extra = [] if pairs is None else [pairs.reshape(1)]
-            both = data.shards.sum(torch.cat([stats.reshape(-1), total.reshape(1), *extra]))
-            total, stats = both[stats.numel()], both[: stats.numel()].view(stats.shape)
-            pairs = None if pairs is None else both[-1]
-        if pairs is not None:
-            self.last_pairs_per_row = float(pairs) / data.n_total
-            if self.strategy == "auto" and not self.prune_pays(self.last_pairs_per_row):
-                data.pruned = False  # the dense form from the next E-step on (the same on every rank)
+            packed = [stats.reshape(-1), total.reshape(1)] + ([screened] if data.pruned else [])
+            both = data.shards.sum(torch.cat(packed))
+            total, stats, screened = both[stats.numel()], both[: stats.numel()].view(stats.shape), both[-2:]
+        if data.pruned:
+            self.last_pairs_per_row = float(screened[0] / screened[1]) if screened[1] else math.nan
         return EStep(float(total) / data.n_total, stats)
 
     def _sums_features(self, params: GMMParams, data: GMMData) -> tuple[Tensor, Tensor]:
@@ -336,9 +337,10 @@ class GMMFamily:
         iu = torch.triu_indices(d, d, device=u.device)
         return total, torch.cat([upper[:, iu[0], iu[1]].T, s1.T, s0.unsqueeze(0)])
 
-    def _sums_pruned(self, params: GMMParams, data: GMMData) -> tuple[Tensor, Tensor, Tensor]:
-        """The pruned form (:mod:`~ppl_dgm.models.gmm_prune`): the same sums up to terms below round-off,
-        and the number of pairs computed exactly (float64)."""
+    def _sums_pruned(self, params: GMMParams, data: GMMData) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        """The pruned form (:mod:`~ppl_dgm.models.gmm_prune`): the same sums up to terms below round-off, and
+        ``[pairs kept, rows screened]`` (float64).  Under ``auto``, no sums (``None``) when the first chunk's
+        screen keeps too many pairs (:meth:`prune_pays`): the caller runs the dense form."""
         u = upper_factor(params.precisions_cholesky)
         mu = (params.means.double() - data.shift.double()).to(u.dtype)
         k, d = mu.shape
@@ -349,15 +351,20 @@ class GMMFamily:
         xa = data.x.new_empty(data.prune_chunk, d + 1)
         xa[:, d] = 1
         pairs = 0
-        for i in range(0, data.n, data.prune_chunk):
-            rows = data.x[i : i + data.prune_chunk]
+        probe = min(data.prune_chunk, max(self.prune_probe_rows, 32 * k))  # a small first chunk: the probe
+        for i, j in zip([0, *range(probe, data.n, data.prune_chunk)],
+                        [probe, *range(probe + data.prune_chunk, data.n + data.prune_chunk, data.prune_chunk)],
+                        strict=True):
+            rows = data.x[i:j]
             torch.sub(rows, data.shift, out=xa[: len(rows), :d])
-            lse, kept = chunk_sums(xa[: len(rows)], plan, stats)
-            total += lse
-            pairs += kept
+            scr = screen(xa[: len(rows)], plan)
+            pairs += scr.pairs
+            if i == 0 and self.strategy == "auto" and not self.prune_pays(pairs / max(len(rows), 1)):
+                return None, None, torch.tensor([float(pairs), len(rows)], dtype=torch.float64, device=u.device)
+            total += chunk_sums(xa[: len(rows)], plan, stats, scr)
         iu = torch.triu_indices(d, d, device=u.device)
         return (total, torch.cat([stats[:, iu[0], iu[1]].T, stats[:, :d, d].T, stats[:, d, d].unsqueeze(0)]),
-                torch.tensor(float(pairs), dtype=torch.float64, device=u.device))
+                torch.tensor([float(pairs), data.n], dtype=torch.float64, device=u.device))
 
     # --- M-step ----------------------------------------------------------------------------
     def m_step(self, estep: EStep, data: GMMData) -> GMMParams:

@@ -29,10 +29,14 @@ Per chunk of rows:
    sums per component (``X_k^T X_k``); the other rows get the exact log-densities of all their kept
    pairs, a softmax over them, and weighted sums.
 
+Steps 1 and 2 (:func:`screen`) cost about ``(r + 1) K D + D^2`` per row, a tenth or less of the dense
+work for ``D >= 16``: under ``strategy="auto"`` every E-step screens its first chunk and, if that keeps
+too many pairs, runs the dense form instead (components that overlap, as early in a fit from a broad
+start or in data without clusters).
+
 Cost per row: ``(r + 1) K D`` for the bounds plus ``2 D^2`` per kept pair (both steps), against
-``2 K D^2`` (the feature form) for every row.  When components overlap and most pairs are kept, the
-form does the dense work plus the bounds; ``GMMFamily(strategy="auto")`` takes it for full covariances
-with ``D >= 16`` only (docs/gmm.md has the measured figures).
+``2 K D^2`` (the feature form) for every row; its products are per component and smaller, so it pays
+only when few pairs are kept (``GMMFamily.prune_pays``; docs/gmm.md has the measured figures).
 """
 
 from __future__ import annotations
@@ -128,10 +132,28 @@ def add_moments(xs: Tensor, counts: list[int], weights: Tensor | None, stats: Te
         a += nj
 
 
-def chunk_sums(xa: Tensor, plan: PrunePlan, stats: Tensor) -> tuple[Tensor, int]:
-    """One chunk of augmented rows ``xa`` (c, D + 1): add its statistics to ``stats`` (K, D + 1, D + 1, see
-    :func:`add_moments`); return ``sum_n log p(x_n)`` (float64) and the number of pairs computed exactly
-    (``c`` candidates plus the other kept pairs)."""
+@dataclass
+class Screen:
+    """A chunk's first stage: bounds (c, K), each row's candidate (c,), the rows sorted by candidate (``order``,
+    ``counts``, ``xs``), the candidates' exact log-densities ``lc`` (c,), and the other kept pairs ``keep`` (c, K)."""
+
+    bound: Tensor
+    cand: Tensor
+    order: Tensor
+    counts: list[int]
+    xs: Tensor
+    lc: Tensor
+    keep: Tensor
+
+    @property
+    def pairs(self) -> int:
+        """Pairs the chunk computes exactly: a candidate per row and the other kept pairs."""
+        return len(self.cand) + int(self.keep.sum())
+
+
+def screen(xa: Tensor, plan: PrunePlan) -> Screen:
+    """Bounds, candidates and kept pairs of a chunk of augmented rows ``xa`` (c, D + 1): about
+    ``(r + 1) K D + D^2`` multiply-adds per row (steps 1 and 2 of the module docstring)."""
     c, k = xa.shape[0], plan.c0.numel()
     bound = upper_bounds(xa, plan)
     cand = bound.argmax(1)
@@ -142,14 +164,24 @@ def chunk_sums(xa: Tensor, plan: PrunePlan, stats: Tensor) -> tuple[Tensor, int]
     lc[order] = log_densities(xs, counts, plan)
     keep = bound >= (lc - plan.margin).unsqueeze(1)
     keep[torch.arange(c, device=xa.device), cand] = False  # the other kept pairs
-    multi = keep.any(1)
+    return Screen(bound, cand, order, counts, xs, lc, keep)
+
+
+def chunk_sums(xa: Tensor, plan: PrunePlan, stats: Tensor, scr: Screen | None = None) -> Tensor:
+    """One chunk of augmented rows ``xa`` (c, D + 1), screened (``scr``, by :func:`screen` if not given): add
+    its statistics to ``stats`` (K, D + 1, D + 1, see :func:`add_moments`); return ``sum_n log p(x_n)``
+    (float64)."""
+    k = plan.c0.numel()
+    scr = screen(xa, plan) if scr is None else scr
+    cand, order, xs = scr.cand, scr.order, scr.xs
+    multi = scr.keep.any(1)
     rows = multi.nonzero().squeeze(1)
     if len(rows) == 0:  # every row has gamma = 1 for its candidate
-        add_moments(xs, counts, None, stats)
-        return lc.sum(dtype=torch.float64), c
+        add_moments(xs, scr.counts, None, stats)
+        return scr.lc.sum(dtype=torch.float64)
     single = ~multi[order]
     add_moments(xs[single], torch.bincount(cand[order][single], minlength=k).tolist(), None, stats)
-    kept = keep[rows]
+    kept = scr.keep[rows]
     kept[torch.arange(len(rows), device=xa.device), cand[rows]] = True
     pk, pi = kept.T.nonzero(as_tuple=True)  # pairs sorted by component
     xp = xa[rows[pi]]
@@ -159,5 +191,4 @@ def chunk_sums(xa: Tensor, plan: PrunePlan, stats: Tensor) -> tuple[Tensor, int]
     logp[pi, pk] = lp
     lse = torch.logsumexp(logp, 1)
     add_moments(xp, pcounts, (lp - lse[pi]).exp_(), stats)
-    total = lc[~multi].sum(dtype=torch.float64) + lse.sum(dtype=torch.float64)
-    return total, c + len(pk) - len(rows)
+    return scr.lc[~multi].sum(dtype=torch.float64) + lse.sum(dtype=torch.float64)
