@@ -11,12 +11,18 @@ repeats cancels).  A shape whose scikit-learn fits would cost more than ``--skle
 fewer repeats, or only the one-iteration probe (said in the table).  The per-iteration log-likelihoods
 of all three are compared (they are the same EM).
 
-The *ceiling* bounds what any exact float64 EM could reach on this machine: an iteration must form the K
-quadratic forms of every row (E-step) and the K weighted second moments (M-step), at least N K D (D + 1) / 2
-multiply-adds each, so ``2 N K D (D + 1)`` flops; run at the machine's dense float64 product peak (the best of
-MKL and XLA on n x n products, measured at the start) that work takes ``t_min``, and no backend can beat
+The *ceiling* bounds what any dense exact float64 EM could reach on this machine: an iteration that forms the
+K quadratic forms of every row (E-step) and the K weighted second moments (M-step) does at least
+N K D (D + 1) / 2 multiply-adds for each, so ``2 N K D (D + 1)`` flops; run at the machine's dense float64
+product peak (the best of MKL and XLA on n x n products, measured at the start) that work takes ``t_min``, and
+no dense backend can beat
 scikit-learn by more than ``sklearn s/iter / t_min``.  scikit-learn does ``4 N K D^2`` flops (full products in
-both steps); the table gives both implementations' share of the peak.
+both steps); the table gives both implementations' share of the peak.  The torch backend's pruned
+E-step (``ppl_dgm/models/gmm_prune.py``) is not dense: where components sit on separate clusters it computes
+only the pairs whose responsibility a bound cannot put below ``exp(-60)`` (pairs/row, 1 to K) and can pass the
+ceiling; with ``--init spread`` (the default: every component starts with the data's covariance, so they
+overlap) its screen sends the first iterations to the dense form; ``--init kmeans`` starts where scikit-learn's
+default does, with components on clusters.
 
 Threads are pinned: the process is bound to T cores (``sched_setaffinity``, inherited by every thread
 the libraries start), ``torch.set_num_threads(T)`` and ``threadpoolctl`` for scikit-learn's BLAS; XLA
@@ -24,6 +30,7 @@ sizes its pools by the cores it may use (and with ``--threads 1`` XLA_FLAGS turn
 On a shared machine the CPU-time ratios are the robust figure.
 
     python benchmarks/gmm_grid.py [--threads 2] [--iters 3] [--repeats 3] [--sklearn-cap 120] [--quick] [--tag T]
+                                  [--init {spread,kmeans}] [--only N:D:K,...]
 
 Writes ``benchmarks/results/gmm_grid.json`` and ``gmm_grid.md`` (``_quick`` with ``--quick``, ``_T`` with
 ``--tag``: results of another machine kept beside).
@@ -86,6 +93,22 @@ def initial_params(x: np.ndarray, k: int, seed: int = 1) -> tuple[np.ndarray, np
     cov = np.cov(x[rng.choice(len(x), min(len(x), 20000), replace=False)].T).reshape(d, d)
     prec = np.linalg.inv(cov)
     return np.full(k, 1.0 / k), x[rng.choice(len(x), k, replace=False)], np.broadcast_to(prec, (k, d, d)).copy()
+
+
+def kmeans_params(x: np.ndarray, k: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weights, means and precisions of a k-means labelling (scikit-learn's ``KMeans`` fitted on at most 100,000
+    rows, one init), as scikit-learn's default ``init_params="kmeans"`` starts: a start where the components
+    already sit on clusters, as in the later iterations of any fit."""
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(seed)
+    sub = x[rng.choice(len(x), min(len(x), 100_000), replace=False)]
+    labels = KMeans(k, n_init=1, random_state=seed).fit(sub).predict(x)
+    d = x.shape[1]
+    counts = np.bincount(labels, minlength=k).astype(float)
+    means = np.stack([x[labels == j].mean(0) for j in range(k)])
+    prec = np.stack([np.linalg.inv(np.cov(x[labels == j].T).reshape(d, d) + 1e-6 * np.eye(d)) for j in range(k)])
+    return counts / counts.sum(), means, prec
 
 
 def _now() -> tuple[float, float]:
@@ -157,7 +180,8 @@ def ours_fit(backend: str, x, xt, init, iters: int) -> dict:
     timed = _Timed(family)
     t = time.perf_counter()
     res = fit_em(timed, xt, init=params, max_iter=iters, tol=0.0, warn=False)
-    return {"fit_s": time.perf_counter() - t, "iter_s": timed.seconds, "history": list(res.history)}
+    return {"fit_s": time.perf_counter() - t, "iter_s": timed.seconds, "history": list(res.history),
+            "pairs_per_row": getattr(timed.family, "last_pairs_per_row", None)}
 
 
 def run_shape(n, d, k, args) -> dict:
@@ -166,8 +190,8 @@ def run_shape(n, d, k, args) -> dict:
 
     x = make_data(n, d, k)
     xt = torch.from_numpy(x)
-    init = initial_params(x, k)
-    row = {"n": n, "d": d, "k": k, "iters": args.iters, "load_start": os.getloadavg()[0]}
+    init = kmeans_params(x, k) if args.init == "kmeans" else initial_params(x, k)
+    row = {"n": n, "d": d, "k": k, "iters": args.iters, "init": args.init, "load_start": os.getloadavg()[0]}
     t = time.perf_counter()
     ours_fit("jax", x, xt, init, 1)  # compiles this shape's step
     row["jax_first_call_s"] = time.perf_counter() - t
@@ -213,6 +237,7 @@ def run_shape(n, d, k, args) -> dict:
     row["jax_peak_share"] = row["min_flops"] / row["jax_iter_s"] / peak
     row["meets_goal"] = {b: row[f"{b}_x"] >= GOAL for b in ("torch", "jax")} \
         if row["sklearn_total_iter_s"] > 1.0 else None
+    row["torch_pairs_per_row"] = runs["torch"][0]["pairs_per_row"]  # the pruned form's last screen (None: dense)
     row["load_end"] = os.getloadavg()[0]
     return row
 
@@ -220,8 +245,8 @@ def run_shape(n, d, k, args) -> dict:
 def table(rows: list[dict]) -> str:
     head = ("| N | D | K | sklearn s/iter | torch s/iter | JAX s/iter | torch x | JAX x | torch x CPU | JAX x CPU "
             f"| sklearn s ({rows[0]['iters']} iters) | >= {GOAL:g}x (torch, JAX) | ceiling x | sklearn % peak "
-            "| JAX % peak | max rel diff |")
-    lines = [head, "|" + "---|" * 16]
+            "| JAX % peak | max rel diff | torch pairs/row |")
+    lines = [head, "|" + "---|" * 17]
     for r in rows:
         goal = "n/a (< 1 s)" if r["meets_goal"] is None else \
             ", ".join("yes" if r["meets_goal"][b] else "no" for b in ("torch", "jax")) \
@@ -231,7 +256,8 @@ def table(rows: list[dict]) -> str:
                      f"{r['torch_iter_s']:.4f} | {r['jax_iter_s']:.4f} | {r['torch_x']:.1f} | {r['jax_x']:.1f} | "
                      f"{r['torch_cpu_x']:.1f} | {r['jax_cpu_x']:.1f} | {r['sklearn_total_iter_s']:.2f} | {goal} | "
                      f"{r['ceiling_x']:.1f} | {100 * r['sklearn_peak_share']:.0f} | {100 * r['jax_peak_share']:.0f} | "
-                     f"{max(r['torch_max_rel_diff'], r['jax_max_rel_diff']):.1e} |")
+                     f"{max(r['torch_max_rel_diff'], r['jax_max_rel_diff']):.1e} | "
+                     f"{'-' if r.get('torch_pairs_per_row') is None else format(r['torch_pairs_per_row'], '.2f')} |")
     return "\n".join(lines)
 
 
@@ -245,6 +271,10 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated N:D:K shapes, e.g. 60000:20:10")
     ap.add_argument("--quick", action="store_true", help="N in {6k, 10k}, D in {2, 20}, K in {4, 10}")
     ap.add_argument("--tag", default=None, help="suffix of the output files (another machine's results)")
+    ap.add_argument("--init", choices=("spread", "kmeans"), default="spread",
+                    help="the start all three share: 'spread' (uniform weights, K data rows as means, the data's "
+                         "precision: components overlap) or 'kmeans' (a k-means labelling's weights, means and "
+                         "precisions: components on clusters)")
     args = ap.parse_args()
     from _timing import pin_threads
 
@@ -281,13 +311,16 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"gmm_grid{suffix}.json").write_text(json.dumps(out, indent=2) + "\n")
     m = out["machine"]
-    md = (f"# GMM EM vs scikit-learn, full covariances, float64, {args.iters} iterations from the same init\n\n"
+    start = {"spread": "the same spread-out init", "kmeans": "the same k-means init"}[args.init]
+    md = (f"# GMM EM vs scikit-learn, full covariances, float64, {args.iters} iterations from {start}\n\n"
           f"Machine: {m['cpu']} ({m['widest_simd']}), {m['cores']} cores, {args.threads} threads; torch {m['torch']} "
           f"({m['torch_blas']}), JAX {m.get('jax', '-')}, scikit-learn {m['sklearn']}.  Load average "
           f"{out['load_start'][0]:.2f} at start, {out['load_end'][0]:.2f} at end.  Dense float64 product peak "
           f"{args.peak_gflops:.0f} GF/s (ceiling: module docstring).  x = median over paired "
           f"repeats of scikit-learn's seconds per iteration over ours (E-step + M-step, timed inside each), of "
-          f"wall time and of process CPU time (the fairer figure on a shared machine with one thread).\n\n"
+          f"wall time and of process CPU time (the fairer figure on a shared machine with one thread).  pairs/row: "
+          f"the torch backend's pruned E-step (ppl_dgm/models/gmm_prune.py), pairs computed per row at its last "
+          f"screen; '-' when the dense form ran.\n\n"
           + table(out["rows"]) + f"\n\nRegenerate with:\n\n    {out['command']}\n")
     (OUT / f"gmm_grid{suffix}.md").write_text(md)
     print("\n" + table(out["rows"]))

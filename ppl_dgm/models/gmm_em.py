@@ -38,6 +38,12 @@ and the second moments ``sum_n gamma_nk x_n x_n^T`` as one product
 triangular ``U_k^T`` and of the symmetric moments: (B + 1) / (2 B) of the full
 products, 5/4 of the feature form's multiply-adds (B = 4), in well-shaped products.
 
+With full covariances and components on separate clusters, a third form, the
+*pruned* one (:mod:`~ppl_dgm.models.gmm_prune`), computes only the pairs whose
+responsibility a cheap bound cannot put below ``exp(-60)`` of the row's largest;
+``strategy="auto"`` screens the first rows of each E-step to choose it (``D >= 16``,
+``K >= 4``, ``N >= 16,384``; the class docstring).
+
 Sharded (``shards=``, :class:`~ppl_dgm.models.shards.Shards`): each rank holds a
 block of rows; its E-step statistics ``S_r`` (F x K) and log-likelihood sum are
 packed in one float64 vector of F K + 1 numbers and summed over ranks once per
