@@ -304,7 +304,7 @@ def numpyro_to_inference_data(model, *args, mcmc=None, samples: dict | None = No
         ll = loglik_of(rng, draw) if loglik_of else {n: tr[n]["fn"].log_prob(tr[n]["value"]) for n in obs}
         return {n: tr[n]["fn"].sample(keys[j]) for j, n in enumerate(obs)}, ll
 
-    pp, ll = jax.vmap(one)(jax.random.split(key, c * s), flat)
+    pp, ll = jax.jit(jax.vmap(one))(jax.random.split(key, c * s), flat)  # one compilation, not one per op
     post = {k: np.asarray(v) for k, v in draws.items() if k in info and not info[k]["observed"]}
     pp = {k: np.asarray(v).reshape((c, s) + v.shape[1:]) for k, v in pp.items()} if posterior_predictive else {}
     ll = {k: np.asarray(v).reshape((c, s) + v.shape[1:]) for k, v in ll.items()} if log_likelihood else {}
