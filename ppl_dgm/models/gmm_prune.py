@@ -29,14 +29,16 @@ Per chunk of rows:
    sums per component (``X_k^T X_k``); the other rows get the exact log-densities of all their kept
    pairs, a softmax over them, and weighted sums.
 
-Steps 1 and 2 (:func:`screen`) cost about ``(r + 1) K D + D^2`` per row, a tenth or less of the dense
-work for ``D >= 16``: under ``strategy="auto"`` every E-step screens its first chunk and, if that keeps
-too many pairs, runs the dense form instead (components that overlap, as early in a fit from a broad
-start or in data without clusters).
+Steps 1 and 2 (:func:`screen`) cost about ``(r + 1) K D + D^2`` multiply-adds per row, a fraction
+``(r + 1) / D + 1 / K`` of the dense ``K D^2`` (0.1 to 0.5 for ``D >= 16``, ``K >= 4``): under
+``strategy="auto"`` every E-step screens its first 2,048 rows only and, if they keep too many pairs, runs
+the dense form for the whole step (components that overlap, as early in a fit from a broad start or in
+data without clusters).
 
-Cost per row: ``(r + 1) K D`` for the bounds plus ``2 D^2`` per kept pair (both steps), against
-``2 K D^2`` (the feature form) for every row; its products are per component and smaller, so it pays
-only when few pairs are kept (``GMMFamily.prune_pays``; docs/gmm.md has the measured figures).
+Cost per row, in multiply-adds: ``(r + 1) K D`` for the bounds plus ``2 D^2`` per kept pair (both
+steps, full products), against ``K D^2`` for the feature form (both steps, symmetric halves); its
+products are per component and smaller, so it pays only with at most about ``K / 4`` pairs per row
+(``GMMFamily.prune_pays``; docs/gmm.md has the measured figures).
 """
 
 from __future__ import annotations
