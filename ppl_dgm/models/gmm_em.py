@@ -90,8 +90,8 @@ def check_rows(x: Tensor, empty: bool = False) -> None:
 class GMMData:
     """Prepared data: raw rows (N_r, D), the mean of all rows (D,), rows per chunk, the E-step's dense form
     (``direct``, else features), the ranks' layout when sharded (``None``: one process), and whether the
-    E-step takes the pruned form (:mod:`~ppl_dgm.models.gmm_prune`, with ``prune_chunk`` rows per chunk;
-    under ``strategy="auto"`` a fit leaves it for the dense form once it does not pay)."""
+    E-step may take the pruned form (:mod:`~ppl_dgm.models.gmm_prune`, with ``prune_chunk`` rows per chunk;
+    under ``strategy="auto"`` each E-step's screen may still choose the dense form)."""
 
     x: Tensor
     shift: Tensor
