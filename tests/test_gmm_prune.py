@@ -113,9 +113,9 @@ def test_auto_rule_and_refusals():
     assert not GMMFamily(4, "full", strategy="direct").use_pruned(64, n)
     with pytest.raises(InputError, match="covariance_type='full' with strategy='pruned'"):
         GMMFamily(3, "tied", strategy="pruned")
-    x = blobs(20000, 20, 4, spread=3.0)
+    x = blobs(40000, 20, 4, spread=3.0)
     data = GMMFamily(4, "full").prepare(x)
-    assert data.pruned and data.prune_chunk == 16384  # at least 16,384 rows a chunk
+    assert data.pruned and data.prune_chunk == 32768  # at least 32,768 rows a chunk
 
 
 def test_jax_backend_keeps_its_forms_and_refuses_pruned():

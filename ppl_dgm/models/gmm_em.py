@@ -150,7 +150,7 @@ class GMMFamily:
     prune_min_n = 16384
     #: the pruned form's chunks hold at least this many rows per component, and this many rows in all
     prune_rows = 256
-    prune_min_rows = 16384
+    prune_min_rows = 32768  # measured: 32,768 rows beat 16,384 by 0 - 15 % (D = 20, 64; K = 4 - 64)
     #: under ``auto``, the first chunk of rows screened (at least 32 per component) decides an E-step's form
     prune_probe_rows = 2048
 
