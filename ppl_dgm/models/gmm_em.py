@@ -309,16 +309,14 @@ class GMMFamily:
 
     def _sums_direct(self, params: GMMParams, data: GMMData) -> tuple[Tensor, Tensor]:
         """The direct form (module docstring), by column blocks; the same sums as :meth:`_sums_features`."""
-        u = upper_factor(params.precisions_cholesky)
-        mu = (params.means.double() - data.shift.double()).to(u.dtype)
+        u, mu, c0 = self._centred_factors(params, data)
         k, d = mu.shape
+        c0 = c0.unsqueeze(1)
         blocks = triangle_blocks(d)
         ut = u.transpose(1, 2)  # U_k^T, lower triangular: block i of y_k needs x[:b] only
         rows = [ut[:, a:b, :b].reshape(k * (b - a), b).contiguous() for a, b in blocks]
         offset = torch.einsum("kde,kd->ke", u, mu)  # U_k^T mu_k, (K, D)
         offsets = [offset[:, a:b].reshape(-1, 1) for a, b in blocks]
-        c0 = (params.weights.log() - 0.5 * d * math.log(2 * math.pi)
-              + log_det_cholesky(u, "full", d)).unsqueeze(1)
         s2 = [torch.zeros(k * (b - a), d - a, dtype=torch.float64, device=u.device) for a, b in blocks]
         s1 = torch.zeros(k, d, dtype=torch.float64, device=u.device)
         s0 = torch.zeros(k, dtype=torch.float64, device=u.device)
@@ -340,17 +338,14 @@ class GMMFamily:
             s0 += resp.sum(1, dtype=torch.float64)
         upper = torch.cat([torch.nn.functional.pad(m.view(k, b - a, d - a), (a, 0))
                            for m, (a, b) in zip(s2, blocks, strict=True)], dim=1)  # (K, D, D), upper part
-        iu = torch.triu_indices(d, d, device=u.device)
-        return total, torch.cat([upper[:, iu[0], iu[1]].T, s1.T, s0.unsqueeze(0)])
+        return total, _stats_columns(upper, s1, s0)
 
     def _sums_pruned(self, params: GMMParams, data: GMMData) -> tuple[Tensor | None, Tensor | None, Tensor]:
         """The pruned form (:mod:`~ppl_dgm.models.gmm_prune`): the same sums up to terms below round-off, and
         ``[pairs kept, rows screened]`` (float64).  Under ``auto``, no sums (``None``) when the first chunk's
         screen keeps too many pairs (:meth:`prune_pays`): the caller runs the dense form."""
-        u = upper_factor(params.precisions_cholesky)
-        mu = (params.means.double() - data.shift.double()).to(u.dtype)
+        u, mu, c0 = self._centred_factors(params, data)
         k, d = mu.shape
-        c0 = params.weights.log() - 0.5 * d * math.log(2 * math.pi) + log_det_cholesky(u, "full", d)
         plan = make_plan(u, mu, c0)
         stats = torch.zeros(k, d + 1, d + 1, dtype=torch.float64, device=u.device)
         total = torch.zeros((), dtype=torch.float64, device=u.device)
@@ -358,19 +353,25 @@ class GMMFamily:
         xa[:, d] = 1
         pairs = 0
         probe = min(data.prune_chunk, max(self.prune_probe_rows, 32 * k))  # a small first chunk: the probe
-        for i, j in zip([0, *range(probe, data.n, data.prune_chunk)],
-                        [probe, *range(probe + data.prune_chunk, data.n + data.prune_chunk, data.prune_chunk)],
-                        strict=True):
-            rows = data.x[i:j]
+        for i in [0, *range(probe, data.n, data.prune_chunk)]:
+            rows = data.x[i : probe if i == 0 else i + data.prune_chunk]
             torch.sub(rows, data.shift, out=xa[: len(rows), :d])
             scr = screen(xa[: len(rows)], plan)
             pairs += scr.pairs
             if i == 0 and self.strategy == "auto" and not self.prune_pays(pairs / max(len(rows), 1)):
                 return None, None, torch.tensor([float(pairs), len(rows)], dtype=torch.float64, device=u.device)
             total += chunk_sums(xa[: len(rows)], plan, stats, scr)
-        iu = torch.triu_indices(d, d, device=u.device)
-        return (total, torch.cat([stats[:, iu[0], iu[1]].T, stats[:, :d, d].T, stats[:, d, d].unsqueeze(0)]),
+        return (total, _stats_columns(stats[:, :d, :d], stats[:, :d, d], stats[:, d, d]),
                 torch.tensor([float(pairs), data.n], dtype=torch.float64, device=u.device))
+
+    def _centred_factors(self, params: GMMParams, data: GMMData) -> tuple[Tensor, Tensor, Tensor]:
+        """Upper-triangular ``U_k`` (K, D, D), the means less the shift (K, D), and
+        ``c_k = log pi_k - D/2 log 2 pi + log det U_k`` (K,), in the data's dtype: what the direct and
+        pruned forms start from."""
+        u = upper_factor(params.precisions_cholesky)
+        mu = (params.means.double() - data.shift.double()).to(u.dtype)
+        d = mu.shape[1]
+        return u, mu, params.weights.log() - 0.5 * d * math.log(2 * math.pi) + log_det_cholesky(u, "full", d)
 
     # --- M-step ----------------------------------------------------------------------------
     def m_step(self, estep: EStep, data: GMMData) -> GMMParams:
@@ -499,6 +500,14 @@ def triangle_blocks(d: int) -> list[tuple[int, int]]:
     nb = 4 if d >= 32 else 2 if d >= 16 else 1
     edges = [round(d * i / nb) for i in range(nb + 1)]
     return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def _stats_columns(s2: Tensor, s1: Tensor, s0: Tensor) -> Tensor:
+    """The feature layout ``S`` (F, K) from second moments ``s2`` (K, D, D; upper triangle used), first
+    moments ``s1`` (K, D) and counts ``s0`` (K,)."""
+    d = s1.shape[1]
+    iu = torch.triu_indices(d, d, device=s1.device)
+    return torch.cat([s2[:, iu[0], iu[1]].T, s1.T, s0.unsqueeze(0)])
 
 
 def _softmax_columns(logp: Tensor) -> tuple[Tensor, Tensor]:
