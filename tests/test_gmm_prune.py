@@ -12,7 +12,7 @@ from ppl_dgm.errors import InputError
 from ppl_dgm.inference.em import fit_em
 from ppl_dgm.models.gmm import log_gaussian_prob
 from ppl_dgm.models.gmm_em import GMMFamily
-from ppl_dgm.models.gmm_prune import make_plan, upper_bounds
+from ppl_dgm.models.gmm_prune import augment, bounds, make_plan
 
 
 def blobs(n: int, d: int, k: int, spread: float, seed: int = 0) -> torch.Tensor:
@@ -50,13 +50,16 @@ def test_bound_is_above_every_exact_log_density(dtype):
     mu = params.means.to(dtype) - shift
     c0 = params.weights.to(dtype).log() - 10 * math.log(2 * math.pi) + u.diagonal(dim1=1, dim2=2).log().sum(1)
     plan = make_plan(u, mu, c0)
-    assert plan.coef.shape[1] >= 2  # the stretched blobs' components need two eigen-directions
-    xa = torch.cat([rows - shift, torch.ones(len(rows), 1, dtype=dtype)], 1)
-    bound = upper_bounds(xa, plan).double()
+    assert plan.r >= 2  # the stretched blobs' components need two eigen-directions
+    bound, below = (b.double() for b in bounds(augment(rows, shift), plan))
     exact = exact_log_joint(rows.double(), params)
-    gap = bound - exact
     tol = 1e-9 if dtype == torch.float64 else 1e-2  # float32: the exact values' own round-off
-    assert float(gap.min()) >= -tol * float(exact.abs().max())
+    assert float((bound - exact).min()) >= -tol * float(exact.abs().max())
+    assert float((exact - below).min()) >= -tol * float(exact.abs().max())
+    # the lower bound (the largest eigenvalue only) is close for the round components (4 of 6), loose for the
+    # stretched ones: nats below each row's best pair
+    near = (exact - below)[: len(x)].gather(1, exact[: len(x)].argmax(1, keepdim=True)).squeeze(1)
+    assert float(near.quantile(0.25)) < 15.0
     # and a useful one: on the pairs of distant components, at least a quarter of the Mahalanobis term
     maha, lower = -2 * (exact - c0.double()), -2 * (bound - c0.double())
     far_pairs = maha > 100

@@ -70,7 +70,7 @@ from .gmm import (
     log_det_cholesky,
     precision_cholesky,
 )
-from .gmm_prune import chunk_sums, make_plan, screen
+from .gmm_prune import augment, chunk_sums, make_plan, screen
 from .kmeans import kmeans, kmeans_plusplus, take_rows
 from .shards import Shards
 
@@ -349,18 +349,16 @@ class GMMFamily:
         plan = make_plan(u, mu, c0)
         stats = torch.zeros(k, d + 1, d + 1, dtype=torch.float64, device=u.device)
         total = torch.zeros((), dtype=torch.float64, device=u.device)
-        xa = data.x.new_empty(data.prune_chunk, d + 1)
-        xa[:, d] = 1
+        buf = data.x.new_empty(data.prune_chunk, d + 2)
         pairs = 0
         probe = min(data.prune_chunk, max(self.prune_probe_rows, 32 * k))  # a small first chunk: the probe
         for i in [0, *range(probe, data.n, data.prune_chunk)]:
-            rows = data.x[i : probe if i == 0 else i + data.prune_chunk]
-            torch.sub(rows, data.shift, out=xa[: len(rows), :d])
-            scr = screen(xa[: len(rows)], plan)
+            xb = augment(data.x[i : probe if i == 0 else i + data.prune_chunk], data.shift, buf)
+            scr = screen(xb, plan)
             pairs += scr.pairs
-            if i == 0 and self.strategy == "auto" and not self.prune_pays(pairs / max(len(rows), 1)):
-                return None, None, torch.tensor([float(pairs), len(rows)], dtype=torch.float64, device=u.device)
-            total += chunk_sums(xa[: len(rows)], plan, stats, scr)
+            if i == 0 and self.strategy == "auto" and not self.prune_pays(pairs / len(xb)):
+                return None, None, torch.tensor([float(pairs), len(xb)], dtype=torch.float64, device=u.device)
+            total += chunk_sums(xb, plan, stats, scr)
         return (total, _stats_columns(stats[:, :d, :d], stats[:, :d, d], stats[:, d, d]),
                 torch.tensor([float(pairs), data.n], dtype=torch.float64, device=u.device))
 

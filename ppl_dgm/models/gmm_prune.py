@@ -18,33 +18,36 @@ product) instead of ``D^2``.  ``r`` (at most 4) is the number of precision eigen
 of the median in any component: the few long axes of an elongated component, where the plain
 ``lambda_1 ||x - mu_k||^2`` would be loose.
 
+The same diagonalisation bounds the quadratic form from above, ``sum_i lambda_i a_i^2 <= lambda_D ||x -
+mu_k||^2``: a *lower* bound ``c_k - 1/2 lambda_D ||x - mu_k||^2`` on the log-density, close for round
+components.  Both bounds of all K components come from one product of the rows ``[x | 1 | ||x||^2]``
+(:func:`augment`) with a (D + 2) x 2K matrix (:class:`PrunePlan`).
+
 Per chunk of rows:
 
-1. the bounds ``b_nk`` (c x K); each row's *candidate* ``argmax_k b_nk`` and its exact log-density
-   ``l_n`` (rows grouped by candidate: one (c_k x D)(D x D) product per component);
-2. a pair is *kept* when ``b_nk >= l_n - margin``; a pair left out has
-   ``gamma_nk < exp(-margin) = 9e-27`` (margin 60) times the row's largest responsibility, below float64
-   round-off of every sum it would enter, and is taken as 0;
-3. rows whose only kept pair is the candidate have ``gamma = 1`` exactly: their statistics are plain
-   sums per component (``X_k^T X_k``); the other rows get the exact log-densities of all their kept
-   pairs, a softmax over them, and weighted sums.
+1. the bounds; each row's *candidate* ``argmax_k b_nk``.  A row is *sure* when its candidate's lower
+   bound lies ``margin`` (60 nats) above every other pair's upper bound: every other pair has
+   ``gamma_nk < exp(-60) = 9e-27`` times the candidate's, below float64 round-off of every sum it would
+   enter, and is taken as 0, so ``gamma = 1`` for the candidate.  Sure rows need no per-row product at all:
+   their moments ``M_k = X_k^T X_k`` (one product per component) give the statistics, and their
+   log-likelihood is ``N_k c_k - 1/2 tr(ua_k^T M_k ua_k)`` (:func:`add_sure`);
+2. the other (*unsure*) rows get their candidate's exact log-density ``l_n`` (grouped by candidate: one
+   (c_k x D)(D x D) product per component); a pair is *kept* when ``b_nk >= l_n - margin``;
+3. unsure rows whose only kept pair is the candidate have ``gamma = 1`` too (plain sums); the others get
+   the exact log-densities of all their kept pairs, a softmax over them, and weighted sums.
 
-Steps 1 and 2 (:func:`screen`) cost about ``(r + 1) K D + D^2`` multiply-adds per row, a fraction
-``(r + 1) / D + 1 / K`` of the dense ``K D^2`` (0.1 to 0.5 for ``D >= 16``, ``K >= 4``): under
-``strategy="auto"`` every E-step screens its first 2,048 rows only and, if they keep too many pairs, runs
-the dense form for the whole step (components that overlap, as early in a fit from a broad start or in
-data without clusters).
-
-Cost per row, in multiply-adds: ``(r + 1) K D`` for the bounds plus ``2 D^2`` per kept pair (both
-steps, full products), against ``K D^2`` for the feature form (both steps, symmetric halves); its
-products are per component and smaller, so it pays only with at most about ``K / 4`` pairs per row
-(``GMMFamily.prune_pays``; docs/gmm.md has the measured figures).
+Cost per row, in multiply-adds: ``(D + 2) 2 K + r K (D + 1)`` for the bounds, ``(D + 1)^2`` for the moments,
+``D^2`` more per unsure row and per other kept pair; against ``K D^2`` for the feature form (both steps,
+symmetric halves).  Its products are per component and smaller, so it pays only with at most about
+``K / 4`` pairs per row (``GMMFamily.prune_pays``): under ``strategy="auto"`` every E-step screens its first
+2,048 rows and, if they keep more, runs the dense form for the whole step (components that overlap, as
+early in a fit from a broad start or in data without clusters).  docs/gmm.md has the measured figures.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -57,55 +60,91 @@ MAX_DIRECTIONS = 4
 
 @dataclass
 class PrunePlan:
-    """One E-step's constants, from the parameters, for rows augmented by a 1, ``[x - shift | 1]`` (D + 1).
+    """One E-step's constants, from the parameters, for rows ``[x - shift | 1 | ||x - shift||^2]`` (D + 2,
+    :func:`augment`); the first D + 1 columns, ``[x | 1]``, carry the exact products and the moments.
 
     ``ua`` (K, D + 1, D) ``[U_k ; -mu_k^T U_k]``, so ``[x | 1] ua_k = (x - mu_k)^T U_k``; ``c0`` (K,) ``c_k``;
-    ``dist`` (D + 1, K) ``[-2 mu_k ; ||mu_k||^2]``, so ``||x||^2 + [x | 1] dist = ||x - mu_k||^2``; ``lam`` (K,)
-    ``lambda_{r+1}``, ``coef`` (K, r) ``lambda_{r+1} - lambda_i``; ``va`` (D + 1, K r) the ``r`` smallest
-    eigenvectors of each component side by side over ``-v_i^T mu_k``, so ``[x | 1] va = a``; ``slack`` the
-    relative round-off allowance of the bound."""
+    ``w`` (D + 2, 2 K): ``[x | 1 | ||x||^2] w`` is ``c_k - 1/2 lambda_{r+1} ||x - mu_k||^2`` (the upper bound
+    before its ``r`` directions) and ``c_k - 1/2 lambda_D ||x - mu_k||^2`` (the lower bound) side by side,
+    round-off allowances included; ``va`` (D + 1, K r) the ``r`` smallest eigenvectors of each component,
+    scaled by ``(lambda_{r+1} - lambda_i)^{1/2}``, over ``-v_i^T mu_k``, so that ``1/2 ||[x | 1] va_k||^2`` is
+    the directions' term."""
 
     ua: Tensor
     c0: Tensor
-    dist: Tensor
-    lam: Tensor
-    coef: Tensor
+    w: Tensor
     va: Tensor
-    slack: float
+    r: int
     margin: float = MARGIN
+    #: the bounds' output buffers, reused by the chunks of one E-step (a fresh tensor of tens of MB is a fresh
+    #: mapping: its page faults cost as much as the product that fills it)
+    work: dict = field(default_factory=dict)
+
+    def buffer(self, name: str, rows: int, cols: int, like: Tensor) -> Tensor:
+        """A (rows, cols) buffer of ``like``'s dtype and device, reused across chunks."""
+        b = self.work.get(name)
+        if b is None or b.shape[0] < rows or b.shape[1] != cols:
+            b = self.work[name] = like.new_empty(rows, cols)
+        return b[:rows]
 
 
 def make_plan(u: Tensor, mu: Tensor, c0: Tensor, margin: float = MARGIN) -> PrunePlan:
     """The plan for factors ``u`` (K, D, D) (``P_k = U_k U_k^T``), centred means ``mu`` (K, D), ``c0`` (K,).
 
-    Eigen-decompositions in float64; ``lambda_{r+1}`` lowered and the ``lambda_i`` raised by
-    ``1e-12 lambda_D`` so that round-off in ``eigh`` cannot make the bound too small."""
+    Eigen-decompositions in float64; ``lambda_{r+1}`` lowered and the ``lambda_i`` and ``lambda_D`` raised
+    by ``1e-12 lambda_D`` so that round-off in ``eigh`` cannot make the bounds too tight; the sums of a
+    row's product are allowed ``10 (D + 10)`` ulps of their terms' magnitudes."""
     k, d = mu.shape
     ev, vec = torch.linalg.eigh((u @ u.transpose(1, 2)).double())  # ascending
     lowest = ev[:, : min(MAX_DIRECTIONS, d - 1)]
     r = int((lowest < ev[:, d // 2 : d // 2 + 1] / 4).sum(1).max())
     eig_slack = 1e-12 * ev[:, -1:]
-    lam = (ev[:, r : r + 1] - eig_slack).clamp_min(0)
-    coef = (lam - ev[:, :r] + eig_slack).clamp_min(0)
-    v = vec[:, :, :r].to(mu.dtype)  # (K, D, r)
-    va = torch.cat([v, -torch.einsum("kdr,kd->kr", v, mu).unsqueeze(1)], 1)  # (K, D + 1, r)
+    lam = (ev[:, r] - eig_slack[:, 0]).clamp_min(0)
+    top = ev[:, -1] + eig_slack[:, 0]
+    coef = (lam.unsqueeze(1) - ev[:, :r] + eig_slack).clamp_min(0)
+    m64, c64 = mu.double(), c0.double()
+    slack = 10.0 * (d + 10) * torch.finfo(mu.dtype).eps
+    mu2 = (m64 * m64).sum(1)
+    cols = []
+    for scale, sign in ((lam * (1 - slack), 1), (top * (1 + slack), -1)):  # c_k - 1/2 scale ||x - mu_k||^2
+        cols.append(torch.cat([scale * m64.T, (c64 - 0.5 * scale * mu2 + sign * slack * c64.abs()).unsqueeze(0),
+                               -0.5 * scale.unsqueeze(0)]))
+    v = vec[:, :, :r] * coef.sqrt().unsqueeze(1)  # (K, D, r)
+    va = torch.cat([v, -torch.einsum("kdr,kd->kr", v, m64).unsqueeze(1)], 1)  # (K, D + 1, r)
     ua = torch.cat([u, -torch.einsum("kde,kd->ke", u, mu).unsqueeze(1)], 1)
-    dist = torch.cat([-2 * mu.T, (mu * mu).sum(1).unsqueeze(0)])
-    return PrunePlan(ua=ua, c0=c0.to(mu.dtype), dist=dist, lam=lam.squeeze(1).to(mu.dtype),
-                     coef=coef.to(mu.dtype), va=va.permute(1, 0, 2).reshape(d + 1, k * r).contiguous(),
-                     slack=10.0 * (d + 10) * torch.finfo(mu.dtype).eps, margin=float(margin))
+    return PrunePlan(ua=ua, c0=c0.to(mu.dtype), w=torch.cat(cols, 1).to(mu.dtype),
+                     va=va.permute(1, 2, 0).reshape(d + 1, r * k).to(mu.dtype).contiguous(), r=r,
+                     margin=float(margin))
 
 
-def upper_bounds(xa: Tensor, plan: PrunePlan) -> Tensor:
-    """``b_nk >= log pi_k N(x_n | mu_k, Sigma_k)`` (module docstring), ``xa`` (c, D + 1) -> (c, K)."""
-    c, k = xa.shape[0], plan.c0.numel()
-    x2 = (xa * xa).sum(1, keepdim=True).sub_(1)
-    m = torch.addmm(x2, xa, plan.dist).mul_(plan.lam)  # lambda_{r+1} ||x - mu_k||^2
-    r = plan.coef.shape[1]
-    if r:
-        m -= (torch.mm(xa, plan.va).square_().view(c, k, r) * plan.coef).sum(2)
-    slack = (x2 + plan.dist[-1]).mul_(plan.lam * plan.slack)  # the round-off of the sums
-    return m.sub_(slack).clamp_(min=0).mul_(-0.5).add_(plan.c0)
+def augment(rows: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
+    """``[x - shift | 1 | ||x - shift||^2]`` of rows (c, D) -> (c, D + 2), into ``out`` if given."""
+    c, d = rows.shape
+    out = rows.new_empty(c, d + 2) if out is None else out[:c]
+    torch.sub(rows, shift, out=out[:, :d])
+    out[:, d] = 1
+    torch.square(torch.linalg.vector_norm(out[:, :d], dim=1), out=out[:, d + 1])
+    return out
+
+
+def bounds(xb: Tensor, plan: PrunePlan) -> tuple[Tensor, Tensor]:
+    """Upper and lower bounds ``b_nk >= log pi_k N(x_n | mu_k, Sigma_k) >= a_nk`` (module docstring) of rows
+    ``xb`` (c, D + 2, :func:`augment`) -> two (c, K); the lower one is ``c_k - 1/2 lambda_D ||x - mu_k||^2``.
+    One product, ``(D + 2) 2 K`` multiply-adds per row, and ``(D + 1) K r`` for the directions.  Views of the
+    plan's buffers: valid until its next call."""
+    c, k = xb.shape[0], plan.c0.numel()
+    both = torch.mm(xb, plan.w, out=plan.buffer("both", c, 2 * k, xb))
+    upper = both[:, :k]
+    if plan.r:  # (element-wise over (c, K) blocks: a reduction over a short last axis is slow on CPU)
+        y = torch.mm(xb[:, :-1], plan.va, out=plan.buffer("dirs", c, plan.r * k, xb))
+        for i in range(plan.r):
+            upper.addcmul_(y[:, i * k : (i + 1) * k], y[:, i * k : (i + 1) * k], value=0.5)
+    return upper, both[:, k:]
+
+
+def upper_bounds(xb: Tensor, plan: PrunePlan) -> Tensor:
+    """The upper bounds ``b_nk`` of :func:`bounds`, (c, K)."""
+    return bounds(xb, plan)[0]
 
 
 def log_densities(xs: Tensor, counts: list[int], plan: PrunePlan) -> Tensor:
@@ -122,22 +161,56 @@ def log_densities(xs: Tensor, counts: list[int], plan: PrunePlan) -> Tensor:
     return out
 
 
-def add_moments(xs: Tensor, counts: list[int], weights: Tensor | None, stats: Tensor) -> None:
-    """Add ``sum gamma [x | 1]^T [x | 1]`` (the weighted second and first moments and the count) of augmented
-    rows ``xs`` (n, D + 1) grouped by component (``counts``) to ``stats`` (K, D + 1, D + 1), float64;
-    ``weights`` (n,) the responsibilities, ``None`` for all ones."""
+def _moments(xs: Tensor, counts: list[int], weights: Tensor | None):
+    """``(j, sum gamma [x | 1]^T [x | 1])`` (float64, (D + 1, D + 1)) for each component ``j`` with rows in
+    ``xs`` (n, D + 1), grouped by component (``counts``); ``weights`` (n,) the responsibilities, ``None`` for
+    all ones."""
     wx = xs if weights is None else xs * weights.unsqueeze(1)
     a = 0
     for j, nj in enumerate(counts):
         if nj:
-            stats[j] += torch.mm(xs[a : a + nj].T, wx[a : a + nj]).double()
+            yield j, _gram(xs[a : a + nj], wx[a : a + nj]).double()
         a += nj
+
+
+def _gram(a: Tensor, b: Tensor) -> Tensor:
+    """``a^T b`` of contiguous rows ``a``, ``b`` (n, F) -> (F, F).  On CPU the rows go in one block per thread
+    through a batched product: MKL runs a single product with so small an output on about one thread
+    (measured at F = 21: 4.7 ms for 32,767 rows in one product, 2.3 ms in two blocks, 2 threads)."""
+    t = torch.get_num_threads() if a.device.type == "cpu" else 1
+    h = a.shape[0] // t
+    if t < 2 or h < 512:
+        return torch.mm(a.T, b)
+    m = torch.bmm(a[: t * h].view(t, h, -1).transpose(1, 2), b[: t * h].view(t, h, -1)).sum(0)
+    return m.addmm_(a[t * h :].T, b[t * h :]) if a.shape[0] > t * h else m
+
+
+def add_moments(xs: Tensor, counts: list[int], weights: Tensor | None, stats: Tensor) -> None:
+    """Add the weighted second and first moments and the count of augmented rows ``xs`` (n, D + 1) grouped by
+    component (``counts``) to ``stats`` (K, D + 1, D + 1), float64 (see :func:`_moments`)."""
+    for j, m in _moments(xs, counts, weights):
+        stats[j] += m
+
+
+def add_sure(xs: Tensor, counts: list[int], plan: PrunePlan, stats: Tensor) -> Tensor:
+    """Rows ``xs`` (n, D + 1) grouped by component whose responsibility is 1 (*sure* rows): add their moments
+    ``M_k`` to ``stats``, return ``sum_n log p(x_n) = sum_k N_k c_k - 1/2 tr(ua_k^T M_k ua_k)`` (float64), the
+    quadratic forms from the moments, without per-row products."""
+    total = torch.zeros((), dtype=torch.float64, device=xs.device)
+    for j, m in _moments(xs, counts, None):
+        stats[j] += m
+        ua = plan.ua[j].double()
+        total += counts[j] * plan.c0[j].double() - 0.5 * ((m @ ua) * ua).sum()
+    return total
 
 
 @dataclass
 class Screen:
-    """A chunk's first stage: bounds (c, K), each row's candidate (c,), the rows sorted by candidate (``order``,
-    ``counts``, ``xs``), the candidates' exact log-densities ``lc`` (c,), and the other kept pairs ``keep`` (c, K)."""
+    """A chunk's first stage: upper bounds (c, K; ``-inf`` at the candidates), each row's candidate (c,), the
+    rows sorted by (unsure, candidate) (``order``, ``counts`` (2 K): the sure rows of each component, then the
+    unsure ones; ``xs``, their ``[x | 1]``);
+    of the unsure rows (in that order) the candidates' exact log-densities ``lc`` and the other kept pairs
+    ``keep`` (c_u, K)."""
 
     bound: Tensor
     cand: Tensor
@@ -148,49 +221,64 @@ class Screen:
     keep: Tensor
 
     @property
+    def n_sure(self) -> int:
+        """Rows whose candidate's lower bound lies ``margin`` above every other pair's upper bound."""
+        return sum(self.counts[: len(self.counts) // 2])
+
+    @property
     def pairs(self) -> int:
         """Pairs the chunk computes exactly: a candidate per row and the other kept pairs."""
         return len(self.cand) + int(self.keep.sum())
 
 
-def screen(xa: Tensor, plan: PrunePlan) -> Screen:
-    """Bounds, candidates and kept pairs of a chunk of augmented rows ``xa`` (c, D + 1): about
-    ``(r + 1) K D + D^2`` multiply-adds per row (steps 1 and 2 of the module docstring)."""
-    c, k = xa.shape[0], plan.c0.numel()
-    bound = upper_bounds(xa, plan)
-    cand = bound.argmax(1)
-    order = torch.argsort(cand, stable=True)
-    counts = torch.bincount(cand, minlength=k).tolist()
-    xs = xa[order]
-    lc = torch.empty_like(bound[:, 0])
-    lc[order] = log_densities(xs, counts, plan)
-    keep = bound >= (lc - plan.margin).unsqueeze(1)
-    keep[torch.arange(c, device=xa.device), cand] = False  # the other kept pairs
-    return Screen(bound, cand, order, counts, xs, lc, keep)
+def screen(xb: Tensor, plan: PrunePlan) -> Screen:
+    """Bounds, candidates, sure rows and kept pairs of a chunk of rows ``xb`` (c, D + 2, :func:`augment`): about
+    ``(r + 2) K D`` multiply-adds per row, and ``D^2`` more per unsure row (steps 1 and 2 of the module
+    docstring)."""
+    k = plan.c0.numel()
+    upper, lower = bounds(xb, plan)
+    cand = upper.argmax(1)
+    others = upper.scatter_(1, cand.unsqueeze(1), -math.inf).amax(1)  # (faster than topk); the candidates'
+    # own upper bounds are not needed further
+    unsure = others >= lower.gather(1, cand.unsqueeze(1)).squeeze(1) - plan.margin
+    key = cand + k * unsure
+    order = torch.argsort(key, stable=True)
+    counts = torch.bincount(key, minlength=2 * k).tolist()
+    xs = torch.index_select(xb, 0, order)[:, :-1]  # [x | 1]; (faster than xb[order])
+    n_sure = sum(counts[:k])
+    lc = log_densities(xs[n_sure:], counts[k:], plan)
+    rows = order[n_sure:]
+    keep = upper[rows] >= (lc - plan.margin).unsqueeze(1)
+    keep[torch.arange(len(rows), device=xb.device), cand[rows]] = False  # the other kept pairs
+    return Screen(upper, cand, order, counts, xs, lc, keep)
 
 
-def chunk_sums(xa: Tensor, plan: PrunePlan, stats: Tensor, scr: Screen | None = None) -> Tensor:
-    """One chunk of augmented rows ``xa`` (c, D + 1), screened (``scr``, by :func:`screen` if not given): add
+def chunk_sums(xb: Tensor, plan: PrunePlan, stats: Tensor, scr: Screen | None = None) -> Tensor:
+    """One chunk of rows ``xb`` (c, D + 2, :func:`augment`), screened (``scr``, by :func:`screen` if not given): add
     its statistics to ``stats`` (K, D + 1, D + 1, see :func:`add_moments`); return ``sum_n log p(x_n)``
     (float64)."""
     k = plan.c0.numel()
-    scr = screen(xa, plan) if scr is None else scr
-    cand, order, xs = scr.cand, scr.order, scr.xs
+    scr = screen(xb, plan) if scr is None else scr
+    n_sure = scr.n_sure
+    total = add_sure(scr.xs[:n_sure], scr.counts[:k], plan, stats)
+    rows, xu = scr.order[n_sure:], scr.xs[n_sure:]  # the unsure rows, by candidate
+    if len(rows) == 0:
+        return total
     multi = scr.keep.any(1)
-    rows = multi.nonzero().squeeze(1)
-    if len(rows) == 0:  # every row has gamma = 1 for its candidate
-        add_moments(xs, scr.counts, None, stats)
-        return scr.lc.sum(dtype=torch.float64)
-    single = ~multi[order]
-    add_moments(xs[single], torch.bincount(cand[order][single], minlength=k).tolist(), None, stats)
-    kept = scr.keep[rows]
-    kept[torch.arange(len(rows), device=xa.device), cand[rows]] = True
+    single = ~multi  # unsure rows whose candidate is their only kept pair: gamma = 1, exact log-density
+    add_moments(xu[single], torch.bincount(scr.cand[rows[single]], minlength=k).tolist(), None, stats)
+    total += scr.lc[single].sum(dtype=torch.float64)
+    if not bool(multi.any()):
+        return total
+    rows = rows[multi]
+    kept = scr.keep[multi]
+    kept[torch.arange(len(rows), device=xb.device), scr.cand[rows]] = True
     pk, pi = kept.T.nonzero(as_tuple=True)  # pairs sorted by component
-    xp = xa[rows[pi]]
+    xp = xb[rows[pi], :-1]
     pcounts = torch.bincount(pk, minlength=k).tolist()
     lp = log_densities(xp, pcounts, plan)
-    logp = torch.full(kept.shape, -math.inf, dtype=xa.dtype, device=xa.device)
+    logp = torch.full(kept.shape, -math.inf, dtype=xb.dtype, device=xb.device)
     logp[pi, pk] = lp
     lse = torch.logsumexp(logp, 1)
     add_moments(xp, pcounts, (lp - lse[pi]).exp_(), stats)
-    return scr.lc[~multi].sum(dtype=torch.float64) + lse.sum(dtype=torch.float64)
+    return total + lse.sum(dtype=torch.float64)
