@@ -12,7 +12,7 @@ from ppl_dgm.errors import InputError
 from ppl_dgm.inference.em import fit_em
 from ppl_dgm.models.gmm import log_gaussian_prob
 from ppl_dgm.models.gmm_em import GMMFamily
-from ppl_dgm.models.gmm_prune import augment, bounds, make_plan
+from ppl_dgm.models.gmm_prune import augment, bounds, make_plan, screen
 
 
 def blobs(n: int, d: int, k: int, spread: float, seed: int = 0) -> torch.Tensor:
@@ -78,10 +78,15 @@ def test_pruned_statistics_equal_the_feature_form(spread, chunk):
     got = fam.e_step(params, fam.prepare(x))
     assert got.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-13)
     torch.testing.assert_close(got.stats, ref.stats, rtol=1e-10, atol=1e-8)
-    if spread == 3.0:
+    data = fam.prepare(x)
+    u, mu, c0 = fam._centred_factors(params, data)
+    scr = screen(augment(x, data.shift), make_plan(u, mu, c0))
+    if spread == 3.0:  # many rows sure (no per-row product; not the stretched blobs' rows, nor all round ones)
         assert 1.0 <= fam.last_pairs_per_row < 2.0  # of 8
+        assert 0.25 < scr.n_sure / len(x) < 0.9
     else:
         assert fam.last_pairs_per_row > 2.0
+        assert scr.n_sure < 0.05 * len(x)
     r32 = fam.e_step(type(params)(*(t.float() for t in params)), fam.prepare(x.float()))
     assert r32.stats.dtype == torch.float64
     assert r32.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-5)
