@@ -123,7 +123,10 @@ def test_auto_rule_and_refusals():
         GMMFamily(3, "tied", strategy="pruned")
     x = blobs(40000, 20, 4, spread=3.0)
     data = GMMFamily(4, "full").prepare(x)
-    assert data.pruned and data.prune_chunk == 32768  # at least 32,768 rows a chunk
+    assert data.pruned and data.prune_chunk == 40000  # 2^21 // 22 = 95,325 rows a chunk, capped by N
+    fam = GMMFamily(4, "full")
+    assert fam.prepare(torch.cat([x] * 3)).prune_chunk == 2**21 // 22
+    assert fam.prepare(torch.cat([x] * 4, 1)).prune_chunk == 32768  # D = 80: at least 32,768
 
 
 def test_jax_backend_keeps_its_forms_and_refuses_pruned():

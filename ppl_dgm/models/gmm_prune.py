@@ -30,7 +30,7 @@ Per chunk of rows:
    ``gamma_nk < exp(-60) = 9e-27`` times the candidate's, below float64 round-off of every sum it would
    enter, and is taken as 0, so ``gamma = 1`` for the candidate.  Sure rows need no per-row product at all:
    their moments ``M_k = X_k^T X_k`` (one product per component) give the statistics, and their
-   log-likelihood is ``N_k c_k - 1/2 tr(ua_k^T M_k ua_k)`` (:func:`add_sure`);
+   log-likelihood is ``N_k c_k - 1/2 tr(ua_k^T M_k ua_k)`` (:func:`sure_log_lik`, once per E-step);
 2. the other (*unsure*) rows get their candidate's exact log-density ``l_n`` (grouped by candidate: one
    (c_k x D)(D x D) product per component); a pair is *kept* when ``b_nk >= l_n - margin``;
 3. unsure rows whose only kept pair is the candidate have ``gamma = 1`` too (plain sums); the others get
@@ -192,16 +192,14 @@ def add_moments(xs: Tensor, counts: list[int], weights: Tensor | None, stats: Te
         stats[j] += m
 
 
-def add_sure(xs: Tensor, counts: list[int], plan: PrunePlan, stats: Tensor) -> Tensor:
-    """Rows ``xs`` (n, D + 1) grouped by component whose responsibility is 1 (*sure* rows): add their moments
-    ``M_k`` to ``stats``, return ``sum_n log p(x_n) = sum_k N_k c_k - 1/2 tr(ua_k^T M_k ua_k)`` (float64), the
-    quadratic forms from the moments, without per-row products."""
-    total = torch.zeros((), dtype=torch.float64, device=xs.device)
-    for j, m in _moments(xs, counts, None):
-        stats[j] += m
-        ua = plan.ua[j].double()
-        total += counts[j] * plan.c0[j].double() - 0.5 * ((m @ ua) * ua).sum()
-    return total
+def sure_log_lik(sure: Tensor, plan: PrunePlan) -> Tensor:
+    """``sum_n log p(x_n)`` (float64) of the *sure* rows (responsibility 1 for their component) from their
+    moments ``sure`` (K, D + 1, D + 1, the ``M_k = [x | 1]^T [x | 1]`` of each component's sure rows, summed
+    over chunks): ``sum_k N_k c_k - 1/2 tr(ua_k^T M_k ua_k)``, with ``N_k`` the moments' corner; the quadratic
+    forms without per-row products."""
+    ua = plan.ua.to(sure.dtype)
+    quad = torch.einsum("kij,kid,kjd->k", sure, ua, ua)
+    return (sure[:, -1, -1] * plan.c0.to(sure.dtype) - 0.5 * quad).sum()
 
 
 @dataclass
@@ -252,15 +250,17 @@ def screen(xb: Tensor, plan: PrunePlan) -> Screen:
     return Screen(upper, cand, order, counts, xs, lc, keep)
 
 
-def chunk_sums(xb: Tensor, plan: PrunePlan, stats: Tensor, scr: Screen | None = None) -> Tensor:
+def chunk_sums(xb: Tensor, plan: PrunePlan, stats: Tensor, sure: Tensor, scr: Screen | None = None) -> Tensor:
     """One chunk of rows ``xb`` (c, D + 2, :func:`augment`), screened (``scr``, by :func:`screen` if not given): add
-    its statistics to ``stats`` (K, D + 1, D + 1, see :func:`add_moments`); return ``sum_n log p(x_n)``
-    (float64)."""
+    the statistics of its sure rows to ``sure`` and of the others to ``stats`` (both (K, D + 1, D + 1), see
+    :func:`add_moments`); return ``sum_n log p(x_n)`` of the others (float64; the sure rows':
+    :func:`sure_log_lik`)."""
     k = plan.c0.numel()
     scr = screen(xb, plan) if scr is None else scr
     n_sure = scr.n_sure
-    total = add_sure(scr.xs[:n_sure], scr.counts[:k], plan, stats)
+    add_moments(scr.xs[:n_sure], scr.counts[:k], None, sure)
     rows, xu = scr.order[n_sure:], scr.xs[n_sure:]  # the unsure rows, by candidate
+    total = torch.zeros((), dtype=torch.float64, device=xb.device)
     if len(rows) == 0:
         return total
     multi = scr.keep.any(1)
