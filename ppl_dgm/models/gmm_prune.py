@@ -66,9 +66,9 @@ class PrunePlan:
     ``ua`` (K, D + 1, D) ``[U_k ; -mu_k^T U_k]``, so ``[x | 1] ua_k = (x - mu_k)^T U_k``; ``c0`` (K,) ``c_k``;
     ``w`` (D + 2, 2 K): ``[x | 1 | ||x||^2] w`` is ``c_k - 1/2 lambda_{r+1} ||x - mu_k||^2`` (the upper bound
     before its ``r`` directions) and ``c_k - 1/2 lambda_D ||x - mu_k||^2`` (the lower bound) side by side,
-    round-off allowances included; ``va`` (D + 1, K r) the ``r`` smallest eigenvectors of each component,
-    scaled by ``(lambda_{r+1} - lambda_i)^{1/2}``, over ``-v_i^T mu_k``, so that ``1/2 ||[x | 1] va_k||^2`` is
-    the directions' term."""
+    round-off allowances included; ``va`` (D + 1, r K) the ``i``-th smallest eigenvector of every component
+    (``i <= r``, one block of K columns each), scaled by ``(lambda_{r+1} - lambda_i)^{1/2}``, over
+    ``-v_i^T mu_k``: half the sum over the blocks of the squares of ``[x | 1] va`` is the directions' term."""
 
     ua: Tensor
     c0: Tensor
