@@ -12,7 +12,7 @@ from ppl_dgm.errors import InputError
 from ppl_dgm.inference.em import fit_em
 from ppl_dgm.models.gmm import log_gaussian_prob
 from ppl_dgm.models.gmm_em import GMMFamily
-from ppl_dgm.models.gmm_prune import augment, bounds, make_plan, screen
+from ppl_dgm.models.gmm_prune import _gram, augment, bounds, make_plan, screen
 
 
 def blobs(n: int, d: int, k: int, spread: float, seed: int = 0) -> torch.Tensor:
@@ -90,6 +90,36 @@ def test_pruned_statistics_equal_the_feature_form(spread, chunk):
     r32 = fam.e_step(type(params)(*(t.float() for t in params)), fam.prepare(x.float()))
     assert r32.stats.dtype == torch.float64
     assert r32.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-5)
+
+
+@pytest.mark.parametrize("f", [21, 47, 48, 65])
+def test_gram_of_row_blocks_equals_the_plain_product(f):
+    # one block of rows per thread; from F = 48 the lower-left block is the upper-right one transposed
+    g = torch.Generator().manual_seed(f)
+    a = torch.randn(5001, f, generator=g, dtype=torch.float64) + 3.0
+    b = a * torch.rand(5001, 1, generator=g, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = _gram(a, b)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(got, a.T @ b, rtol=1e-12, atol=1e-9)
+
+
+def test_pruned_statistics_at_a_width_with_symmetric_blocks():
+    # D = 56: the moments take _gram's three-block form; the buffers are reused by the second E-step
+    x = blobs(12000, 56, 4, spread=4.0, seed=5)
+    params = fitted(x, 4, iters=2)
+    feats = GMMFamily(4, "full", strategy="features")
+    ref = feats.e_step(params, feats.prepare(x))
+    fam = GMMFamily(4, "full", strategy="pruned")
+    data = fam.prepare(x)
+    for _ in range(2):
+        got = fam.e_step(params, data)
+        assert got.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-13)
+        torch.testing.assert_close(got.stats, ref.stats, rtol=1e-10, atol=1e-8)
+    assert {"augmented", "sorted", "both"} <= set(data.work)
 
 
 def test_pruned_fit_follows_the_dense_fit_and_sklearn():

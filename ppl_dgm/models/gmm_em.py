@@ -55,7 +55,7 @@ single process on the concatenated rows, rank order = row order).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyro
 import torch
@@ -91,7 +91,8 @@ class GMMData:
     """Prepared data: raw rows (N_r, D), the mean of all rows (D,), rows per chunk, the E-step's dense form
     (``direct``, else features), the ranks' layout when sharded (``None``: one process), and whether the
     E-step may take the pruned form (:mod:`~ppl_dgm.models.gmm_prune`, with ``prune_chunk`` rows per chunk;
-    under ``strategy="auto"`` each E-step's screen may still choose the dense form)."""
+    under ``strategy="auto"`` each E-step's screen may still choose the dense form).  ``work`` keeps the
+    pruned form's per-chunk buffers from one E-step to the next (:attr:`~.gmm_prune.PrunePlan.work`)."""
 
     x: Tensor
     shift: Tensor
@@ -100,6 +101,7 @@ class GMMData:
     shards: Shards | None = None
     pruned: bool = False
     prune_chunk: int = 0
+    work: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -350,11 +352,11 @@ class GMMFamily:
         screen keeps too many pairs (:meth:`prune_pays`): the caller runs the dense form."""
         u, mu, c0 = self._centred_factors(params, data)
         k, d = mu.shape
-        plan = make_plan(u, mu, c0)
+        plan = make_plan(u, mu, c0, work=data.work)
         stats = torch.zeros(k, d + 1, d + 1, dtype=torch.float64, device=u.device)
         sure = torch.zeros_like(stats)  # the sure rows' moments (gmm_prune.chunk_sums)
         total = torch.zeros((), dtype=torch.float64, device=u.device)
-        buf = data.x.new_empty(data.prune_chunk, d + 2)
+        buf = plan.buffer("augmented", data.prune_chunk, d + 2, data.x)
         pairs = 0
         probe = min(data.prune_chunk, max(self.prune_probe_rows, 32 * k))  # a small first chunk: the probe
         for i in [0, *range(probe, data.n, data.prune_chunk)]:
