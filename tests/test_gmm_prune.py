@@ -12,7 +12,7 @@ from ppl_dgm.errors import InputError
 from ppl_dgm.inference.em import fit_em
 from ppl_dgm.models.gmm import log_gaussian_prob
 from ppl_dgm.models.gmm_em import GMMFamily
-from ppl_dgm.models.gmm_prune import _gram, augment, bounds, make_plan, screen
+from ppl_dgm.models.gmm_prune import _gram, augment, bounds, make_plan, row_width, screen
 
 
 def blobs(n: int, d: int, k: int, spread: float, seed: int = 0) -> torch.Tensor:
@@ -92,9 +92,10 @@ def test_pruned_statistics_equal_the_feature_form(spread, chunk):
     assert r32.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-5)
 
 
-@pytest.mark.parametrize("f", [21, 47, 48, 65])
+@pytest.mark.parametrize("f", [21, 47, 48, 65, 72, 84])
 def test_gram_of_row_blocks_equals_the_plain_product(f):
-    # one block of rows per thread; from F = 48 the lower-left block is the upper-right one transposed
+    # one block of rows per thread; from F = 48 the lower-left block is the upper-right one transposed, split at a
+    # multiple of 12 columns (84: 36 + 48)
     g = torch.Generator().manual_seed(f)
     a = torch.randn(5001, f, generator=g, dtype=torch.float64) + 3.0
     b = a * torch.rand(5001, 1, generator=g, dtype=torch.float64)
@@ -105,6 +106,19 @@ def test_gram_of_row_blocks_equals_the_plain_product(f):
     finally:
         torch.set_num_threads(threads)
     torch.testing.assert_close(got, a.T @ b, rtol=1e-12, atol=1e-9)
+
+
+def test_augmented_rows_are_padded_to_a_multiple_of_twelve_on_cpu():
+    assert [row_width(d, "cpu") for d in (2, 9, 10, 11, 20, 56, 64, 70)] == [4, 11, 12, 24, 24, 60, 72, 72]
+    assert row_width(64, "meta") == 66  # (other devices: no padding)
+    x = torch.randn(7, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    shift = x.mean(0)
+    out = torch.full((9, 24), math.nan, dtype=torch.float64)  # a reused buffer: the padding is written too
+    xb = augment(x, shift, out)
+    assert xb.shape == (7, 24) and xb.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(xb[:, :20], x - shift, rtol=0, atol=0)
+    assert bool((xb[:, 20] == 1).all()) and bool((xb[:, 22:] == 0).all())
+    torch.testing.assert_close(xb[:, 21], ((x - shift) ** 2).sum(1), rtol=1e-15, atol=0)
 
 
 def test_pruned_statistics_at_a_width_with_symmetric_blocks():

@@ -70,7 +70,7 @@ from .gmm import (
     log_det_cholesky,
     precision_cholesky,
 )
-from .gmm_prune import augment, chunk_sums, make_plan, screen, sure_log_lik
+from .gmm_prune import augment, chunk_sums, make_plan, row_width, screen, sure_log_lik
 from .kmeans import kmeans, kmeans_plusplus, take_rows
 from .shards import Shards
 
@@ -356,7 +356,7 @@ class GMMFamily:
         stats = torch.zeros(k, d + 1, d + 1, dtype=torch.float64, device=u.device)
         sure = torch.zeros_like(stats)  # the sure rows' moments (gmm_prune.chunk_sums)
         total = torch.zeros((), dtype=torch.float64, device=u.device)
-        buf = plan.buffer("augmented", data.prune_chunk, d + 2, data.x)
+        buf = plan.buffer("augmented", data.prune_chunk, row_width(d, data.x.device), data.x)
         pairs = 0
         probe = min(data.prune_chunk, max(self.prune_probe_rows, 32 * k))  # a small first chunk: the probe
         for i in [0, *range(probe, data.n, data.prune_chunk)]:

@@ -56,11 +56,15 @@ from torch import Tensor
 MARGIN = 60.0
 #: at most this many of a precision's smallest eigen-directions enter the bound exactly
 MAX_DIRECTIONS = 4
+#: on CPU the augmented rows get zero columns up to a multiple of this many (from 12 columns on): MKL's float64
+#: product (AVX2) forms an output of a multiple of 12 columns at full speed and the rest at about half.  Moments
+#: of 30,000 rows: 65 columns 10.9 ms, 72 columns 4.6-6.2 ms; 21 columns 1.9 ms, 24 columns 0.6-0.8 ms.
+WIDTH_STEP = 12
 
 
 @dataclass
 class PrunePlan:
-    """One E-step's constants, from the parameters, for rows ``[x - shift | 1 | ||x - shift||^2]`` (D + 2,
+    """One E-step's constants, from the parameters, for rows ``[x - shift | 1 | ||x - shift||^2 | 0 ...]`` (P,
     :func:`augment`); the first D + 1 columns, ``[x | 1]``, carry the exact products and the moments.
 
     ``ua`` (K, D + 1, D) ``[U_k ; -mu_k^T U_k]``, so ``[x | 1] ua_k = (x - mu_k)^T U_k``; ``c0`` (K,) ``c_k``;
@@ -80,6 +84,11 @@ class PrunePlan:
     #: same dict, by the next E-steps (a fresh tensor of tens of MB is a fresh mapping: its page faults cost as
     #: much as the product that fills it; at 60,000 x 64, 4-5 ms of a 51 ms E-step)
     work: dict = field(default_factory=dict)
+
+    @property
+    def d(self) -> int:
+        """The number of features D."""
+        return self.ua.shape[2]
 
     def buffer(self, name: str, rows: int, cols: int, like: Tensor) -> Tensor:
         """A (rows, cols) buffer of ``like``'s dtype and device, reused across chunks."""
@@ -119,26 +128,38 @@ def make_plan(u: Tensor, mu: Tensor, c0: Tensor, margin: float = MARGIN, work: d
                      margin=float(margin), work={} if work is None else work)
 
 
+def row_width(d: int, device: torch.device | str) -> int:
+    """The width of the augmented rows of D features (:func:`augment`): ``D + 2``, on CPU rounded up to a
+    multiple of :data:`WIDTH_STEP` from ``D + 2 >= WIDTH_STEP`` on (their moments :func:`_gram` take half the
+    time or less, padding included)."""
+    f = d + 2
+    if torch.device(device).type != "cpu" or f < WIDTH_STEP:
+        return f
+    return -(-f // WIDTH_STEP) * WIDTH_STEP
+
+
 def augment(rows: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
-    """``[x - shift | 1 | ||x - shift||^2]`` of rows (c, D) -> (c, D + 2), into ``out`` if given."""
+    """``[x - shift | 1 | ||x - shift||^2 | 0 ...]`` of rows (c, D) -> (c, P), ``P =`` :func:`row_width`, into
+    ``out`` (at least c rows of P columns) if given."""
     c, d = rows.shape
-    out = rows.new_empty(c, d + 2) if out is None else out[:c]
+    out = rows.new_empty(c, row_width(d, rows.device)) if out is None else out[:c]
     torch.sub(rows, shift, out=out[:, :d])
     out[:, d] = 1
     torch.square(torch.linalg.vector_norm(out[:, :d], dim=1), out=out[:, d + 1])
+    out[:, d + 2 :] = 0
     return out
 
 
 def bounds(xb: Tensor, plan: PrunePlan) -> tuple[Tensor, Tensor]:
     """Upper and lower bounds ``b_nk >= log pi_k N(x_n | mu_k, Sigma_k) >= a_nk`` (module docstring) of rows
-    ``xb`` (c, D + 2, :func:`augment`) -> two (c, K); the lower one is ``c_k - 1/2 lambda_D ||x - mu_k||^2``.
+    ``xb`` (c, P, :func:`augment`) -> two (c, K); the lower one is ``c_k - 1/2 lambda_D ||x - mu_k||^2``.
     One product, ``(D + 2) 2 K`` multiply-adds per row, and ``(D + 1) K r`` for the directions.  Views of the
     plan's buffers: valid until its next call."""
-    c, k = xb.shape[0], plan.c0.numel()
-    both = torch.mm(xb, plan.w, out=plan.buffer("both", c, 2 * k, xb))
+    c, k, d = xb.shape[0], plan.c0.numel(), plan.d
+    both = torch.mm(xb[:, : d + 2], plan.w, out=plan.buffer("both", c, 2 * k, xb))
     upper = both[:, :k]
     if plan.r:  # (element-wise over (c, K) blocks: a reduction over a short last axis is slow on CPU)
-        y = torch.mm(xb[:, :-1], plan.va, out=plan.buffer("dirs", c, plan.r * k, xb))
+        y = torch.mm(xb[:, : d + 1], plan.va, out=plan.buffer("dirs", c, plan.r * k, xb))
         for i in range(plan.r):
             upper.addcmul_(y[:, i * k : (i + 1) * k], y[:, i * k : (i + 1) * k], value=0.5)
     return upper, both[:, k:]
@@ -150,28 +171,28 @@ def upper_bounds(xb: Tensor, plan: PrunePlan) -> Tensor:
 
 
 def log_densities(xs: Tensor, counts: list[int], plan: PrunePlan) -> Tensor:
-    """``log pi_k N(x | mu_k, Sigma_k)`` of augmented rows ``xs`` (n, D + 1) grouped by component: the first
-    ``counts[0]`` rows with component 0, and so on -> (n,)."""
+    """``log pi_k N(x | mu_k, Sigma_k)`` of augmented rows ``xs`` (n, D + 1 or more: :func:`augment`) grouped by
+    component: the first ``counts[0]`` rows with component 0, and so on -> (n,)."""
     out = xs.new_empty(xs.shape[0])
     a = 0
     for j, nj in enumerate(counts):
         if nj:
-            y = torch.mm(xs[a : a + nj], plan.ua[j])
+            y = torch.mm(xs[a : a + nj, : plan.d + 1], plan.ua[j])
             torch.sum(y.square_(), 1, out=out[a : a + nj])
             out[a : a + nj].mul_(-0.5).add_(plan.c0[j])
         a += nj
     return out
 
 
-def _moments(xs: Tensor, counts: list[int], weights: Tensor | None):
-    """``(j, sum gamma [x | 1]^T [x | 1])`` (float64, (D + 1, D + 1)) for each component ``j`` with rows in
-    ``xs`` (n, D + 1), grouped by component (``counts``); ``weights`` (n,) the responsibilities, ``None`` for
-    all ones."""
+def _moments(xs: Tensor, counts: list[int], weights: Tensor | None, f: int):
+    """``(j, sum gamma [x | 1]^T [x | 1])`` (float64, (f, f), ``f = D + 1``) for each component ``j`` with rows
+    in ``xs`` (n, f or more: the whole augmented rows, whose width suits :func:`_gram`), grouped by component
+    (``counts``); ``weights`` (n,) the responsibilities, ``None`` for all ones."""
     wx = xs if weights is None else xs * weights.unsqueeze(1)
     a = 0
     for j, nj in enumerate(counts):
         if nj:
-            yield j, _gram(xs[a : a + nj], wx[a : a + nj]).double()
+            yield j, _gram(xs[a : a + nj], wx[a : a + nj])[:f, :f].double()
         a += nj
 
 
@@ -180,7 +201,8 @@ def _gram(a: Tensor, b: Tensor) -> Tensor:
     its rows weighted).  On CPU the rows go in one block per thread through a batched product: MKL runs a single
     product with so small an output on about one thread (measured at F = 21: 4.7 ms for 32,767 rows in one
     product, 2.3 ms in two blocks, 2 threads).  From F = 48 the lower-left block is the upper-right one
-    transposed: three quarters of the multiply-adds (F = 65, 30,000 rows: 11.2 -> 9.7 ms)."""
+    transposed: three quarters of the multiply-adds (F = 65, 30,000 rows: 11.2 -> 9.7 ms), split at a multiple
+    of :data:`WIDTH_STEP` columns (F = 72: 36, 4.6 ms; F = 84: 36, 6.0 ms, not 42, 10.3 ms)."""
     t = torch.get_num_threads() if a.device.type == "cpu" else 1
     n, f = a.shape
     h = n // t
@@ -190,7 +212,7 @@ def _gram(a: Tensor, b: Tensor) -> Tensor:
     if f < 48:
         m = torch.bmm(va.transpose(1, 2), vb).sum(0)
     else:
-        s = f // 2
+        s = f // 2 // WIDTH_STEP * WIDTH_STEP
         m = a.new_empty(f, f)
         torch.sum(torch.bmm(va[:, :, :s].transpose(1, 2), vb), 0, out=m[:s])
         torch.sum(torch.bmm(va[:, :, s:].transpose(1, 2), vb[:, :, s:]), 0, out=m[s:, s:])
@@ -199,9 +221,9 @@ def _gram(a: Tensor, b: Tensor) -> Tensor:
 
 
 def add_moments(xs: Tensor, counts: list[int], weights: Tensor | None, stats: Tensor) -> None:
-    """Add the weighted second and first moments and the count of augmented rows ``xs`` (n, D + 1) grouped by
+    """Add the weighted second and first moments and the count of augmented rows ``xs`` (n, P) grouped by
     component (``counts``) to ``stats`` (K, D + 1, D + 1), float64 (see :func:`_moments`)."""
-    for j, m in _moments(xs, counts, weights):
+    for j, m in _moments(xs, counts, weights, stats.shape[-1]):
         stats[j] += m
 
 
@@ -219,7 +241,7 @@ def sure_log_lik(sure: Tensor, plan: PrunePlan) -> Tensor:
 class Screen:
     """A chunk's first stage: upper bounds (c, K; ``-inf`` at the candidates), each row's candidate (c,), the
     rows sorted by (unsure, candidate) (``order``, ``counts`` (2 K): the sure rows of each component, then the
-    unsure ones; ``xs``, their ``[x | 1]``);
+    unsure ones; ``xs``, their augmented rows);
     of the unsure rows (in that order) the candidates' exact log-densities ``lc`` and the other kept pairs
     ``keep`` (c_u, K)."""
 
@@ -243,7 +265,7 @@ class Screen:
 
 
 def screen(xb: Tensor, plan: PrunePlan) -> Screen:
-    """Bounds, candidates, sure rows and kept pairs of a chunk of rows ``xb`` (c, D + 2, :func:`augment`): about
+    """Bounds, candidates, sure rows and kept pairs of a chunk of rows ``xb`` (c, P, :func:`augment`): about
     ``(r + 2) K D`` multiply-adds per row, and ``D^2`` more per unsure row (steps 1 and 2 of the module
     docstring)."""
     k = plan.c0.numel()
@@ -254,7 +276,7 @@ def screen(xb: Tensor, plan: PrunePlan) -> Screen:
     key = (cand + k * unsure).to(torch.uint8 if 2 * k <= 256 else torch.int32)  # (a byte key sorts 5x faster)
     order = torch.argsort(key, stable=True)
     counts = torch.bincount(key, minlength=2 * k).tolist()
-    xs = torch.index_select(xb, 0, order, out=plan.buffer("sorted", len(order), xb.shape[1], xb))[:, :-1]
+    xs = torch.index_select(xb, 0, order, out=plan.buffer("sorted", len(order), xb.shape[1], xb))
     n_sure = sum(counts[:k])
     lc = log_densities(xs[n_sure:], counts[k:], plan)
     rows = order[n_sure:]
@@ -264,7 +286,7 @@ def screen(xb: Tensor, plan: PrunePlan) -> Screen:
 
 
 def chunk_sums(xb: Tensor, plan: PrunePlan, stats: Tensor, sure: Tensor, scr: Screen | None = None) -> Tensor:
-    """One chunk of rows ``xb`` (c, D + 2, :func:`augment`), screened (``scr``, by :func:`screen` if not given): add
+    """One chunk of rows ``xb`` (c, P, :func:`augment`), screened (``scr``, by :func:`screen` if not given): add
     the statistics of its sure rows to ``sure`` and of the others to ``stats`` (both (K, D + 1, D + 1), see
     :func:`add_moments`); return ``sum_n log p(x_n)`` of the others (float64; the sure rows':
     :func:`sure_log_lik`)."""
@@ -286,7 +308,7 @@ def chunk_sums(xb: Tensor, plan: PrunePlan, stats: Tensor, sure: Tensor, scr: Sc
     kept = scr.keep[multi]
     kept[torch.arange(len(rows), device=xb.device), scr.cand[rows]] = True
     pk, pi = kept.T.nonzero(as_tuple=True)  # pairs sorted by component
-    xp = xb[rows[pi], :-1]
+    xp = xb[rows[pi]]
     pcounts = torch.bincount(pk, minlength=k).tolist()
     lp = log_densities(xp, pcounts, plan)
     logp = torch.full(kept.shape, -math.inf, dtype=xb.dtype, device=xb.device)
