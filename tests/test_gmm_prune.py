@@ -12,7 +12,7 @@ from ppl_dgm.errors import InputError
 from ppl_dgm.inference.em import fit_em
 from ppl_dgm.models.gmm import log_gaussian_prob
 from ppl_dgm.models.gmm_em import GMMFamily
-from ppl_dgm.models.gmm_prune import _gram, augment, bounds, make_plan, row_width, screen
+from ppl_dgm.models.gmm_prune import _gram, augment, bounds, make_plan, padded, row_width, screen
 
 
 def blobs(n: int, d: int, k: int, spread: float, seed: int = 0) -> torch.Tensor:
@@ -51,6 +51,7 @@ def test_bound_is_above_every_exact_log_density(dtype):
     c0 = params.weights.to(dtype).log() - 10 * math.log(2 * math.pi) + u.diagonal(dim1=1, dim2=2).log().sum(1)
     plan = make_plan(u, mu, c0)
     assert plan.r >= 2  # the stretched blobs' components need two eigen-directions
+    assert plan.va.shape == (21, padded(6 * plan.r, "cpu")) and not bool(plan.va[:, 6 * plan.r :].any())
     bound, below = (b.double() for b in bounds(augment(rows, shift), plan))
     exact = exact_log_joint(rows.double(), params)
     tol = 1e-9 if dtype == torch.float64 else 1e-2  # float32: the exact values' own round-off
@@ -111,6 +112,7 @@ def test_gram_of_row_blocks_equals_the_plain_product(f):
 def test_augmented_rows_are_padded_to_a_multiple_of_twelve_on_cpu():
     assert [row_width(d, "cpu") for d in (2, 9, 10, 11, 20, 56, 64, 70)] == [4, 11, 12, 24, 24, 60, 72, 72]
     assert row_width(64, "meta") == 66  # (other devices: no padding)
+    assert [padded(n, "cpu") for n in (0, 1, 8, 12, 128)] == [0, 12, 12, 12, 132] and padded(128, "meta") == 128
     x = torch.randn(7, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     shift = x.mean(0)
     out = torch.full((9, 24), math.nan, dtype=torch.float64)  # a reused buffer: the padding is written too

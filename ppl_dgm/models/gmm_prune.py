@@ -51,14 +51,16 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from torch.nn.functional import pad
 
 #: a pair is left out when its bound is this many nats below the row's candidate: ``exp(-60) = 9e-27``
 MARGIN = 60.0
 #: at most this many of a precision's smallest eigen-directions enter the bound exactly
 MAX_DIRECTIONS = 4
-#: on CPU the augmented rows get zero columns up to a multiple of this many (from 12 columns on): MKL's float64
-#: product (AVX2) forms an output of a multiple of 12 columns at full speed and the rest at about half.  Moments
-#: of 30,000 rows: 65 columns 10.9 ms, 72 columns 4.6-6.2 ms; 21 columns 1.9 ms, 24 columns 0.6-0.8 ms.
+#: on CPU the augmented rows (from 12 columns on) and the bounds' matrices get zero columns up to a multiple of
+#: this many: MKL's float64 product (AVX2) forms an output of a multiple of 12 columns at full speed and the rest
+#: at about half.  Moments of 30,000 rows: 65 columns 10.9 ms, 72 columns 4.6-6.2 ms; 21 columns 1.9 ms, 24
+#: columns 0.6-0.8 ms; bounds of 32,768 rows at D = 20: 128 columns 10.2 ms, 132 columns 6.4 ms.
 WIDTH_STEP = 12
 
 
@@ -68,11 +70,12 @@ class PrunePlan:
     :func:`augment`); the first D + 1 columns, ``[x | 1]``, carry the exact products and the moments.
 
     ``ua`` (K, D + 1, D) ``[U_k ; -mu_k^T U_k]``, so ``[x | 1] ua_k = (x - mu_k)^T U_k``; ``c0`` (K,) ``c_k``;
-    ``w`` (D + 2, 2 K): ``[x | 1 | ||x||^2] w`` is ``c_k - 1/2 lambda_{r+1} ||x - mu_k||^2`` (the upper bound
-    before its ``r`` directions) and ``c_k - 1/2 lambda_D ||x - mu_k||^2`` (the lower bound) side by side,
-    round-off allowances included; ``va`` (D + 1, r K) the ``i``-th smallest eigenvector of every component
-    (``i <= r``, one block of K columns each), scaled by ``(lambda_{r+1} - lambda_i)^{1/2}``, over
-    ``-v_i^T mu_k``: half the sum over the blocks of the squares of ``[x | 1] va`` is the directions' term."""
+    ``w`` (D + 2, 2 K, then zero columns up to :func:`padded`): ``[x | 1 | ||x||^2] w`` is ``c_k - 1/2
+    lambda_{r+1} ||x - mu_k||^2`` (the upper bound before its ``r`` directions) and ``c_k - 1/2 lambda_D ||x -
+    mu_k||^2`` (the lower bound) side by side, round-off allowances included; ``va`` (D + 1, r K, then zero
+    columns) the ``i``-th smallest eigenvector of every component (``i <= r``, one block of K columns each),
+    scaled by ``(lambda_{r+1} - lambda_i)^{1/2}``, over ``-v_i^T mu_k``: half the sum over the blocks of the
+    squares of ``[x | 1] va`` is the directions' term."""
 
     ua: Tensor
     c0: Tensor
@@ -123,19 +126,21 @@ def make_plan(u: Tensor, mu: Tensor, c0: Tensor, margin: float = MARGIN, work: d
     v = vec[:, :, :r] * coef.sqrt().unsqueeze(1)  # (K, D, r)
     va = torch.cat([v, -torch.einsum("kdr,kd->kr", v, m64).unsqueeze(1)], 1)  # (K, D + 1, r)
     ua = torch.cat([u, -torch.einsum("kde,kd->ke", u, mu).unsqueeze(1)], 1)
-    return PrunePlan(ua=ua, c0=c0.to(mu.dtype), w=torch.cat(cols, 1).to(mu.dtype),
-                     va=va.permute(1, 2, 0).reshape(d + 1, r * k).to(mu.dtype).contiguous(), r=r,
-                     margin=float(margin), work={} if work is None else work)
+    w, va = torch.cat(cols, 1), va.permute(1, 2, 0).reshape(d + 1, r * k)
+    w, va = (pad(m, (0, padded(m.shape[1], mu.device) - m.shape[1])).to(mu.dtype) for m in (w, va))
+    return PrunePlan(ua=ua, c0=c0.to(mu.dtype), w=w, va=va, r=r, margin=float(margin),
+                     work={} if work is None else work)
+
+
+def padded(n: int, device: torch.device | str) -> int:
+    """``n`` columns rounded up to a multiple of :data:`WIDTH_STEP` on CPU; ``n`` on other devices."""
+    return -(-n // WIDTH_STEP) * WIDTH_STEP if torch.device(device).type == "cpu" else n
 
 
 def row_width(d: int, device: torch.device | str) -> int:
-    """The width of the augmented rows of D features (:func:`augment`): ``D + 2``, on CPU rounded up to a
-    multiple of :data:`WIDTH_STEP` from ``D + 2 >= WIDTH_STEP`` on (their moments :func:`_gram` take half the
-    time or less, padding included)."""
-    f = d + 2
-    if torch.device(device).type != "cpu" or f < WIDTH_STEP:
-        return f
-    return -(-f // WIDTH_STEP) * WIDTH_STEP
+    """The width of the augmented rows of D features (:func:`augment`): ``D + 2``, :func:`padded` from ``D + 2 >=
+    WIDTH_STEP`` on (their moments :func:`_gram` take half the time or less, padding included)."""
+    return d + 2 if d + 2 < WIDTH_STEP else padded(d + 2, device)
 
 
 def augment(rows: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
@@ -156,13 +161,13 @@ def bounds(xb: Tensor, plan: PrunePlan) -> tuple[Tensor, Tensor]:
     One product, ``(D + 2) 2 K`` multiply-adds per row, and ``(D + 1) K r`` for the directions.  Views of the
     plan's buffers: valid until its next call."""
     c, k, d = xb.shape[0], plan.c0.numel(), plan.d
-    both = torch.mm(xb[:, : d + 2], plan.w, out=plan.buffer("both", c, 2 * k, xb))
+    both = torch.mm(xb[:, : d + 2], plan.w, out=plan.buffer("both", c, plan.w.shape[1], xb))
     upper = both[:, :k]
     if plan.r:  # (element-wise over (c, K) blocks: a reduction over a short last axis is slow on CPU)
-        y = torch.mm(xb[:, : d + 1], plan.va, out=plan.buffer("dirs", c, plan.r * k, xb))
+        y = torch.mm(xb[:, : d + 1], plan.va, out=plan.buffer("dirs", c, plan.va.shape[1], xb))
         for i in range(plan.r):
             upper.addcmul_(y[:, i * k : (i + 1) * k], y[:, i * k : (i + 1) * k], value=0.5)
-    return upper, both[:, k:]
+    return upper, both[:, k : 2 * k]
 
 
 def upper_bounds(xb: Tensor, plan: PrunePlan) -> Tensor:
@@ -179,21 +184,11 @@ def log_densities(xs: Tensor, counts: list[int], plan: PrunePlan) -> Tensor:
         if nj:
             y = torch.mm(xs[a : a + nj, : plan.d + 1], plan.ua[j])
             torch.sum(y.square_(), 1, out=out[a : a + nj])
-            out[a : a + nj].mul_(-0.5).add_(plan.c0[j])
         a += nj
-    return out
+    c0 = torch.repeat_interleave(plan.c0, torch.tensor(counts, device=out.device), output_size=len(out))
+    return out.mul_(-0.5).add_(c0)
 
 
-def _moments(xs: Tensor, counts: list[int], weights: Tensor | None, f: int):
-    """``(j, sum gamma [x | 1]^T [x | 1])`` (float64, (f, f), ``f = D + 1``) for each component ``j`` with rows
-    in ``xs`` (n, f or more: the whole augmented rows, whose width suits :func:`_gram`), grouped by component
-    (``counts``); ``weights`` (n,) the responsibilities, ``None`` for all ones."""
-    wx = xs if weights is None else xs * weights.unsqueeze(1)
-    a = 0
-    for j, nj in enumerate(counts):
-        if nj:
-            yield j, _gram(xs[a : a + nj], wx[a : a + nj])[:f, :f].double()
-        a += nj
 
 
 def _gram(a: Tensor, b: Tensor) -> Tensor:
@@ -221,10 +216,20 @@ def _gram(a: Tensor, b: Tensor) -> Tensor:
 
 
 def add_moments(xs: Tensor, counts: list[int], weights: Tensor | None, stats: Tensor) -> None:
-    """Add the weighted second and first moments and the count of augmented rows ``xs`` (n, P) grouped by
-    component (``counts``) to ``stats`` (K, D + 1, D + 1), float64 (see :func:`_moments`)."""
-    for j, m in _moments(xs, counts, weights, stats.shape[-1]):
-        stats[j] += m
+    """Add ``sum gamma [x | 1]^T [x | 1]`` (the weighted second and first moments and the count) of augmented
+    rows ``xs`` (n, P: the whole rows, whose width suits :func:`_gram`) grouped by component (``counts``: the
+    first ``counts[0]`` rows with component 0, and so on) to ``stats`` (K, D + 1, D + 1), float64; ``weights``
+    (n,) the responsibilities, ``None`` for all ones."""
+    f = stats.shape[-1]
+    wx = xs if weights is None else xs * weights.unsqueeze(1)
+    js, grams, a = [], [], 0
+    for j, nj in enumerate(counts):
+        if nj:
+            js.append(j)
+            grams.append(_gram(xs[a : a + nj], wx[a : a + nj]))
+        a += nj
+    if grams:  # (one addition for all components: per-component ones cost more than the products at K = 64)
+        stats.index_add_(0, torch.tensor(js, device=stats.device), torch.stack(grams)[:, :f, :f].double())
 
 
 def sure_log_lik(sure: Tensor, plan: PrunePlan) -> Tensor:
@@ -311,8 +316,8 @@ def chunk_sums(xb: Tensor, plan: PrunePlan, stats: Tensor, sure: Tensor, scr: Sc
     xp = xb[rows[pi]]
     pcounts = torch.bincount(pk, minlength=k).tolist()
     lp = log_densities(xp, pcounts, plan)
-    logp = torch.full(kept.shape, -math.inf, dtype=xb.dtype, device=xb.device)
-    logp[pi, pk] = lp
-    lse = torch.logsumexp(logp, 1)
-    add_moments(xp, pcounts, (lp - lse[pi]).exp_(), stats)
-    return total + lse.sum(dtype=torch.float64)
+    top = lp.new_full((len(rows),), -math.inf).scatter_reduce_(0, pi, lp, "amax")  # each row's largest
+    e = (lp - top[pi]).exp_()
+    s = torch.zeros_like(top).index_add_(0, pi, e)  # log-sum-exp over each row's pairs, not over all K
+    add_moments(xp, pcounts, e.div_(s[pi]), stats)
+    return total + (top + s.log_()).sum(dtype=torch.float64)
