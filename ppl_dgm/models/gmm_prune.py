@@ -285,7 +285,7 @@ def screen(xb: Tensor, plan: PrunePlan) -> Screen:
     n_sure = sum(counts[:k])
     lc = log_densities(xs[n_sure:], counts[k:], plan)
     rows = order[n_sure:]
-    keep = upper[rows] >= (lc - plan.margin).unsqueeze(1)
+    keep = torch.index_select(upper, 0, rows) >= (lc - plan.margin).unsqueeze(1)
     keep[torch.arange(len(rows), device=xb.device), cand[rows]] = False  # the other kept pairs
     return Screen(upper, cand, order, counts, xs, lc, keep)
 
@@ -304,16 +304,18 @@ def chunk_sums(xb: Tensor, plan: PrunePlan, stats: Tensor, sure: Tensor, scr: Sc
     if len(rows) == 0:
         return total
     multi = scr.keep.any(1)
-    single = ~multi  # unsure rows whose candidate is their only kept pair: gamma = 1, exact log-density
-    add_moments(xu[single], torch.bincount(scr.cand[rows[single]], minlength=k).tolist(), None, stats)
-    total += scr.lc[single].sum(dtype=torch.float64)
-    if not bool(multi.any()):
+    one = (~multi).nonzero().squeeze(1)  # unsure rows whose candidate is their only kept pair: gamma = 1
+    add_moments(torch.index_select(xu, 0, one), torch.bincount(scr.cand[rows[one]], minlength=k).tolist(), None,
+                stats)  # (index_select: 2-3x faster than indexing with [])
+    total += scr.lc[one].sum(dtype=torch.float64)
+    if len(one) == len(rows):
         return total
-    rows = rows[multi]
-    kept = scr.keep[multi]
+    many = multi.nonzero().squeeze(1)
+    rows = rows[many]
+    kept = torch.index_select(scr.keep, 0, many)
     kept[torch.arange(len(rows), device=xb.device), scr.cand[rows]] = True
     pk, pi = kept.T.nonzero(as_tuple=True)  # pairs sorted by component
-    xp = xb[rows[pi]]
+    xp = torch.index_select(xb, 0, rows[pi])
     pcounts = torch.bincount(pk, minlength=k).tolist()
     lp = log_densities(xp, pcounts, plan)
     top = lp.new_full((len(rows),), -math.inf).scatter_reduce_(0, pi, lp, "amax")  # each row's largest
