@@ -170,11 +170,6 @@ def bounds(xb: Tensor, plan: PrunePlan) -> tuple[Tensor, Tensor]:
     return upper, both[:, k : 2 * k]
 
 
-def upper_bounds(xb: Tensor, plan: PrunePlan) -> Tensor:
-    """The upper bounds ``b_nk`` of :func:`bounds`, (c, K)."""
-    return bounds(xb, plan)[0]
-
-
 def log_densities(xs: Tensor, counts: list[int], plan: PrunePlan) -> Tensor:
     """``log pi_k N(x | mu_k, Sigma_k)`` of augmented rows ``xs`` (n, D + 1 or more: :func:`augment`) grouped by
     component: the first ``counts[0]`` rows with component 0, and so on -> (n,)."""
@@ -187,8 +182,6 @@ def log_densities(xs: Tensor, counts: list[int], plan: PrunePlan) -> Tensor:
         a += nj
     c0 = torch.repeat_interleave(plan.c0, torch.tensor(counts, device=out.device), output_size=len(out))
     return out.mul_(-0.5).add_(c0)
-
-
 
 
 def _gram(a: Tensor, b: Tensor) -> Tensor:
