@@ -79,10 +79,10 @@ def machine(threads: int) -> dict:
     return info
 
 
-def make_data(n: int, d: int, k: int, seed: int = 0) -> np.ndarray:
-    """K blobs (centres ~ N(0, 9 I), unit noise), shifted by 5."""
+def make_data(n: int, d: int, k: int, seed: int = 0, spread: float = 3.0) -> np.ndarray:
+    """K blobs (centres ~ N(0, spread^2 I), by default 9 I; unit noise), shifted by 5."""
     rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(k, d)) * 3.0
+    centers = rng.normal(size=(k, d)) * spread
     return centers[rng.integers(k, size=n)] + rng.normal(size=(n, d)) + 5.0
 
 

@@ -12,7 +12,7 @@ from ppl_dgm.errors import InputError
 from ppl_dgm.inference.em import fit_em
 from ppl_dgm.models.gmm import log_gaussian_prob
 from ppl_dgm.models.gmm_em import GMMFamily
-from ppl_dgm.models.gmm_prune import _gram, augment, bounds, make_plan, padded, row_width, screen
+from ppl_dgm.models.gmm_prune import _gram, augment, bounds, exp_, make_plan, padded, row_width, screen
 
 
 def blobs(n: int, d: int, k: int, spread: float, seed: int = 0) -> torch.Tensor:
@@ -217,3 +217,26 @@ def test_sharded_code_path_with_identity_shards_equals_the_plain_pruned_fit():
         assert one.n_iter == plain.n_iter and fams[1].last_pairs_per_row == fams[0].last_pairs_per_row
         for a, b in zip(one.params, plain.params, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype, floor", [(torch.float64, -708.0), (torch.float32, -87.0)])
+def test_exp_raises_arguments_whose_exp_is_subnormal(dtype, floor):
+    # the vector exp is slow on arguments whose exp is subnormal or 0: they are raised to log(smallest normal) first
+    t = torch.tensor([0.0, -1.0, -50.0, floor + 1, floor - 1, -1e4, -math.inf], dtype=dtype)
+    got = exp_(t.clone())
+    torch.testing.assert_close(got[:4], t[:4].exp(), rtol=0, atol=0)
+    assert bool((got[4:] == math.exp(floor)).all()) and float(got[4]) >= torch.finfo(dtype).tiny
+    assert math.isnan(float(exp_(torch.tensor([math.nan], dtype=dtype))))  # (a NaN is still reported)
+
+
+def test_dense_e_step_of_well_separated_components_equals_the_exact_softmax():
+    # log-ratios down to -1e5 (exp 0): the responsibilities and the log-likelihood of the plain log-sum-exp
+    x = blobs(3000, 3, 4, spread=40.0, seed=2) * 3.0
+    params = fitted(x, 4, iters=3)
+    lp = exact_log_joint(x, params)
+    assert float((lp - lp.amax(1, keepdim=True)).min()) < -1e4
+    resp = torch.softmax(lp, 1)
+    fam = GMMFamily(4, "full", strategy="features")
+    got = fam.e_step(params, fam.prepare(x))
+    assert got.log_likelihood == pytest.approx(float(torch.logsumexp(lp, 1).mean()), rel=1e-13)
+    torch.testing.assert_close(got.stats[-1], resp.sum(0), rtol=1e-12, atol=1e-9)  # the counts N_k

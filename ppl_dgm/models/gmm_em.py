@@ -70,7 +70,7 @@ from .gmm import (
     log_det_cholesky,
     precision_cholesky,
 )
-from .gmm_prune import augment, chunk_sums, make_plan, row_width, screen, sure_log_lik
+from .gmm_prune import augment, chunk_sums, exp_, make_plan, row_width, screen, sure_log_lik
 from .kmeans import kmeans, kmeans_plusplus, take_rows
 from .shards import Shards
 
@@ -520,7 +520,7 @@ def _stats_columns(s2: Tensor, s1: Tensor, s0: Tensor) -> Tensor:
 def _softmax_columns(logp: Tensor) -> tuple[Tensor, Tensor]:
     """In place: ``logp`` (K, c) -> responsibilities (columns sum to 1), and ``sum_n log sum_k exp``."""
     m = logp.amax(0, keepdim=True)
-    resp = logp.sub_(m).exp_()
+    resp = exp_(logp.sub_(m))  # (raised to -708 first: gmm_prune.exp_)
     s = resp.sum(0, keepdim=True)
     resp.div_(s)
     return resp, (m + s.log()).sum(dtype=torch.float64)

@@ -143,6 +143,15 @@ def row_width(d: int, device: torch.device | str) -> int:
     return d + 2 if d + 2 < WIDTH_STEP else padded(d + 2, device)
 
 
+def exp_(t: Tensor) -> Tensor:
+    """In place: ``t -> exp(t)`` for log-ratios ``t <= 0``, each first raised to ``log`` of the dtype's smallest
+    normal number (-708 in float64, -87 in float32).  The CPU's vector exp takes 5-20x longer on arguments whose
+    exp is subnormal or 0 (64 x 1,183 log-ratios near -1,000: 0.53 ms, raised first: 0.11 ms), and the dense
+    E-step's are mostly there for clustered data.  ``exp(-708) = 3e-308`` instead of 0 changes no sum that holds
+    the row's largest term, 1, and adds at most ``N * 3e-308`` to a component's count."""
+    return t.clamp_(min=math.ceil(math.log(torch.finfo(t.dtype).tiny))).exp_()
+
+
 def augment(rows: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
     """``[x - shift | 1 | ||x - shift||^2 | 0 ...]`` of rows (c, D) -> (c, P), ``P =`` :func:`row_width`, into
     ``out`` (at least c rows of P columns) if given."""
@@ -312,7 +321,7 @@ def chunk_sums(xb: Tensor, plan: PrunePlan, stats: Tensor, sure: Tensor, scr: Sc
     pcounts = torch.bincount(pk, minlength=k).tolist()
     lp = log_densities(xp, pcounts, plan)
     top = lp.new_full((len(rows),), -math.inf).scatter_reduce_(0, pi, lp, "amax")  # each row's largest
-    e = (lp - top[pi]).exp_()
+    e = exp_(lp - top[pi])
     s = torch.zeros_like(top).index_add_(0, pi, e)  # log-sum-exp over each row's pairs, not over all K
     add_moments(xp, pcounts, e.div_(s[pi]), stats)
     return total + (top + s.log_()).sum(dtype=torch.float64)
