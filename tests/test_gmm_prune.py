@@ -185,6 +185,17 @@ def test_jax_backend_keeps_its_forms_and_refuses_pruned():
         JaxGMMFamily(GMMFamily(3, "full", strategy="pruned"))
 
 
+@pytest.mark.parametrize("d, k, pairs, pays", [
+    (20, 64, 2.37, False), (20, 64, 1.47, True), (16, 64, 7.14, False), (16, 8, 1.53, False), (20, 8, 1.05, True),
+    (24, 64, 1.30, True), (24, 16, 13.0, False), (32, 64, 45.9, False), (48, 64, 24.8, False), (64, 16, 1.55, True),
+    (64, 4, 1.0, True), (20, 4, 1.0, True)])
+def test_cost_model_picks_the_form_measured_faster(d, k, pairs, pays):
+    # shapes of the paired timings the model was fitted to (docs/gmm.md, "Which form"): pruned against the faster
+    # dense form at 60,000 rows from the k-means start, e.g. D = 20, K = 64: 2.37 pairs a row, pruned 2,043 ns a row
+    # and features 1,591; 1.47 pairs (1M rows), pruned 1,621, features 2,261
+    assert GMMFamily(k, "full").prune_pays(pairs, d) == pays
+
+
 @pytest.mark.parametrize("spread, pays", [(8.0, True), (0.3, False)])
 def test_auto_screens_each_e_step_and_takes_the_dense_form_when_pruning_does_not_pay(spread, pays):
     x = blobs(3000, 24, 8, spread=spread, seed=3)
@@ -195,7 +206,7 @@ def test_auto_screens_each_e_step_and_takes_the_dense_form_when_pruning_does_not
     params = fam.initialize(data, torch.Generator().manual_seed(0))
     assert data.pruned
     got = fam.e_step(params, data)
-    assert fam.prune_pays(fam.last_pairs_per_row) == pays
+    assert fam.prune_pays(fam.last_pairs_per_row, 24) == pays
     forced = GMMFamily(8, "full", strategy="pruned")  # a forced strategy runs whatever it costs
     dense = GMMFamily(8, "full", strategy="direct" if data.direct else "features")
     same = forced if pays else dense

@@ -114,6 +114,28 @@ class GMMData:
         return self.n if self.shards is None else int(self.shards.n_total)
 
 
+@dataclass(frozen=True)
+class PruneCost:
+    """The E-step's cost per row under each form, in multiply-adds of the dense form's products (1 = ~0.05 ns on
+    the 2-core CPU it was fitted on), for :meth:`GMMFamily.prune_pays`:
+
+    * pruned: ``base + per_k K + (pairs - 1) (per_pair + per_pair_d2 D^2)``; per component the bounds and the
+      element-wise passes over (rows x K), per exact pair beyond a row's first the gathers and the small
+      per-component products;
+    * features: ``K D^2 + per_feature F`` (both steps' products, symmetric halves, and building ``phi``);
+    * direct: ``5/4 K D^2 + direct_per_dim D`` (its triangular blocks, and per row the transposes and softmax).
+
+    Fitted to paired E-step timings of 60,000 rows, D = 16 - 64, K = 8 - 64, 1 - 59 pairs a row (docs/gmm.md,
+    "Which form"): it picks the faster form in 21 of 22 shapes, the other within 1.3x."""
+
+    base: float = 3000.0
+    per_k: float = 300.0
+    per_pair: float = 10000.0
+    per_pair_d2: float = 5.0
+    per_feature: float = 30.0
+    direct_per_dim: float = 250.0
+
+
 class GMMFamily:
     """Gaussian-mixture hooks for :func:`ppl_dgm.inference.em.fit_em`.
 
@@ -134,8 +156,9 @@ class GMMFamily:
         The E-step's form (module docstring); ``direct`` and ``pruned`` (:mod:`~ppl_dgm.models.gmm_prune`:
         pairs whose responsibility a bound puts below ``exp(-60)`` are skipped) need full covariances.
         ``auto``, for full covariances with ``D >= 16``, ``K >= 4`` and ``N >= 16,384`` (never on the JAX
-        backend), screens the first 2,048 rows of every E-step and takes ``pruned`` if they keep at most
-        ``max(K / 4, 1.25)`` pairs per row (:meth:`prune_pays`), else the dense form: ``direct`` when
+        backend), screens the first 2,048 rows of every E-step and takes ``pruned`` if, with the pairs per row
+        they keep, it costs less than the dense form by a measured cost model (:meth:`prune_pays`: at D = 20 and
+        K = 64 up to ~2 pairs a row, at D = 64 and K = 10 up to ~2.5), else the dense form: ``direct`` when
         ``direct_ratio * K <= D`` (4 here, 2.5 for the JAX backend), else ``features``.
         ``last_pairs_per_row`` holds the pairs per row (1 to K) of the last screen.
     shards : Shards, optional
@@ -158,6 +181,8 @@ class GMMFamily:
     prune_numbers = 1 << 21
     #: under ``auto``, the first chunk of rows screened (at least 32 per component) decides an E-step's form
     prune_probe_rows = 2048
+    #: :meth:`prune_pays`'s cost model (:class:`PruneCost`)
+    prune_cost: PruneCost = PruneCost()
 
     def __init__(self, n_components: int, covariance_type: str = "full", reg_covar: float = 1e-6,
                  init_params: str = "kmeans", chunk_size: int | None = None,
@@ -210,10 +235,16 @@ class GMMFamily:
                     and n >= self.prune_min_n)
         return self.strategy == "pruned"
 
-    def prune_pays(self, pairs_per_row: float) -> bool:
-        """Whether the pruned form pays with this many exact pairs per row (of K): at most
-        ``max(K / 4, 1.25)``; its per-pair products are smaller and less efficient than the dense forms'."""
-        return pairs_per_row <= max(self.k / 4, 1.25)
+    def prune_pays(self, pairs_per_row: float, d: int) -> bool:
+        """Whether the pruned form costs less than the dense one with this many exact pairs per row (of K) in
+        ``d`` dimensions, by the cost model :attr:`prune_cost` (:class:`PruneCost`)."""
+        c, kd2 = self.prune_cost, self.k * d * d
+        pruned = c.base + c.per_k * self.k + max(pairs_per_row - 1, 0.0) * (c.per_pair + c.per_pair_d2 * d * d)
+        if self.use_direct(d):
+            dense = 1.25 * kd2 + c.direct_per_dim * d
+        else:
+            dense = kd2 + c.per_feature * self.n_features_phi(d)
+        return pruned < dense
 
     def numbers_per_row(self, d: int) -> int:
         """Temporaries per row of a dense form's chunk: ``y`` (K x the largest block) or ``phi`` (F), the
@@ -363,7 +394,7 @@ class GMMFamily:
             xb = augment(data.x[i : probe if i == 0 else i + data.prune_chunk], data.shift, buf)
             scr = screen(xb, plan)
             pairs += scr.pairs
-            if i == 0 and self.strategy == "auto" and not self.prune_pays(pairs / len(xb)):
+            if i == 0 and self.strategy == "auto" and not self.prune_pays(pairs / len(xb), d):
                 return None, None, torch.tensor([float(pairs), len(xb)], dtype=torch.float64, device=u.device)
             total += chunk_sums(xb, plan, stats, sure, scr)
         total += sure_log_lik(sure, plan)

@@ -38,9 +38,11 @@ Per chunk of rows:
 
 Cost per row, in multiply-adds: ``(D + 2) 2 K + r K (D + 1)`` for the bounds, ``(D + 1)^2`` for the moments,
 ``D^2`` more per unsure row and per other kept pair; against ``K D^2`` for the feature form (both steps,
-symmetric halves).  Its products are per component and smaller, so it pays only with at most about
-``K / 4`` pairs per row (``GMMFamily.prune_pays``): under ``strategy="auto"`` every E-step screens its first
-2,048 rows and, if they keep more, runs the dense form for the whole step (components that overlap, as
+symmetric halves).  But its products are per component and smaller, and its element-wise passes over
+(rows x K) cost as much as many multiply-adds, so it pays only with few pairs per row, the fewer the smaller D
+(``GMMFamily.prune_pays``, a cost model fitted to timings: at D = 20 and K = 64 up to ~1.9 pairs a row, at D =
+16 not at all past ~1.1; at D = 64 and K = 10 up to ~3): under ``strategy="auto"`` every E-step screens its
+first 2,048 rows and, if they keep more, runs the dense form for the whole step (components that overlap, as
 early in a fit from a broad start or in data without clusters).  docs/gmm.md has the measured figures.
 """
 
