@@ -251,3 +251,38 @@ def test_dense_e_step_of_well_separated_components_equals_the_exact_softmax():
     got = fam.e_step(params, fam.prepare(x))
     assert got.log_likelihood == pytest.approx(float(torch.logsumexp(lp, 1).mean()), rel=1e-13)
     torch.testing.assert_close(got.stats[-1], resp.sum(0), rtol=1e-12, atol=1e-9)  # the counts N_k
+
+
+def test_sure_moments_kept_across_e_steps_equal_fresh_ones(monkeypatch):
+    # the sure rows' moments of a chunk and component are reused while the same rows are sure for it; after a
+    # change of parameters (component 5 weighted out: its rows go to others, it keeps no sure rows) the reused and
+    # recomputed moments equal a fresh E-step's, and so they do on the way back
+    import ppl_dgm.models.gmm_prune as gp
+
+    x = blobs(6000, 24, 8, spread=3.0, seed=4)
+    p1 = fitted(x, 8, iters=3)
+    w = p1.weights.clone()
+    w[5] = 1e-300
+    p2 = p1._replace(weights=w / w.sum())
+    fam = GMMFamily(8, "full", strategy="pruned", chunk_size=1500)
+    data = fam.prepare(x)
+    for step, params in enumerate((p1, p1, p2, p1)):
+        before = dict(data.work.get("sure_moments", {}))
+        got = fam.e_step(params, data)
+        fresh = GMMFamily(8, "full", strategy="pruned", chunk_size=1500)
+        ref = fresh.e_step(params, fresh.prepare(x))
+        assert got.log_likelihood == pytest.approx(ref.log_likelihood, rel=1e-14)
+        torch.testing.assert_close(got.stats, ref.stats, rtol=1e-13, atol=1e-10)
+        labels = torch.cat([lab for lab, _ in data.work["sure_moments"].values()])
+        assert bool((labels == 5).any()) == (params is p1)
+        kept = [key for key, entry in data.work["sure_moments"].items() if before.get(key) is entry]
+        assert len(kept) == (4 if step == 1 else 0)  # the same parameters again: every chunk's moments reused
+    assert sorted(data.work["sure_moments"]) == [0, 1500, 3000, 4500]  # the chunks' first rows
+    # within the budget only: none kept, the same sums
+    monkeypatch.setattr(gp, "SURE_CACHE_BYTES", 0)
+    fam2 = GMMFamily(8, "full", strategy="pruned", chunk_size=1500)
+    data2 = fam2.prepare(x)
+    for params in (p1, p2):
+        got = fam2.e_step(params, data2)
+        assert data2.work["sure_moments"] == {}
+        torch.testing.assert_close(got.stats, fam.e_step(params, data).stats, rtol=1e-13, atol=1e-10)

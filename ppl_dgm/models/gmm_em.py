@@ -396,7 +396,7 @@ class GMMFamily:
             pairs += scr.pairs
             if i == 0 and self.strategy == "auto" and not self.prune_pays(pairs / len(xb), d):
                 return None, None, torch.tensor([float(pairs), len(xb)], dtype=torch.float64, device=u.device)
-            total += chunk_sums(xb, plan, stats, sure, scr)
+            total += chunk_sums(xb, plan, stats, sure, scr, key=i)
         total += sure_log_lik(sure, plan)
         stats += sure
         return (total, _stats_columns(stats[:, :d, :d], stats[:, :d, d], stats[:, d, d]),
