@@ -30,7 +30,9 @@ Per chunk of rows:
    ``gamma_nk < exp(-60) = 9e-27`` times the candidate's, below float64 round-off of every sum it would
    enter, and is taken as 0, so ``gamma = 1`` for the candidate.  Sure rows need no per-row product at all:
    their moments ``M_k = X_k^T X_k`` (one product per component) give the statistics, and their
-   log-likelihood is ``N_k c_k - 1/2 tr(ua_k^T M_k ua_k)`` (:func:`sure_log_lik`, once per E-step);
+   log-likelihood is ``N_k c_k - 1/2 tr(ua_k^T M_k ua_k)`` (:func:`sure_log_lik`, once per E-step).  The
+   moments depend on the rows only, so a chunk's ``M_k`` is kept for the next E-step and reused while the same
+   rows stay sure for component k (:func:`add_sure_moments`);
 2. the other (*unsure*) rows get their candidate's exact log-density ``l_n`` (grouped by candidate: one
    (c_k x D)(D x D) product per component); a pair is *kept* when ``b_nk >= l_n - margin``;
 3. unsure rows whose only kept pair is the candidate have ``gamma = 1`` too (plain sums); the others get
