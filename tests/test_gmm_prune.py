@@ -286,3 +286,16 @@ def test_sure_moments_kept_across_e_steps_equal_fresh_ones(monkeypatch):
         got = fam2.e_step(params, data2)
         assert data2.work["sure_moments"] == {}
         torch.testing.assert_close(got.stats, fam.e_step(params, data).stats, rtol=1e-13, atol=1e-10)
+
+
+def test_kept_moments_of_another_number_of_components_are_not_reused():
+    x = blobs(6000, 24, 8, spread=3.0, seed=4)
+    fam8 = GMMFamily(8, "full", strategy="pruned", chunk_size=1500)
+    data = fam8.prepare(x)
+    fam8.e_step(fitted(x, 8, iters=2), data)
+    fam4 = GMMFamily(4, "full", strategy="pruned", chunk_size=1500)
+    p4 = fitted(x, 4, iters=2)
+    got = fam4.e_step(p4, data)  # the same data (and its kept moments of 8 components)
+    ref = fam4.e_step(p4, fam4.prepare(x))
+    torch.testing.assert_close(got.stats, ref.stats, rtol=1e-13, atol=1e-10)
+    assert all(m.shape[0] == 4 for _, m in data.work["sure_moments"].values())

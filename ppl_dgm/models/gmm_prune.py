@@ -262,7 +262,7 @@ def add_sure_moments(scr: Screen, plan: PrunePlan, sure: Tensor, key=None) -> No
     old = None if cache is None else cache.get(key)
     lab = torch.full((c,), k, dtype=torch.int16 if k < 32767 else torch.int32, device=sure.device)
     lab[scr.order[:n_sure]] = scr.cand[scr.order[:n_sure]].to(lab.dtype)  # sure rows' component, K if unsure
-    if old is None or old[0].shape != lab.shape:
+    if old is None or old[0].shape != lab.shape or old[1].shape != (k, f, f) or old[1].device != sure.device:
         js, grams = _grams(xs, counts, None, f)
         if cache is not None and sum(g.numel() for _, g in cache.values()) + k * f * f <= SURE_CACHE_BYTES // 8:
             idx = torch.tensor(js, device=sure.device, dtype=torch.long)
