@@ -92,7 +92,8 @@ class GMMData:
     (``direct``, else features), the ranks' layout when sharded (``None``: one process), and whether the
     E-step may take the pruned form (:mod:`~ppl_dgm.models.gmm_prune`, with ``prune_chunk`` rows per chunk;
     under ``strategy="auto"`` each E-step's screen may still choose the dense form).  ``work`` keeps the
-    pruned form's per-chunk buffers from one E-step to the next (:attr:`~.gmm_prune.PrunePlan.work`)."""
+    pruned form's per-chunk buffers and its chunks' sure-row moments from one E-step to the next
+    (:attr:`~.gmm_prune.PrunePlan.work`, :func:`~.gmm_prune.add_sure_moments`)."""
 
     x: Tensor
     shift: Tensor
@@ -126,7 +127,7 @@ class PruneCost:
     * direct: ``5/4 K D^2 + direct_per_dim D`` (its triangular blocks, and per row the transposes and softmax).
 
     Fitted to paired E-step timings of 60,000 rows, D = 16 - 64, K = 8 - 64, 1 - 59 pairs a row (docs/gmm.md,
-    "Which form"): it picks the faster form in 21 of 22 shapes, the other within 1.3x."""
+    "Which form"): it picks the faster form on 21 of 23 shapes, the other two near the balance (within 1.4x)."""
 
     base: float = 3000.0
     per_k: float = 300.0
@@ -158,7 +159,7 @@ class GMMFamily:
         ``auto``, for full covariances with ``D >= 16``, ``K >= 4`` and ``N >= 16,384`` (never on the JAX
         backend), screens the first 2,048 rows of every E-step and takes ``pruned`` if, with the pairs per row
         they keep, it costs less than the dense form by a measured cost model (:meth:`prune_pays`: at D = 20 and
-        K = 64 up to ~2 pairs a row, at D = 64 and K = 10 up to ~2.5), else the dense form: ``direct`` when
+        K = 64 up to ~1.9 pairs a row, at D = 64 and K = 10 up to ~3), else the dense form: ``direct`` when
         ``direct_ratio * K <= D`` (4 here, 2.5 for the JAX backend), else ``features``.
         ``last_pairs_per_row`` holds the pairs per row (1 to K) of the last screen.
     shards : Shards, optional

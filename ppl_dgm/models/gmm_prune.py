@@ -257,29 +257,26 @@ def add_sure_moments(scr: Screen, plan: PrunePlan, sure: Tensor, key=None) -> No
     the next; the moments are a third of the E-step at D = 64, K = 4)."""
     k, f, c = plan.c0.numel(), sure.shape[-1], len(scr.cand)
     n_sure, counts = scr.n_sure, scr.counts[:k]
-    xs = scr.xs[:n_sure]
     cache = None if key is None else plan.work.setdefault("sure_moments", {})
-    old = None if cache is None else cache.get(key)
     lab = torch.full((c,), k, dtype=torch.int16 if k < 32767 else torch.int32, device=sure.device)
     lab[scr.order[:n_sure]] = scr.cand[scr.order[:n_sure]].to(lab.dtype)  # sure rows' component, K if unsure
-    if old is None or old[0].shape != lab.shape or old[1].shape != (k, f, f) or old[1].device != sure.device:
-        js, grams = _grams(xs, counts, None, f)
-        if cache is not None and sum(g.numel() for _, g in cache.values()) + k * f * f <= SURE_CACHE_BYTES // 8:
-            idx = torch.tensor(js, device=sure.device, dtype=torch.long)
-            cache[key] = (lab, sure.new_zeros(k, f, f).index_copy_(0, idx, grams))
-    else:
+    old = None if cache is None else cache.get(key)
+    if old is not None and old[0].shape == lab.shape and old[1].shape == (k, f, f) and old[1].device == sure.device:
         changed = old[0] != lab
-        redo = set(torch.cat([old[0][changed], lab[changed]]).unique().tolist()) - {k}
-        full = old[1]
-        if redo:
-            rj, rg = _grams(xs, counts, None, f, redo)
-            full[sorted(redo)] = 0  # (components left with no sure rows)
-            full.index_copy_(0, torch.tensor(rj, device=sure.device, dtype=torch.long), rg)
+        full, redo = old[1], set(torch.cat([old[0][changed], lab[changed]]).unique().tolist()) - {k}
+    else:  # (no moments kept for this chunk, or kept for another number of components)
+        full, redo = sure.new_zeros(k, f, f), set(range(k))
+        if cache is not None and sum(m.numel() for _, m in cache.values()) + k * f * f > SURE_CACHE_BYTES // 8:
+            cache = None  # over the budget: this chunk's moments are computed afresh every E-step
+    if redo:  # (else the kept entry stands: the same labels, the same moments)
+        js, grams = _grams(scr.xs[:n_sure], counts, None, f, redo)
+        full[sorted(redo)] = 0  # (components left with no sure rows)
+        full.index_copy_(0, torch.tensor(js, device=sure.device, dtype=torch.long), grams)
+        if cache is not None:
             cache[key] = (lab, full)
-        js = [j for j in range(k) if counts[j]]
-        grams = full[js]
+    js = [j for j in range(k) if counts[j]]
     if js:
-        sure.index_add_(0, torch.tensor(js, device=sure.device), grams)
+        sure.index_add_(0, torch.tensor(js, device=sure.device), full[js])
 
 
 def sure_log_lik(sure: Tensor, plan: PrunePlan) -> Tensor:
