@@ -25,7 +25,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +73,7 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from gmm_grid import initial_params, kmeans_params, machine, make_data
+    from gmm_grid import initial_params, kmeans_params, machine, make_data, paired_e_steps
 
     from ppl_dgm.models.gmm_em import GMMFamily
 
@@ -87,15 +86,7 @@ def main() -> None:
         fams = {v: cls(k, "full", reg_covar=1e-6, strategy=args.strategy) for v, cls in versions.items()}
         start = (kmeans_params if args.init == "kmeans" else initial_params)(x.numpy(), k)
         params = fams["head"].params_from_given(*(torch.as_tensor(a) for a in start))
-        data = {v: fam.prepare(x) for v, fam in fams.items()}
-        times, out = {v: [] for v in versions}, {}
-        for r in range(args.rounds):
-            for v in list(versions)[:: 1 if r % 2 else -1]:
-                out[v] = fams[v].e_step(params, data[v])  # (and the buffers' first use)
-                for _ in range(3):
-                    t = time.perf_counter()
-                    fams[v].e_step(params, data[v])
-                    times[v].append(time.perf_counter() - t)
+        times, out = paired_e_steps(fams, params, x, args.rounds, 3)
         q = {v: np.quantile(t, [0.25, 0.5, 0.75]) * 1e3 for v, t in times.items()}
         row = {"n": n, "d": d, "k": k, "rounds": args.rounds, "strategy": args.strategy, "init": args.init,
                "spread": args.spread,

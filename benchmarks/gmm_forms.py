@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from gmm_grid import kmeans_params, machine, make_data
+    from gmm_grid import kmeans_params, machine, make_data, paired_e_steps
 
     from ppl_dgm.models.gmm_em import GMMFamily
 
@@ -51,15 +50,7 @@ def main() -> None:
         forms = ["pruned", "features"] + (["direct"] if 2 * k <= d else [])
         fams = {f: GMMFamily(k, "full", reg_covar=1e-6, strategy=f) for f in forms}
         params = fams["pruned"].params_from_given(*(torch.as_tensor(a) for a in kmeans_params(x.numpy(), k)))
-        data = {f: fam.prepare(x) for f, fam in fams.items()}
-        times = {f: [] for f in forms}
-        for r in range(args.rounds):
-            for f in forms[:: 1 if r % 2 else -1]:
-                fams[f].e_step(params, data[f])
-                for _ in range(2):
-                    t = time.perf_counter()
-                    fams[f].e_step(params, data[f])
-                    times[f].append(time.perf_counter() - t)
+        times, _ = paired_e_steps(fams, params, x, args.rounds, 2)
         ns = {f: float(np.median(t)) / n * 1e9 for f, t in times.items()}
         pairs = fams["pruned"].last_pairs_per_row
         dense = min((f for f in forms if f != "pruned"), key=ns.get)

@@ -111,6 +111,23 @@ def kmeans_params(x: np.ndarray, k: int, seed: int = 1) -> tuple[np.ndarray, np.
     return counts / counts.sum(), means, prec
 
 
+def paired_e_steps(fams: dict, params, x, rounds: int, per_round: int) -> tuple[dict, dict]:
+    """E-steps of several families on the same rows ``x`` and parameters, alternating: each round runs every family
+    once untimed (the first use of its buffers) then ``per_round`` times timed, the order reversed every other
+    round (the host drifts +-25 % between runs; paired in one process it cannot favour one).  Returns each
+    family's seconds per E-step and its last ``EStep``."""
+    data = {name: fam.prepare(x) for name, fam in fams.items()}
+    times, out = {name: [] for name in fams}, {}
+    for r in range(rounds):
+        for name in list(fams)[:: 1 if r % 2 else -1]:
+            out[name] = fams[name].e_step(params, data[name])
+            for _ in range(per_round):
+                t = time.perf_counter()
+                fams[name].e_step(params, data[name])
+                times[name].append(time.perf_counter() - t)
+    return times, out
+
+
 def _now() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
