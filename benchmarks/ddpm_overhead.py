@@ -11,16 +11,19 @@ kernel (the optimizer fit_svi builds):
 - ``fit_svi+compile_step``: the same with the step recorded as a graph (``ppl_dgm.inference.compiled``), what
   ``fit_svi`` and ``ppl-dgm fit ddpm`` do by default in a fit of 1,000 steps or more (every default CLI fit).
 
-Each run trains two epochs, timed apart: ``epoch1`` includes fit_svi's setup (and the recording of the step),
-``epoch2`` is the steady state, the per-step figure the goal is about.
+Two measurements, as in ``svi_overhead.py``: *whole fits* (``--repeats``; each trains two epochs, timed apart:
+``epoch1`` includes fit_svi's setup and the recording of the step, ``epoch2`` a later epoch) and *steady epochs*
+(``--rounds``; every loop built once, then their epochs interleaved round by round, the ratio the median over rounds
+of each loop's epoch to ``plain``'s in the same round: the per-step figure the goal is about, with the drift of a
+shared host between whole fits paired out).
 
 Three configurations: the 2-D checkerboard (MLP 3 x 128 with coordinate features, k = 8), 8x8 digits (UNet,
 k = 8) and a slice of Fashion-MNIST (UNet, k = 1, as in benchmarks/fashion_ddpm.py).  Each repeat runs every loop
 once, in an order rotated between repeats; the figures are medians of per-repeat ratios to ``plain`` (wall and
 process CPU seconds).  Goal: fit_svi / plain <= 1.15 per training step.
 
-    OMP_NUM_THREADS=1 python benchmarks/ddpm_overhead.py [--threads 1] [--repeats 5] [--only checkerboard,digits]
-                                                         [--fashion-n 1280] [--quick]
+    OMP_NUM_THREADS=1 python benchmarks/ddpm_overhead.py [--threads 1] [--repeats 5] [--rounds 20]
+                                                         [--only checkerboard,digits] [--fashion-n 1280] [--quick]
 
 Writes ``benchmarks/results/ddpm_overhead.json`` (the machine, the load average at start and end, every repeat).
 """
@@ -29,20 +32,21 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 
 import torch
 from svi_overhead import (
-    EPOCHS,
     OUT,
-    Times,
-    clock,
     epoch_order,
-    epoch_times,
     machine,
     ms_per_step,
     paired,
+    print_steady,
     print_table,
     record_seconds,
+    steady_epochs,
+    svi_loop,
+    timed_epochs,
     timed_fit,
     write_result,
 )
@@ -51,8 +55,10 @@ from ppl_dgm.data import load_dataset
 from ppl_dgm.models import DDPM
 from ppl_dgm.models.diffusion import DDPMConfig
 
-CONFIGS = {"checkerboard": {"t_per_step": 8, "n": None}, "digits": {"t_per_step": 8, "n": None},
-           "fashion-mnist": {"t_per_step": 1, "n": 1280}}
+# steady_n: the examples of a steady epoch (the UNet steps take ~0.3-1 s on one thread: a few steps an epoch)
+CONFIGS = {"checkerboard": {"t_per_step": 8, "n": None, "steady_n": 12_800},
+           "digits": {"t_per_step": 8, "n": None, "steady_n": 640},
+           "fashion-mnist": {"t_per_step": 1, "n": 1280, "steady_n": 384}}
 
 
 def new_ddpm(ds, t_per_step: int, seed: int) -> DDPM:
@@ -62,13 +68,13 @@ def new_ddpm(ds, t_per_step: int, seed: int) -> DDPM:
     return DDPM(**kw)
 
 
-def plain_fit(m: DDPM, x: torch.Tensor, batch_size: int, seed: int) -> Times:
-    """Ho et al.'s loop by hand, on the same network and the same (x, t) pairs per step."""
-    marks = [clock()]
+def plain_loop(m: DDPM, x: torch.Tensor, batch_size: int, seed: int) -> Callable[[int], None]:
+    """Ho et al.'s loop by hand, on the same network and the same (x, t) pairs per step; ``epoch(e)`` trains epoch e."""
     opt = torch.optim.Adam(m.parameters(), lr=1e-3, fused=True)  # the optimizer fit_svi builds: like for like
     T, k, abar = m.timesteps, m.t_per_step, m.schedule.alpha_bars   # float64 table, t = 0..T
-    for epoch in range(EPOCHS):
-        perm = epoch_order(len(x), seed, epoch)
+
+    def epoch(e: int) -> None:
+        perm = epoch_order(len(x), seed, e)
         for i in range(0, len(x), batch_size):
             x0 = m.to_model_space(x[perm[i: i + batch_size]])
             t = (torch.randperm(T)[:k] + 1).reshape(-1, 1)           # k distinct steps in 1..T, (k, 1)
@@ -80,8 +86,8 @@ def plain_fit(m: DDPM, x: torch.Tensor, batch_size: int, seed: int) -> Times:
             loss.backward()
             opt.step()
             float(loss.detach())
-        marks.append(clock())
-    return epoch_times(marks)
+
+    return epoch
 
 
 def variants(ds, x: torch.Tensor, t_per_step: int, batch_size: int):
@@ -89,14 +95,24 @@ def variants(ds, x: torch.Tensor, t_per_step: int, batch_size: int):
         return lambda seed: timed_fit(new_ddpm(ds, t_per_step, seed), x, batch_size=batch_size, lr=1e-3, seed=seed,
                                       progress=False, **kw)
 
-    return {"plain": lambda seed: plain_fit(new_ddpm(ds, t_per_step, seed), x, batch_size, seed),
+    return {"plain": lambda seed: timed_epochs(plain_loop(new_ddpm(ds, t_per_step, seed), x, batch_size, seed)),
+            "fit_svi": fit(compile_step=False), "fit_svi+compile_step": fit(compile_step=True)}
+
+
+def steady_loops(ds, x: torch.Tensor, t_per_step: int, batch_size: int):
+    """The loops of :func:`variants`, built once each, for :func:`~svi_overhead.steady_epochs`."""
+    def fit(**kw):
+        return lambda: svi_loop(new_ddpm(ds, t_per_step, 0), x, batch_size=batch_size, lr=1e-3, seed=0, **kw)
+
+    return {"plain": lambda: plain_loop(new_ddpm(ds, t_per_step, 0), x, batch_size, 0),
             "fit_svi": fit(compile_step=False), "fit_svi+compile_step": fit(compile_step=True)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=5, help="whole two-epoch fits per loop (0: none)")
+    ap.add_argument("--rounds", type=int, default=20, help="steady epochs per loop, interleaved (0: none)")
     ap.add_argument("--only", default=",".join(CONFIGS), help="comma-separated subset of " + ", ".join(CONFIGS))
     ap.add_argument("--fashion-n", type=int, default=CONFIGS["fashion-mnist"]["n"],
                     help="Fashion-MNIST examples per epoch (the UNet step takes ~1 s on one thread)")
@@ -107,13 +123,15 @@ def main() -> None:
     args.out = args.out or str(OUT / ("ddpm_overhead_quick.json" if args.quick else "ddpm_overhead.json"))
     torch.set_num_threads(args.threads)
     only = ["checkerboard"] if args.quick else args.only.split(",")
-    repeats = 3 if args.quick else args.repeats
+    repeats, rounds = (3, 5) if args.quick else (args.repeats, args.rounds)
     m0 = new_ddpm(load_dataset(only[0]), CONFIGS[only[0]]["t_per_step"], 0)
     first_record = record_seconds(m0, {"model": m0}, (load_dataset(only[0]).x_train[:args.batch_size],))
     command = "python benchmarks/ddpm_overhead.py" + (
-        " --quick" if args.quick else f" --threads {args.threads} --repeats {repeats} --only {','.join(only)}")
+        " --quick" if args.quick
+        else f" --threads {args.threads} --repeats {repeats} --rounds {rounds} --only {','.join(only)}")
     result = {"benchmark": "ddpm_overhead", "command": command,
               "goal": "fit_svi / plain <= 1.15 per training step", "threads": args.threads, "repeats": repeats,
+              "rounds": rounds,
               "batch_size": args.batch_size, "machine": machine(), "record_seconds_first_in_process": first_record,
               "loadavg_start": os.getloadavg(), "configs": {}}
     for name in only:
@@ -125,13 +143,20 @@ def main() -> None:
         steps = -(-len(x) // args.batch_size)
         print(f"-- {name}: {len(x)} examples, {steps} steps of {args.batch_size} x {k} (x, t) pairs; "
               f"{m.arch} with {sum(p.numel() for p in m.parameters()):,} parameters", flush=True)
-        res = paired(variants(ds, x, k, args.batch_size), repeats)
+        res = {}
+        if repeats:
+            res = paired(variants(ds, x, k, args.batch_size), repeats)
+            res["ms_per_step"] = ms_per_step(res, steps)
+            print_table(res, steps)
+        if rounds:
+            xs = x[:min(len(x), CONFIGS[name]["steady_n"])]
+            res["steady"] = steady_epochs(steady_loops(ds, xs, k, args.batch_size), rounds,
+                                          -(-len(xs) // args.batch_size))
+            print_steady(res["steady"])
         res.update(n=len(x), steps_per_epoch=steps, t_per_step=k, network=m.arch,
                    parameters=sum(p.numel() for p in m.parameters()),
-                   ms_per_step=ms_per_step(res, steps),
                    record_seconds=record_seconds(m, {"model": m}, (x[:args.batch_size],)))
         result["configs"][name] = res
-        print_table(res, steps)
         print(f"recording one step as a graph: {res['record_seconds']:.2f} s", flush=True)
     write_result(result, args.out)
 
