@@ -563,6 +563,8 @@ def test_failed_fit_leaves_no_runs(tmp_path, capsys, monkeypatch):
     ("ppca", "model", "latent_dim", -1, ["evaluate"]),
     ("vae", "data", "fingerprints", None, ["latent", "{run}", "reconstruct", "--out", "{run}/r.png"]),
     ("vae", "data", "binarize", "(deleted)", ["evaluate"]),
+    ("ae", "data", "codes_of", -1, ["sample", "{run}", "-n", "1", "--out", "{run}/s.npy"]),  # was Path(-1) deep inside
+    ("vae", "data", "path", [0], ["evaluate"]),
 ])
 def test_damaged_config_refused_in_one_line(family, section, key, value, command, fitted, tmp_path, capsys):
     """Damaged config.json files the fuzzing found: read anyway, or refused in one line (exit 2); no traceback."""

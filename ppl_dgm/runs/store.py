@@ -254,6 +254,10 @@ def _check_sections(cfg: dict[str, Any], path: Path) -> None:
         raise CheckpointError(f"{path}: expected data.shape as a list of positive integers; got {shape!r:.60}")
     if not (isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0):
         raise CheckpointError(f"{path}: expected data.seed as an integer >= 0; got {seed!r:.60}")
+    for key in ("dataset", "path", "data_dir", "test_path", "latent_of", "codes_of"):  # names and file paths
+        value = cfg["data"].get(key)
+        if value is not None and not isinstance(value, str):
+            raise CheckpointError(f"{path}: expected data.{key} as a string or null; got {value!r:.60}")
 
 
 def run_config(model: GenerativeModel, data: DataSpec | None, ds: Dataset | None, train: dict[str, Any],
