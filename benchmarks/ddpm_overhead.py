@@ -9,7 +9,10 @@ kernel (the optimizer fit_svi builds):
 - ``fit_svi``: ``fit_svi(ddpm, x, epochs=2, progress=False, compile_step=False)``: the chain model-guide pair
   (subsampled plate of k steps, "simple" weighting) under the analytic-KL ELBO, the eager step;
 - ``fit_svi+compile_step``: the same with the step recorded as a graph (``ppl_dgm.inference.compiled``), what
-  ``fit_svi`` and ``ppl-dgm fit ddpm`` do by default in a fit of 1,000 steps or more (every default CLI fit).
+  ``fit_svi`` and ``ppl-dgm fit ddpm`` do by default in a fit of 1,000 steps or more (every default CLI fit);
+- ``fit_svi+fuse_step``: the recording compiled by ``torch.compile`` (inductor) into fused kernels
+  (``fit_svi(..., fuse_step=True)``, ``ppl-dgm fit ddpm --fuse-step``; the same draws, values to float rounding); its
+  ``epoch1`` includes the compile (~10-20 s for the MLP, ~50 s for a UNet here).  ``--no-fuse`` leaves it out.
 
 Two measurements, as in ``svi_overhead.py``: *whole fits* (``--repeats``; each trains two epochs, timed apart:
 ``epoch1`` includes fit_svi's setup and the recording of the step, ``epoch2`` a later epoch) and *steady epochs*
@@ -23,7 +26,8 @@ once, in an order rotated between repeats; the figures are medians of per-repeat
 process CPU seconds).  Goal: fit_svi / plain <= 1.15 per training step.
 
     OMP_NUM_THREADS=1 python benchmarks/ddpm_overhead.py [--threads 1] [--repeats 5] [--rounds 20]
-                                                         [--only checkerboard,digits] [--fashion-n 1280] [--quick]
+                                                         [--only checkerboard,digits] [--fashion-n 1280]
+                                                         [--no-fuse] [--quick]
 
 Writes ``benchmarks/results/ddpm_overhead.json`` (the machine, the load average at start and end, every repeat).
 """
@@ -90,22 +94,24 @@ def plain_loop(m: DDPM, x: torch.Tensor, batch_size: int, seed: int) -> Callable
     return epoch
 
 
-def variants(ds, x: torch.Tensor, t_per_step: int, batch_size: int):
+def variants(ds, x: torch.Tensor, t_per_step: int, batch_size: int, fuse: bool = True):
     def fit(**kw):
         return lambda seed: timed_fit(new_ddpm(ds, t_per_step, seed), x, batch_size=batch_size, lr=1e-3, seed=seed,
                                       progress=False, **kw)
 
     return {"plain": lambda seed: timed_epochs(plain_loop(new_ddpm(ds, t_per_step, seed), x, batch_size, seed)),
-            "fit_svi": fit(compile_step=False), "fit_svi+compile_step": fit(compile_step=True)}
+            "fit_svi": fit(compile_step=False), "fit_svi+compile_step": fit(compile_step=True),
+            **({"fit_svi+fuse_step": fit(fuse_step=True)} if fuse else {})}
 
 
-def steady_loops(ds, x: torch.Tensor, t_per_step: int, batch_size: int):
+def steady_loops(ds, x: torch.Tensor, t_per_step: int, batch_size: int, fuse: bool = True):
     """The loops of :func:`variants`, built once each, for :func:`~svi_overhead.steady_epochs`."""
     def fit(**kw):
         return lambda: svi_loop(new_ddpm(ds, t_per_step, 0), x, batch_size=batch_size, lr=1e-3, seed=0, **kw)
 
     return {"plain": lambda: plain_loop(new_ddpm(ds, t_per_step, 0), x, batch_size, 0),
-            "fit_svi": fit(compile_step=False), "fit_svi+compile_step": fit(compile_step=True)}
+            "fit_svi": fit(compile_step=False), "fit_svi+compile_step": fit(compile_step=True),
+            **({"fit_svi+fuse_step": fit(fuse_step=True)} if fuse else {})}
 
 
 def main() -> None:
@@ -117,6 +123,8 @@ def main() -> None:
     ap.add_argument("--fashion-n", type=int, default=CONFIGS["fashion-mnist"]["n"],
                     help="Fashion-MNIST examples per epoch (the UNet step takes ~1 s on one thread)")
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--no-fuse", dest="fuse", action="store_false",
+                    help="leave out fit_svi+fuse_step (torch.compile; needs a C++ compiler, ~10-50 s per compile)")
     ap.add_argument("--quick", action="store_true", help="checkerboard only, 2,560 points, 3 repeats (a smoke run)")
     ap.add_argument("--out", default=None, help="default results/ddpm_overhead.json (--quick: *_quick.json)")
     args = ap.parse_args()
@@ -128,7 +136,8 @@ def main() -> None:
     first_record = record_seconds(m0, {"model": m0}, (load_dataset(only[0]).x_train[:args.batch_size],))
     command = "python benchmarks/ddpm_overhead.py" + (
         " --quick" if args.quick
-        else f" --threads {args.threads} --repeats {repeats} --rounds {rounds} --only {','.join(only)}")
+        else f" --threads {args.threads} --repeats {repeats} --rounds {rounds} --only {','.join(only)}") + (
+        "" if args.fuse else " --no-fuse")
     result = {"benchmark": "ddpm_overhead", "command": command,
               "goal": "fit_svi / plain <= 1.15 per training step", "threads": args.threads, "repeats": repeats,
               "rounds": rounds,
@@ -145,12 +154,12 @@ def main() -> None:
               f"{m.arch} with {sum(p.numel() for p in m.parameters()):,} parameters", flush=True)
         res = {}
         if repeats:
-            res = paired(variants(ds, x, k, args.batch_size), repeats)
+            res = paired(variants(ds, x, k, args.batch_size, args.fuse), repeats)
             res["ms_per_step"] = ms_per_step(res, steps)
             print_table(res, steps)
         if rounds:
             xs = x[:min(len(x), CONFIGS[name]["steady_n"])]
-            res["steady"] = steady_epochs(steady_loops(ds, xs, k, args.batch_size), rounds,
+            res["steady"] = steady_epochs(steady_loops(ds, xs, k, args.batch_size, args.fuse), rounds,
                                           -(-len(xs) // args.batch_size))
             print_steady(res["steady"])
         res.update(n=len(x), steps_per_epoch=steps, t_per_step=k, network=m.arch,

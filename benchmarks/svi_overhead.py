@@ -12,7 +12,10 @@ weights), the same minibatch order (the one fit_svi draws from the seed) and the
 - ``fit_svi+compile_step``: the same with the step recorded as a graph and replayed
   (``fit_svi(..., compile_step=True)``, :mod:`ppl_dgm.inference.compiled`; the same numbers, bit for bit).  This is
   what ``fit_svi`` and ``ppl-dgm fit vae`` do by default in a fit of 1,000 steps or more (``RECORD_AFTER``; every
-  default CLI fit); the two epochs here are 938 steps, so each row says which step it times.
+  default CLI fit); the two epochs here are 938 steps, so each row says which step it times;
+- ``fit_svi+fuse_step``: the recording compiled by ``torch.compile`` (inductor) into fused kernels
+  (``fit_svi(..., fuse_step=True)``; the same draws, values to float rounding); its ``epoch1`` includes the compile
+  (~10-20 s here; less from torch's on-disk cache in later repeats).  ``--no-fuse`` leaves it out.
 
 Two measurements, both printed and written:
 
@@ -29,7 +32,7 @@ Two measurements, both printed and written:
 
 Goal: fit_svi / plain <= 1.05 per step (like for like: against ``plain+fused_adam``).
 
-    python benchmarks/svi_overhead.py [--threads 1,2] [--repeats 5] [--rounds 30] [--n 60000] [--quick]
+    python benchmarks/svi_overhead.py [--threads 1,2] [--repeats 5] [--rounds 30] [--n 60000] [--no-fuse] [--quick]
 
 Prints the tables and writes ``benchmarks/results/svi_overhead.json`` (the machine, the load average at start and
 end, every repeat's seconds, the seconds to record one step).
@@ -265,7 +268,7 @@ def print_steady(res: dict) -> None:
         print(f"{k:<22}{m['wall']:>9.2f}{r['wall']:>12.3f}{r['cpu']:>11.3f}")
 
 
-def variants(x: torch.Tensor, batch_size: int) -> dict[str, Callable[[int], Times]]:
+def variants(x: torch.Tensor, batch_size: int, fuse: bool = True) -> dict[str, Callable[[int], Times]]:
     def fit(**kw) -> Callable[[int], Times]:
         return lambda seed: timed_fit(new_vae(seed), x, batch_size=batch_size, lr=1e-3, seed=seed,
                                       **{"progress": False, **kw})
@@ -273,17 +276,19 @@ def variants(x: torch.Tensor, batch_size: int) -> dict[str, Callable[[int], Time
     return {"plain": lambda seed: timed_epochs(plain_loop(new_vae(seed), x, batch_size, seed)),
             "plain+fused_adam": lambda seed: timed_epochs(plain_loop(new_vae(seed), x, batch_size, seed, fused=True)),
             "fit_svi": fit(compile_step=False), "fit_svi+progress": fit(progress=True, compile_step=False),
-            "fit_svi+compile_step": fit(compile_step=True)}
+            "fit_svi+compile_step": fit(compile_step=True),
+            **({"fit_svi+fuse_step": fit(fuse_step=True)} if fuse else {})}
 
 
-def steady_loops(x: torch.Tensor, batch_size: int) -> dict[str, Callable[[], Callable[[int], None]]]:
+def steady_loops(x: torch.Tensor, batch_size: int, fuse: bool = True) -> dict[str, Callable[[], Callable[[int], None]]]:
     """The loops of :func:`variants` for :func:`steady_epochs` (the progress bar left out: a per-epoch view)."""
     def fit(**kw):
         return lambda: svi_loop(new_vae(0), x, batch_size=batch_size, lr=1e-3, seed=0, **kw)
 
     return {"plain": lambda: plain_loop(new_vae(0), x, batch_size, 0),
             "plain+fused_adam": lambda: plain_loop(new_vae(0), x, batch_size, 0, fused=True),
-            "fit_svi": fit(compile_step=False), "fit_svi+compile_step": fit(compile_step=True)}
+            "fit_svi": fit(compile_step=False), "fit_svi+compile_step": fit(compile_step=True),
+            **({"fit_svi+fuse_step": fit(fuse_step=True)} if fuse else {})}
 
 
 def record_seconds(program: Callable, modules: dict, batch: tuple) -> float:
@@ -306,6 +311,8 @@ def main() -> None:
     ap.add_argument("--steady-n", type=int, default=12_800, help="examples of a steady epoch (100 steps)")
     ap.add_argument("--n", type=int, default=60_000)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--no-fuse", dest="fuse", action="store_false",
+                    help="leave out fit_svi+fuse_step (torch.compile; needs a C++ compiler, ~10-50 s per compile)")
     ap.add_argument("--quick", action="store_true", help="12,800 examples, one thread, 3 repeats (a smoke run)")
     ap.add_argument("--out", default=None, help="default results/svi_overhead.json (--quick: svi_overhead_quick.json)")
     args = ap.parse_args()
@@ -318,7 +325,7 @@ def main() -> None:
     first_record = record_seconds(vae, {"model": vae}, (x[:args.batch_size],))  # the first in the process
     result = {"benchmark": "svi_overhead", "command": "python benchmarks/svi_overhead.py"
               + (" --quick" if args.quick else f" --threads {args.threads} --repeats {args.repeats} --n {args.n}"
-                 f" --rounds {args.rounds} --steady-n {args.steady_n}"),
+                 f" --rounds {args.rounds} --steady-n {args.steady_n}") + ("" if args.fuse else " --no-fuse"),
               "data": source, "n": len(x), "batch_size": args.batch_size, "steps_per_epoch": steps,
               "network": "784-400-20 MLP VAE, Bernoulli likelihood, analytic KL (AnalyticELBO)",
               "goal": "fit_svi / plain <= 1.05 per step (like for like: fit_svi / plain+fused_adam; steady epochs)",
@@ -329,7 +336,7 @@ def main() -> None:
         print(f"-- {threads} thread(s), {steps} steps per epoch", flush=True)
         res = {}
         if args.repeats:
-            res = paired(variants(x, args.batch_size), args.repeats)
+            res = paired(variants(x, args.batch_size, args.fuse), args.repeats)
             res["ms_per_step"] = ms_per_step(res, steps)
             res["ratio_vs_plain_fused_adam"] = ratios_to(res, "plain+fused_adam")
             print_table(res, steps)
@@ -338,7 +345,8 @@ def main() -> None:
                     f"epoch {e[-1]} {r['wall']:.3f} wall, {r['cpu']:.3f} cpu" for e, r in by_epoch.items()))
         if args.rounds:
             xs = x[:args.steady_n]
-            steady = steady_epochs(steady_loops(xs, args.batch_size), args.rounds, -(-len(xs) // args.batch_size))
+            steady = steady_epochs(steady_loops(xs, args.batch_size, args.fuse), args.rounds,
+                                   -(-len(xs) // args.batch_size))
             steady["ratio_vs_plain_fused_adam"] = steady_epochs_ratio(steady, "plain+fused_adam")
             res["steady"] = steady
             print_steady(steady)

@@ -102,7 +102,7 @@ def test_plain_run_has_no_process_group_and_batch_must_divide():
         ctx.check_batch(63)
 
 
-@pytest.mark.parametrize("kw, why", [({"compile_step": True}, "compile_step"),
+@pytest.mark.parametrize("kw, why", [({"compile_step": True}, "compile_step"), ({"fuse_step": True}, "fuse_step"),
                                       ({"loss": "free-bits"}, "FreeBitsELBO, not a sum over rows")])
 def test_data_parallel_refuses_what_does_not_split_by_rows(digits, monkeypatch, kw, why):
     from ppl_dgm.inference import make_objective, svi

@@ -240,6 +240,7 @@ def test_cli_numpyro_run_works_with_every_command(family, tmp_path, capsys):
     (["fit", "vae", "--backend", "numpyro", "--likelihood", "continuous-bernoulli"], "expected likelihood one of"),
     (["fit", "vae", "--backend", "numpyro", "--arch", "conv", "--data", "IMAGES"], "expected arch 'mlp'"),
     (["fit", "vae", "--backend", "numpyro", "--compile-step"], "the NumPyro step is always jit-compiled"),
+    (["fit", "vae", "--backend", "numpyro", "--fuse-step"], "expected no --fuse-step with --backend numpyro"),
 ])
 def test_cli_numpyro_refusals_are_one_line(args, message, tmp_path, capsys):
     from tests.conftest import run_cli

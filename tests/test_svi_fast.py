@@ -1,6 +1,7 @@
 """The fast paths of the SVI step give the numbers of the plain ones: the lean site records against Pyro's traces,
 the fused per-site sums against Pyro's ELBOs, the recorded step (``compile_step``) against the eager one, bit for bit,
-resume included; and the cheap finiteness check of the training data against the exact one."""
+resume included; the recorded step compiled by inductor (``fuse_step``) against it, to float rounding; and the cheap
+finiteness check of the training data against the exact one."""
 
 import pyro
 import pyro.distributions as dist
@@ -104,7 +105,7 @@ def test_finite_check_of_training_data():
 
 # -- compile_step: the recorded step against the eager one ----------------------------------------------------------
 
-def _fit(compile_step, epochs=2, family="vae", out=None, resume=False, callbacks=(), loss=None):
+def _fit(compile_step, epochs=2, family="vae", out=None, resume=False, callbacks=(), loss=None, fuse_step=False):
     torch.manual_seed(0)
     if family == "vae":
         ds = load_dataset("digits", binarize="dynamic", seed=0)
@@ -116,7 +117,7 @@ def _fit(compile_step, epochs=2, family="vae", out=None, resume=False, callbacks
         kw = {}
     res = fit_svi(m, ds.x_train[:230], test=ds.x_test[:60], epochs=epochs, batch_size=50, progress=False,
                   compile_step=compile_step, out_dir=out, resume=resume, callbacks=callbacks, loss=loss, seed=1,
-                  **kw)
+                  fuse_step=fuse_step, **kw)
     return res.history, torch.cat([p.detach().flatten() for p in m.parameters()])
 
 
@@ -151,6 +152,74 @@ def test_compile_step_resume_ends_where_uninterrupted_run_ends(tmp_path):
     resumed, p_resumed = _fit(True, 4, out=tmp_path / "b", resume=True)
     assert [h["train_elbo"] for h in resumed] == [h["train_elbo"] for h in full]
     assert torch.equal(p_resumed, p_full)
+
+
+def _has_cxx() -> bool:
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return bool(get_cpp_compiler())
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _has_cxx(), reason="fuse_step on CPU needs a C++ compiler for torch.compile")
+def test_fuse_step_compiles_the_recording_and_gives_the_eager_numbers_up_to_rounding(monkeypatch):
+    """The DDPM chain ELBO's step compiled by inductor: the same random draws (torch's generators), so the epoch
+    ELBOs and the trained weights agree with the eager step's to float rounding (fused arithmetic rounds otherwise);
+    one compile per recording (the full minibatch of 50; the last of 30 is recorded in epoch 2, once)."""
+    from ppl_dgm.inference import compiled
+
+    compiles, fused = [], compiled._fused
+    monkeypatch.setattr(compiled, "_fused", lambda graph, inputs: compiles.append(fused(graph, inputs)) or
+                        compiles[-1])
+    eager, p_eager = _fit(False, 3, "ddpm")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback to the unfused recording
+        got, p_got = _fit(None, 3, "ddpm", fuse_step=True)
+    assert len(compiles) == 2 and all(hasattr(c, "compile_seconds") for c in compiles)
+    for h, e in zip(got, eager):
+        assert h["train_elbo"] == pytest.approx(e["train_elbo"], rel=1e-5)
+        assert h["test_elbo"] == pytest.approx(e["test_elbo"], rel=1e-5)
+    assert torch.allclose(p_got, p_eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_fuse_step_on_cuda_follows_the_recorded_step():
+    """On CUDA inductor writes Triton kernels; torch's generators still draw (fallback_random), so the fused fit
+    follows the recorded one to float rounding."""
+    import warnings
+
+    histories = []
+    for fuse in (False, True):
+        torch.manual_seed(0)
+        x = torch.rand(64, 10).bernoulli()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            fit = fit_svi(VAE(10, 2, [8]), x, epochs=3, batch_size=16, device="cuda", progress=False, seed=1,
+                          compile_step=True, fuse_step=fuse)
+        histories.append([h["train_elbo"] for h in fit.history])
+    assert histories[1] == pytest.approx(histories[0], rel=1e-5)
+
+
+def test_fuse_step_that_cannot_compile_warns_and_runs_the_recording_unfused(monkeypatch):
+    """No C++ compiler (here: torch.compile raising): one warning saying why, then the recorded step's numbers, bit
+    for bit; fuse_step with compile_step=False is refused in one line."""
+    def no_compiler(*args, **kw):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nsecond line")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    recorded, p_recorded = _fit(True, 2)
+    with pytest.warns(RuntimeWarning, match=r"fuse_step: torch.compile could not compile the recorded step "
+                                            r"\(RuntimeError: InvalidCxxCompiler: No working C\+\+ compiler found\); "
+                                            r"the fit goes on with the recorded step unfused"):
+        got, p_got = _fit(None, 2, fuse_step=True)
+    assert [h["train_elbo"] for h in got] == [h["train_elbo"] for h in recorded] and torch.equal(p_got, p_recorded)
+    with pytest.raises(InputError, match=r"^fuse_step compiles the recorded step: expected compile_step True or None "
+                                         r"with fuse_step; got compile_step=False$"):
+        _fit(False, 1, fuse_step=True)
 
 
 def test_recorded_loss_records_a_shape_on_its_second_call():
@@ -396,6 +465,11 @@ def test_cli_compile_step_same_run_or_one_line_refusal(tmp_path, capsys):
         stored = json.loads((tmp_path / f"vae{i}" / "config.json").read_text())["train"]["compile_step"]
         assert stored == [None, True, False][i]
     assert histories[0] == histories[1] == histories[2]
+    if _has_cxx():  # --fuse-step: stored, and the same fit to float rounding
+        code, _, _ = run_cli(["fit", "vae", *tiny, "--fuse-step", "--out", tmp_path / "fused"], capsys)
+        assert code == 0 and json.loads((tmp_path / "fused" / "config.json").read_text())["train"]["fuse_step"]
+        fused = [h["train_elbo"] for h in json.loads((tmp_path / "fused" / "history.json").read_text())]
+        assert fused == pytest.approx(histories[0], rel=1e-5)
     code, _, err = run_cli(["fit", "vqvae", "--epochs", "1", "--hidden", "8", "--n-codes", "4", "--code-dim", "2",
                             "--compile-step", "--out", tmp_path / "vq"], capsys)
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: compile_step: the training step could not")

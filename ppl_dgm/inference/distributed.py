@@ -115,14 +115,15 @@ class Distributed:
                              f"expected a multiple of {self.world_size}; got {batch_size}")
         return batch_size // self.world_size
 
-    def check_fit(self, batch_size: int, loss: Any, compile_step: bool) -> None:
+    def check_fit(self, batch_size: int, loss: Any, compile_step: bool, flag: str = "compile_step") -> None:
         """Refuse in one line what a data-parallel fit cannot do (called by ``fit_svi`` and, before anything is
         written, by the runs layer): a batch size W does not divide, an objective with its own step (the GAN
-        game), one that is not a sum over rows (free bits: a batch mean inside), a recorded step."""
+        game), one that is not a sum over rows (free bits: a batch mean inside), a recorded step (named ``flag``:
+        the option that asked for it)."""
         self.check_batch(batch_size)
         name = type(loss).__name__
         for bad, what in ((callable(getattr(loss, "make_state", None)), f"{name}, an objective with its own step"),
-                          (compile_step, "compile_step"),
+                          (compile_step, flag),
                           (not getattr(loss, "rows_additive", True), f"{name}, not a sum over rows (a batch mean "
                                                                        f"inside)")):
             if bad:

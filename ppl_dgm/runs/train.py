@@ -134,7 +134,9 @@ def _fit_data_parallel(family, model, loss, options, data, ds, out_path, resume,
         raise InputError("torchrun runs the Pyro backend data-parallel; the NumPyro backend shards over JAX devices "
                          "in one process (--jax-devices): expected no torchrun with --backend numpyro")
     ctx = data_parallel(device)
-    ctx.check_fit(options.batch_size, loss, getattr(options, "compile_step", False))  # before anything is written
+    fuse = getattr(options, "fuse_step", False)  # checked before anything is written
+    ctx.check_fit(options.batch_size, loss, getattr(options, "compile_step", False) or fuse,
+                  "fuse_step" if fuse else "compile_step")
     config = run_config(model, data, ds, {**options.values("train"), **options.values("objective"),
                                           **options.values("backend")})
     if ctx.rank:
@@ -163,9 +165,11 @@ def numpyro_twin(family: str, model_cfg: dict, seed: int, options: FitOptions):
     from ..numpyro.models import twin_class
 
     twin = twin_class(family)(**model_cfg, seed=seed)
-    if getattr(options, "compile_step", False):
-        raise InputError("--compile-step records the Pyro backend's step; the NumPyro step is always jit-compiled: "
-                         "expected no --compile-step with --backend numpyro")
+    for flag in ("compile_step", "fuse_step"):
+        if getattr(options, flag, False):
+            name = "--" + flag.replace("_", "-")
+            raise InputError(f"{name} records the Pyro backend's step; the NumPyro step is always jit-compiled: "
+                             f"expected no {name} with --backend numpyro")
     if getattr(options, "precision", "fp32") != "fp32":
         raise InputError(f"--precision applies to the Pyro backend; expected --precision fp32 with --backend numpyro; "
                          f"got {options.precision}")
