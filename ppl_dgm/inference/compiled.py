@@ -35,10 +35,12 @@ the step computes the same objective with the same random draws (inductor's ``fa
 generators), but the fused arithmetic rounds otherwise: the values agree with the eager step's to float rounding, not
 bit for bit.  The many small elementwise operations of the ELBO's sites (a DDPM's KL terms, the masked decoder term)
 become a few loops, which is what a second thread cannot speed up otherwise.  Compiling takes ~10-20 s for an MLP
-step and ~50 s for a UNet step on 2 CPU cores (less from torch's on-disk cache in a later process), once per
-recording: per minibatch shape (the last, smaller minibatch of an epoch is a second one), per thread count and per KL
-weight (a warm-up recompiles every epoch of its ramp).  Should compiling fail (no compiler, an operation inductor
-cannot lower), a warning says why and the recorded step runs unfused.
+step and ~50 s for a UNet step on 2 CPU cores (less from torch's on-disk cache in a later process), so only the
+recordings that serve the rest of the fit are compiled (``settled``; ``fit_svi``: the full minibatch at the last
+epoch's KL weight): the last, smaller minibatch of an epoch and the epochs of a KL warm-up (a recording per weight)
+replay their recordings unfused.  A fused recording is keyed by the thread count too (inductor builds it into its
+kernels).  Should compiling fail (no compiler, an operation inductor cannot lower), a warning says why and the
+recorded step runs unfused.
 """
 
 from __future__ import annotations
@@ -92,7 +94,11 @@ class RecordedLoss:
         A step that cannot be recorded is refused (:class:`InputError`); False: a warning says why, and this and
         every later step run eagerly (``fit_svi(compile_step=None)``).
     fuse : bool
-        Compile every recording with ``torch.compile`` (inductor) at its first replay (see the module docstring).
+        Compile recordings with ``torch.compile`` (inductor) at their first replay (see the module docstring).
+    settled : callable, optional
+        ``settled(batch) -> bool``, asked when a key is recorded: with ``fuse``, whether the recording serves the
+        rest of the fit and is worth compiling (``fit_svi``: full minibatches at the last epoch's KL weight, not the
+        last, smaller minibatch nor a warm-up epoch's weight, which run recorded, unfused).  Default: every one.
 
     Raises
     ------
@@ -102,9 +108,10 @@ class RecordedLoss:
 
     def __init__(self, loss: Callable, model: Callable, guide: Callable, modules: dict[str, nn.Module],
                  params: dict[str, torch.Tensor], key: Callable[[], Any] | None = None, strict: bool = True,
-                 fuse: bool = False):
+                 fuse: bool = False, settled: Callable[[tuple[torch.Tensor, ...]], bool] | None = None):
         self.program, self.strict, self.eager = ObjectiveProgram(loss, model, guide, modules), strict, False
         self.fuse, flag = fuse, "fuse_step" if fuse else "compile_step"
+        self.settled = settled or (lambda batch: True)
         self.flag = flag  # the fit_svi option named in refusals
         self.modules, self.key, self.graphs = tuple(modules.values()), key or (lambda: None), {}
         named = dict(self.program.named_parameters())
@@ -170,7 +177,7 @@ class RecordedLoss:
         _merge_repeated(graph, len(self.param_names))
         prelude = _hoist_constant(graph, first_buffer=len(self.param_names), n_tensors=n)
         _drop_unused(graph)
-        return Replay(graph, prelude, fuse=self.fuse)
+        return Replay(graph, prelude, fuse=self.fuse and self.settled(batch))
 
 
 class Replay:

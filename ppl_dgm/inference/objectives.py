@@ -126,7 +126,11 @@ class Objective:
     @property
     def kl_weight(self) -> float:
         """beta times the warm-up factor of the current epoch."""
-        return self.beta * self.warmup(self.epoch)
+        return self.kl_weight_at(self.epoch)
+
+    def kl_weight_at(self, epoch: int) -> float:
+        """beta times the warm-up factor of (0-based) ``epoch``."""
+        return self.beta * self.warmup(epoch)
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
         """-L_beta summed over the minibatch (a scalar tensor with gradients)."""

@@ -600,10 +600,12 @@ def fit_svi(
         go on eagerly.  Any other program (your own model or guide, a subclass that does not declare
         ``records_step = True`` itself) runs eagerly unless you pass True.
     fuse_step : bool
-        Record the step (as ``compile_step=True``) and compile every recording with ``torch.compile`` (inductor)
-        into fused kernels at its first replay (:mod:`~ppl_dgm.inference.compiled`): the same objective and random
-        draws, values equal to the eager step's up to float rounding; ~10-50 s of compiling per recording on CPU
-        (a C++ compiler is needed; without one a warning says so and the step runs recorded, unfused).  Per step
+        Record the step (as ``compile_step=True``) and compile the recording of the full minibatch at the last
+        epoch's KL weight with ``torch.compile`` (inductor) into fused kernels at its first replay
+        (:mod:`~ppl_dgm.inference.compiled`): the same objective and random draws, values equal to the eager
+        step's up to float rounding; ~10-50 s of compiling on CPU, once (a C++ compiler is needed; without one a
+        warning says so and the step runs recorded, unfused).  The last, smaller minibatch of an epoch and the
+        epochs of a KL warm-up run recorded, unfused.  Per step
         4-11 % faster than the plain PyTorch loop on this project's 2-core CPU host, against 0-15 % slower recorded
         unfused (benchmarks/ddpm_overhead.py, benchmarks/svi_overhead.py); worth it in long fits.  Refused with
         ``compile_step=False``.
@@ -698,8 +700,14 @@ def fit_svi(
         if own_state:
             flag = "fuse_step" if fuse_step else "compile_step"
             raise InputError(f"{flag}: {type(loss).__name__} takes its own step; fit without {flag}")
+        last_weight = getattr(loss, "kl_weight_at", lambda epoch: kl_weight())(epochs - 1)
+        full = [t.shape for t in first]
+
+        def settled(batch):  # fuse_step compiles what serves the rest of the fit: full minibatches, last KL weight
+            return [t.shape for t in batch] == full and kl_weight() == last_weight
+
         objective = RecordedLoss(objective, model_fn, guide_fn, modules, params, key=kl_weight, strict=strict,
-                                 fuse=fuse_step)
+                                 fuse=fuse_step, settled=settled)
     state = (loss.make_state(model, model_fn, guide_fn, params, opt, modules, clip, averager) if own_state
              else SVIState(model_fn, guide_fn, amp.loss(objective), params, opt, modules, clip, averager, amp.scaler))
     run = SVILoop(state, model, train_t, epochs, batch_size, seed, lr_at(lr_schedule, lr, epochs, lr_gamma),
