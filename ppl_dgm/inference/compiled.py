@@ -110,9 +110,8 @@ class RecordedLoss:
                  params: dict[str, torch.Tensor], key: Callable[[], Any] | None = None, strict: bool = True,
                  fuse: bool = False, settled: Callable[[tuple[torch.Tensor, ...]], bool] | None = None):
         self.program, self.strict, self.eager = ObjectiveProgram(loss, model, guide, modules), strict, False
-        self.fuse, flag = fuse, "fuse_step" if fuse else "compile_step"
-        self.settled = settled or (lambda batch: True)
-        self.flag = flag  # the fit_svi option named in refusals
+        self.fuse, self.settled = fuse, settled or (lambda batch: True)
+        self.flag = flag = "fuse_step" if fuse else "compile_step"  # the fit_svi option named in refusals
         self.modules, self.key, self.graphs = tuple(modules.values()), key or (lambda: None), {}
         named = dict(self.program.named_parameters())
         on_modules = {id(p) for p in named.values()}

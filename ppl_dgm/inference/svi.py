@@ -605,10 +605,9 @@ def fit_svi(
         (:mod:`~ppl_dgm.inference.compiled`): the same objective and random draws, values equal to the eager
         step's up to float rounding; ~10-50 s of compiling on CPU, once (a C++ compiler is needed; without one a
         warning says so and the step runs recorded, unfused).  The last, smaller minibatch of an epoch and the
-        epochs of a KL warm-up run recorded, unfused.  Per step
-        4-11 % faster than the plain PyTorch loop on this project's 2-core CPU host, against 0-15 % slower recorded
-        unfused (benchmarks/ddpm_overhead.py, benchmarks/svi_overhead.py); worth it in long fits.  Refused with
-        ``compile_step=False``.
+        epochs of a KL warm-up run recorded, unfused.  A step takes 0.83-1.02 times the plain PyTorch loop's on this
+        project's 2-core CPU host, against 0.97-1.19 recorded unfused (benchmarks/ddpm_overhead.py,
+        benchmarks/svi_overhead.py); worth it in long fits.  Refused with ``compile_step=False``.
     precision : {"fp32", "bf16", "fp16"}
         The networks' forward passes under ``torch.autocast`` in bf16 / fp16 (fp16 with a gradient scaler); the
         ELBO terms are computed and summed in float32 (:mod:`~ppl_dgm.inference.devices`).
@@ -655,8 +654,9 @@ def fit_svi(
         raise InputError("fuse_step compiles the recorded step: expected compile_step True or None with fuse_step; "
                          "got compile_step=False")
     compile_step = True if fuse_step else compile_step
+    flag = "fuse_step" if fuse_step else "compile_step"  # the option named in refusals
     if ddp is not None:
-        ddp.check_fit(batch_size, loss, compile_step, "fuse_step" if fuse_step else "compile_step")
+        ddp.check_fit(batch_size, loss, compile_step, flag)
     if own_state and amp.active:
         raise InputError(f"precision {precision}: {type(loss).__name__} takes its own step; expected fp32")
     averager = EMA(ema) if ema else None
@@ -698,7 +698,6 @@ def fit_svi(
                         and _records_by_default(model, guide, user_loss))
     if compile_step:
         if own_state:
-            flag = "fuse_step" if fuse_step else "compile_step"
             raise InputError(f"{flag}: {type(loss).__name__} takes its own step; fit without {flag}")
         last_weight = getattr(loss, "kl_weight_at", lambda epoch: kl_weight())(epochs - 1)
         full = [t.shape for t in first]

@@ -182,8 +182,9 @@ class SVIOptions(FitOptions):
         "(vae, ae, cvae, hvae, ddpm, score, classifier) in fits of 1000 steps or more.", role="train")
     fuse_step: bool = option(
         False, "Record the step and compile it with torch.compile (inductor) into fused kernels: values equal up to "
-        "float rounding, ~5-10% faster per step on CPU, ~10-50 s of compiling per minibatch shape (needs a C++ "
-        "compiler; without one the recorded step runs unfused). For long fits.", role="train")
+        "float rounding, a step 0.83-1.02x the plain PyTorch loop's on CPU, ~10-50 s of compiling once (the full "
+        "minibatch at the last epoch's KL weight; needs a C++ compiler, without one the recorded step runs "
+        "unfused). For long fits.", role="train")
     precision: Literal["fp32", "bf16", "fp16"] = option(
         "fp32", "The networks' forward under autocast in bf16/fp16 (fp16 with a gradient scaler; meant for GPUs); "
         "the ELBO terms stay float32.", role="train")
