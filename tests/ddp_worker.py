@@ -3,12 +3,14 @@
 ``python tests/ddp_worker.py OUT EPOCHS [--resume] [--family vae]``: fits a deterministic model (p(x | y) with an MLP,
 a MAP (AutoDelta) guide and a ``pyro.param`` noise scale, so no random draws: 1 and N processes take the same
 steps) on the first 256 digits rows, batch 64, and rank 0 saves the parameters to ``OUT/params.pt``.  Every rank
-saves its own to ``OUT/params-rankR.pt`` so the test can check that they agree.
+saves its own to ``OUT/params-rankR.pt`` so the test can check that they agree.  Under torchrun each rank then
+leaves the process group as it does at exit and writes how many gloo threads are left to ``OUT/threads-rankR.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from torch import nn
 
 from ppl_dgm.data import load_dataset
 from ppl_dgm.inference import fit_svi
+from ppl_dgm.inference.distributed import launched, leave_group
 
 
 class Density(nn.Module):
@@ -63,6 +66,15 @@ def fit(out: str, epochs: int, resume: bool = False, family: str = "density") ->
     torch.save({k: v.clone() for k, v in params.items()}, Path(args.out) / f"params-rank{rank}.pt")
     if rank == 0:
         torch.save({"params": params, "history": result.history}, Path(args.out) / "params.pt")
+    if launched():  # what exit does, then the gloo threads left (0: the group was freed before the interpreter)
+        leave_group()
+        (Path(args.out) / f"threads-rank{rank}.json").write_text(json.dumps(gloo_threads()))
+
+
+def gloo_threads() -> int:
+    """How many of this process's threads belong to gloo (Linux: their names in /proc)."""
+    tasks = Path("/proc/self/task")
+    return sum("gloo" in (t / "comm").read_text() for t in tasks.iterdir()) if tasks.exists() else 0
 
 
 if __name__ == "__main__":

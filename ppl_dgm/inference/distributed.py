@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import inspect
 import os
 import warnings
@@ -70,7 +71,7 @@ from .compiled import ObjectiveProgram
 if TYPE_CHECKING:
     from .svi import SVILoop, SVIState
 
-__all__ = ["Distributed", "data_parallel", "launched", "is_rank_zero", "barrier"]
+__all__ = ["Distributed", "data_parallel", "leave_group", "launched", "is_rank_zero", "barrier"]
 
 
 def launched() -> bool:
@@ -166,8 +167,9 @@ def data_parallel(device: str | torch.device = "cpu") -> Distributed | None:
 
     The group is initialised once (``init_method="env://"``: torchrun's ``MASTER_ADDR``, ``MASTER_PORT``, ``RANK``,
     ``WORLD_SIZE``), with gloo when ``device`` resolves to the CPU and NCCL when it resolves to CUDA; the device is
-    then ``cuda:LOCAL_RANK`` (``--device auto`` picks CUDA when torch sees it, as in a plain run).  A group the
-    caller initialised is used as it is.
+    then ``cuda:LOCAL_RANK`` (``--device auto`` picks CUDA when torch sees it, as in a plain run), and destroyed at
+    exit by :func:`leave_group` (see ``_BIND_WORLD`` for why that needs an import first).  A group the caller
+    initialised is used as it is, and left to the caller.
     """
     if not launched():
         return None
@@ -177,9 +179,28 @@ def data_parallel(device: str | torch.device = "cpu") -> Distributed | None:
         dev = torch.device("cuda", dev.index if dev.index is not None else local)
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
+        for name in _BIND_WORLD:  # before the group exists: see _BIND_WORLD
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method="env://")
-        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+        atexit.register(leave_group)
     return Distributed(dist.get_rank(), dist.get_world_size(), local, dev)
+
+
+# Modules that bind ``dist.group.WORLD`` as a default argument when they are imported.  DDP's first construction
+# imports them; after init_process_group they would hold the default group for good, so destroy_process_group
+# could not free it: its gloo worker threads would outlive the interpreter, and one still releasing a finished
+# broadcast when Python finalises dies taking the GIL inside a C++ destructor -- std::terminate, the rank exits with
+# SIGABRT "terminate called without an active exception" (5 of 196 torchrun runs here, two at once on 2 cores).
+# Imported before the group exists, they bind None and the group is freed, its threads joined, at exit.
+_BIND_WORLD = ("torch.distributed.nn", "torch.distributed.fsdp.sharded_grad_scaler", "torch.distributed.optim")
+
+
+def leave_group() -> None:
+    """Destroy the process group :func:`data_parallel` initialised (registered to run at exit): the group is freed
+    and its worker threads joined while the interpreter is still whole."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # buffers are synchronised once per epoch by SyncModules, not before every forward (torch >= 2.13 renamed the flag)
