@@ -162,6 +162,15 @@ class Distributed:
         cb.read = lambda device: self.broadcast(read(torch.device("cpu")) if self.rank == 0 else None)
 
 
+# Modules that bind ``dist.group.WORLD`` as a default argument when they are imported.  DDP's first construction
+# imports them; after init_process_group they would hold the default group for good, so destroy_process_group
+# could not free it: its gloo worker threads would outlive the interpreter, and one still releasing a finished
+# broadcast when Python finalises dies taking the GIL inside a C++ destructor -- std::terminate, the rank exits with
+# SIGABRT "terminate called without an active exception" (5 of 196 torchrun runs here, two at once on 2 cores).
+# Imported before the group exists, they bind None and the group is freed, its threads joined, at exit.
+_BIND_WORLD = ("torch.distributed.nn", "torch.distributed.fsdp.sharded_grad_scaler", "torch.distributed.optim")
+
+
 def data_parallel(device: str | torch.device = "cpu") -> Distributed | None:
     """Join the process group of a multi-process launch; None in a plain run (nothing is imported or started).
 
@@ -185,15 +194,6 @@ def data_parallel(device: str | torch.device = "cpu") -> Distributed | None:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method="env://")
         atexit.register(leave_group)
     return Distributed(dist.get_rank(), dist.get_world_size(), local, dev)
-
-
-# Modules that bind ``dist.group.WORLD`` as a default argument when they are imported.  DDP's first construction
-# imports them; after init_process_group they would hold the default group for good, so destroy_process_group
-# could not free it: its gloo worker threads would outlive the interpreter, and one still releasing a finished
-# broadcast when Python finalises dies taking the GIL inside a C++ destructor -- std::terminate, the rank exits with
-# SIGABRT "terminate called without an active exception" (5 of 196 torchrun runs here, two at once on 2 cores).
-# Imported before the group exists, they bind None and the group is freed, its threads joined, at exit.
-_BIND_WORLD = ("torch.distributed.nn", "torch.distributed.fsdp.sharded_grad_scaler", "torch.distributed.optim")
 
 
 def leave_group() -> None:
