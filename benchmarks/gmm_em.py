@@ -6,13 +6,13 @@ set-up such as our feature preparation counts against us), total wall time (best
 of R), their ratios and both final log-likelihoods; then float32 and the JAX
 backend.  The whole grid of shapes is ``benchmarks/gmm_grid.py``.
 
-Memory: peak resident memory of ``fit_em`` at N = 1,000,000, D = 64 (K = 8, 16, 64;
-both E-step forms) for several chunk sizes, each in a fresh
-subprocess that loads the data, resets the kernel's high-water mark
-(``/proc/self/clear_refs``) and reads ``VmHWM`` after one EM iteration, so the
-figure is what the fit adds to the data.  (``getrusage().ru_maxrss`` is not used:
-a child started by ``subprocess`` inherits the parent's peak through fork, which is
-what the earlier fixed ~1 GB "peak" was.)
+Memory: peak resident memory of ``fit_em`` at N = 1,000,000, D = 64 (K = 16 and 64) for several chunk
+sizes: the torch backend as it runs by default (``strategy="auto"``, whose screen takes the pruned form on
+these blobs), the same forced to its dense form, the JAX backend and the estimator.  Each probe is a fresh
+subprocess that loads the data, resets the kernel's high-water mark (``/proc/self/clear_refs``) and reads
+``VmHWM`` after two EM iterations (the pruned form keeps moments from one E-step to the next), so the figure is
+what the fit adds to the data.  (``getrusage().ru_maxrss`` is not used: a child started by ``subprocess``
+inherits the parent's peak through fork, which is what the earlier fixed ~1 GB "peak" was.)
 
 Run:  python benchmarks/gmm_em.py            (writes benchmarks/results/gmm_em.json)
       python benchmarks/gmm_em.py --quick    (smaller, for a smoke test: gmm_em_quick.json)
@@ -38,6 +38,7 @@ from ppl_dgm.models.gmm_em import GMMFamily
 
 RESULTS = Path(__file__).parent / "results" / "gmm_em.json"
 RESULTS_QUICK = Path(__file__).parent / "results" / "gmm_em_quick.json"
+MEMORY_ITERS = 2  # the pruned form keeps chunks' sure-row moments from one E-step to the next: two E-steps
 
 
 def make_data(n: int, d: int, k: int, seed: int = 0) -> np.ndarray:
@@ -82,7 +83,7 @@ def per_iter(fit, iters, repeat):
 MEMORY_CHILD = """
 import resource, sys, time, torch
 torch.set_num_threads(1)
-n, d, k, chunk, backend = {n}, {d}, {k}, {chunk}, {backend!r}
+n, d, k, chunk, backend, strategy, iters = {n}, {d}, {k}, {chunk}, {backend!r}, {strategy!r}, {iters}
 def status():
     return {{ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in open("/proc/self/status")
             if ln.startswith(("VmRSS", "VmHWM"))}}
@@ -98,8 +99,8 @@ x = torch.empty(n, d, dtype=torch.float64)
 for i in range(0, n, 65536):
     x[i:i+65536] = torch.randn(x[i:i+65536].shape, generator=g, dtype=torch.float64)
 x[:, 0] += 4 * (torch.arange(n) % 4)
-used = GMMFamily(k, "full", chunk_size=chunk).prepare(x).chunk_size
-direct = GMMFamily(k, "full").use_direct(d)
+used = GMMFamily(k, "full", chunk_size=chunk, strategy=strategy).prepare(x).chunk_size
+form = "direct" if GMMFamily(k, "full").use_direct(d) else "features"
 if backend == "estimator":
     from ppl_dgm import GaussianMixture
     x = x.numpy()
@@ -107,41 +108,50 @@ before = status()["VmRSS"]
 open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS: the peak from here on
 t = time.perf_counter()
 if backend == "estimator":
-    GaussianMixture(k, init_params="random_from_data", reg_covar=1e-3, max_iter=1, tol=0.0,
+    GaussianMixture(k, init_params="random_from_data", reg_covar=1e-3, max_iter=iters, tol=0.0,
                     chunk_size=chunk).fit(x)
+    form = "auto"
 else:
-    fam = GMMFamily(k, "full", init_params="random_from_data", reg_covar=1e-3, chunk_size=chunk)
-    direct = (JaxGMMFamily(fam).family if backend == "jax" else fam).use_direct(d)
-    fit_em(JaxGMMFamily(fam) if backend == "jax" else fam, x, max_iter=1, tol=0.0, warn=False)
+    fam = GMMFamily(k, "full", init_params="random_from_data", reg_covar=1e-3, chunk_size=chunk, strategy=strategy)
+    if backend == "jax":
+        form = "direct" if JaxGMMFamily(fam).family.use_direct(d) else "features"
+    fit_em(JaxGMMFamily(fam) if backend == "jax" else fam, x, max_iter=iters, tol=0.0, warn=False)
+    form = fam.last_form if backend == "torch" else form  # the form the last E-step took
 secs = time.perf_counter() - t
-print(before, status()["VmHWM"], used, secs, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, int(direct))
+print(before, status()["VmHWM"], used, secs, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, form)
 """
 
 
-def memory_probe(n: int, d: int, k: int, chunk: int | None, backend: str = "torch") -> dict:
-    """Fresh process: peak RSS during one EM iteration minus the RSS with the data loaded."""
-    code = MEMORY_CHILD.format(n=n, d=d, k=k, chunk=chunk, backend=backend)
+def memory_probe(n: int, d: int, k: int, chunk: int | None, backend: str = "torch", strategy: str = "auto",
+                 iters: int = MEMORY_ITERS) -> dict:
+    """Fresh process: peak RSS during ``iters`` EM iterations minus the RSS with the data loaded; ``form`` is the
+    E-step form the fit took (under ``strategy="auto"`` the torch backend's screen picks it)."""
+    code = MEMORY_CHILD.format(n=n, d=d, k=k, chunk=chunk, backend=backend, strategy=strategy, iters=iters)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    before, peak, used, secs, ru, direct = out.stdout.split()
-    fam = GMMFamily(k, "full", strategy="direct" if direct == "1" else "features")
-    return {"n": n, "d": d, "k": k, "backend": backend, "form": fam.strategy, "chunk_size": int(used),
-            "data_mb": n * d * 8 / 2**20, "rss_with_data_mb": float(before), "peak_rss_mb": float(peak),
-            "extra_mb": float(peak) - float(before),
-            "chunk_temporaries_mb": int(used) * fam.numbers_per_row(d) * 8 / 2**20,
-            "seconds_one_iteration": float(secs),
+    before, peak, used, secs, ru, form = out.stdout.split()
+    dense = form in ("direct", "features")
+    return {"n": n, "d": d, "k": k, "backend": backend, "strategy": strategy, "form": form, "chunk_size": int(used),
+            "iterations": iters, "data_mb": n * d * 8 / 2**20, "rss_with_data_mb": float(before),
+            "peak_rss_mb": float(peak), "extra_mb": float(peak) - float(before),
+            "chunk_temporaries_mb": int(used) * GMMFamily(k, "full", strategy=form).numbers_per_row(d) * 8 / 2**20
+            if dense else None,
+            "seconds": float(secs),
             "child_ru_maxrss_mb (inherited from the parent by fork)": float(ru)}
 
 
 MEMORY_NOTE = (
-    "extra_mb = peak RSS during one EM iteration minus RSS with the data loaded (VmHWM after clear_refs, fresh "
-    "process per setting). torch: the data are read in place (no copy); per chunk of c rows the temporaries are "
-    "the centred columns (D x c), phi^T (F x c, feature form) or y = U^T x (KD x c, direct form) and the "
-    "responsibilities (K x c), so extra_mb grows linearly with the chunk size (slope ~ chunk_temporaries_mb) above "
-    "a fixed part of a few tens of MB (torch kernels' workspaces, the allocator's retained pages, initialisation). "
+    "extra_mb = peak RSS during two EM iterations minus RSS with the data loaded (VmHWM after clear_refs, fresh "
+    "process per setting); form = the E-step form the fit took. torch, dense forms (direct, features): the data "
+    "are read in place (no copy); per chunk of c rows the temporaries are the centred columns (D x c), phi^T "
+    "(F x c, feature form) or y = U^T x (KD x c, direct form) and the responsibilities (K x c), so extra_mb grows "
+    "linearly with the chunk size (slope ~ chunk_temporaries_mb) above a fixed part of a few tens of MB (torch "
+    "kernels' workspaces, the allocator's retained pages, initialisation). torch, pruned form (what auto takes on "
+    "separated blobs): its per-chunk buffers (augmented rows, bounds, sorted rows; the chunk is chunk_size rows "
+    "when given, else ~2^21 numbers' worth) plus the sure rows' moments kept between E-steps, at most "
+    "gmm_prune.SURE_CACHE_BYTES = 64 MB in all: bounded by the chunk and that budget, not by N. "
     "JAX: prepare() copies the data once into padded centred columns (n_chunks, D, c), so its extra includes "
     "one data-sized copy, plus the chunk temporaries of its passes (one set per worker) and, with several workers, "
-    "~65 MB of glibc's per-thread malloc arenas (K=16, chunk 256: 628 MB with workers=1, 702 with 2, 637 with 2 and "
-    "MALLOC_ARENA_MAX=2). The earlier fixed ~1 GB 'peak' was "
+    "~65 MB of glibc's per-thread malloc arenas. The earlier fixed ~1 GB 'peak' was "
     "getrusage(RUSAGE_SELF).ru_maxrss in the child: Linux carries the parent's peak RSS into a child created by "
     "fork (+exec), so it reported the benchmark process's own size, not the fit's. The estimator "
     "(GaussianMixture.fit) reads a float64 C-ordered array in place too; its finiteness check runs in blocks of "
@@ -150,21 +160,24 @@ MEMORY_NOTE = (
 
 
 def memory_section(quick: bool) -> list[dict]:
-    """Peak-RSS probes over chunk sizes, forms and backends (torch: K 8 direct, K 16 and 64 features;
-    JAX: K 16 direct, K 64 features) and the estimator."""
+    """Peak-RSS probes over chunk sizes, forms and backends: the torch backend as users get it (``auto``: its
+    screen takes the pruned form on these blobs) for K = 16 and 64, and forced to its dense form (``direct`` for
+    K = 16, ``features`` for K = 64); the JAX backend (dense only); the estimator with its default chunk."""
     n, d = (20_000, 8) if quick else (1_000_000, 64)
     ks = (2, 4) if quick else (16, 64)
     chunks = (256, 4096) if quick else (256, 1024, 4096, 16384)
-    probes = [(k, c, "torch") for k in ks for c in chunks]
-    probes += [(ks[0] // 2, c, "torch") for c in (chunks[0], chunks[-1])]  # K = 8: the direct form
-    probes += [(k, c, "jax") for k in ks for c in (256, 4096)]
-    probes += [(ks[0], None, "estimator")]
+    dense = {ks[0]: "direct", ks[1]: "features"}
+    probes = [(k, c, "torch", "auto") for k in ks for c in (*chunks, None)]
+    probes += [(k, c, "torch", dense[k]) for k in ks for c in (chunks[0], chunks[-1])]
+    probes += [(k, c, "jax", "auto") for k in ks for c in (256, 4096)]
+    probes += [(ks[0], None, "estimator", "auto")]
     out = []
-    for k, c, backend in probes:
-        m = memory_probe(n, d, k, c, backend)
-        print(f"memory N={n:,} D={d} K={k} {backend:9s} {m['form']:8s} chunk {m['chunk_size']:>6}: extra peak "
-              f"{m['extra_mb']:7.1f} MB (chunk temporaries {m['chunk_temporaries_mb']:6.1f} MB, data "
-              f"{m['data_mb']:.0f} MB), {m['seconds_one_iteration']:.1f} s", flush=True)
+    for k, c, backend, strategy in probes:
+        m = memory_probe(n, d, k, c, backend, strategy)
+        temps = "" if m["chunk_temporaries_mb"] is None else f", chunk temporaries {m['chunk_temporaries_mb']:6.1f} MB"
+        print(f"memory N={n:,} D={d} K={k} {backend:9s} {strategy:8s}-> {m['form']:8s} chunk {m['chunk_size']:>6}: "
+              f"extra peak {m['extra_mb']:7.1f} MB (data {m['data_mb']:.0f} MB{temps}), {m['seconds']:.1f} s",
+              flush=True)
         out.append(m)
     return out
 

@@ -207,6 +207,7 @@ def test_auto_screens_each_e_step_and_takes_the_dense_form_when_pruning_does_not
     assert data.pruned
     got = fam.e_step(params, data)
     assert fam.prune_pays(fam.last_pairs_per_row, 24) == pays
+    assert fam.last_form == ("pruned" if pays else "direct" if data.direct else "features")
     forced = GMMFamily(8, "full", strategy="pruned")  # a forced strategy runs whatever it costs
     dense = GMMFamily(8, "full", strategy="direct" if data.direct else "features")
     same = forced if pays else dense

@@ -161,7 +161,8 @@ class GMMFamily:
         they keep, it costs less than the dense form by a measured cost model (:meth:`prune_pays`: at D = 20 and
         K = 64 up to ~1.9 pairs a row, at D = 64 and K = 10 up to ~3), else the dense form: ``direct`` when
         ``direct_ratio * K <= D`` (4 here, 2.5 for the JAX backend), else ``features``.
-        ``last_pairs_per_row`` holds the pairs per row (1 to K) of the last screen.
+        ``last_pairs_per_row`` holds the pairs per row (1 to K) of the last screen, ``last_form`` the form the
+        last E-step took (``'pruned'``, ``'direct'`` or ``'features'``).
     shards : Shards, optional
         Sharded EM: ``x`` given to :meth:`prepare` is this rank's block of rows and the
         statistics are summed over ranks (:class:`~ppl_dgm.models.shards.Shards`); ``None``
@@ -321,7 +322,9 @@ class GMMFamily:
         Sharded: ``[S_r | sum_n log p(x_n)]`` (F K + 1 numbers; the pruned form: two more, its pairs and
         screened rows) summed over ranks, once."""
         total, stats, screened = self._sums_pruned(params, data) if data.pruned else (None, None, None)
+        self.last_form = "pruned"
         if stats is None:
+            self.last_form = "direct" if data.direct else "features"
             total, stats = (self._sums_direct if data.direct else self._sums_features)(params, data)
         if data.shards is not None:
             packed = [stats.reshape(-1), total.reshape(1)] + ([screened] if data.pruned else [])
