@@ -300,3 +300,20 @@ def test_kept_moments_of_another_number_of_components_are_not_reused():
     ref = fam4.e_step(p4, fam4.prepare(x))
     torch.testing.assert_close(got.stats, ref.stats, rtol=1e-13, atol=1e-10)
     assert all(m.shape[0] == 4 for _, m in data.work["sure_moments"].values())
+
+
+def test_kept_moments_are_freed_when_the_screen_takes_the_dense_form():
+    # under auto, an E-step that the screen sends to the dense form drops the pruned form's kept moments (stale,
+    # up to SURE_CACHE_BYTES); a later pruned E-step computes them afresh and gets a fresh E-step's sums
+    x = blobs(3000, 24, 8, spread=8.0, seed=3)
+    fam = GMMFamily(8, "full")
+    fam.prune_min_n, fam.prune_probe_rows = 1000, 500
+    data = fam.prepare(x)
+    p1 = fitted(x, 8, iters=3)
+    broad = p1._replace(precisions_cholesky=p1.precisions_cholesky * 0.01)  # covariances 1e4 x: all overlap
+    for params, form in ((p1, "pruned"), (broad, "direct" if data.direct else "features"), (p1, "pruned")):
+        got = fam.e_step(params, data)
+        assert fam.last_form == form
+        assert bool(data.work.get("sure_moments")) == (form == "pruned")
+        fresh = GMMFamily(8, "full", strategy=form)
+        torch.testing.assert_close(got.stats, fresh.e_step(params, fresh.prepare(x)).stats, rtol=1e-10, atol=1e-8)

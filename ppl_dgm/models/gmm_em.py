@@ -325,6 +325,9 @@ class GMMFamily:
         self.last_form = "pruned"
         if stats is None:
             self.last_form = "direct" if data.direct else "features"
+            # the pruned form's kept moments (up to gmm_prune.SURE_CACHE_BYTES) are stale once the screen sends an
+            # E-step to the dense form: freed, and computed afresh if a later E-step prunes again
+            data.work.pop("sure_moments", None)
             total, stats = (self._sums_direct if data.direct else self._sums_features)(params, data)
         if data.shards is not None:
             packed = [stats.reshape(-1), total.reshape(1)] + ([screened] if data.pruned else [])
