@@ -112,11 +112,17 @@ if backend == "estimator":
                     chunk_size=chunk).fit(x)
     form = "auto"
 else:
-    fam = GMMFamily(k, "full", init_params="random_from_data", reg_covar=1e-3, chunk_size=chunk, strategy=strategy)
+    forms = []
+    class Family(GMMFamily):  # notes the form each E-step took
+        def e_step(self, params, data):
+            out = super().e_step(params, data)
+            forms.append(self.last_form)
+            return out
+    fam = Family(k, "full", init_params="random_from_data", reg_covar=1e-3, chunk_size=chunk, strategy=strategy)
     if backend == "jax":
         form = "direct" if JaxGMMFamily(fam).family.use_direct(d) else "features"
     fit_em(JaxGMMFamily(fam) if backend == "jax" else fam, x, max_iter=iters, tol=0.0, warn=False)
-    form = fam.last_form if backend == "torch" else form  # the form the last E-step took
+    form = "+".join(forms) if backend == "torch" else form  # the forms the E-steps took, in order
 secs = time.perf_counter() - t
 print(before, status()["VmHWM"], used, secs, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, form)
 """
@@ -125,37 +131,38 @@ print(before, status()["VmHWM"], used, secs, resource.getrusage(resource.RUSAGE_
 def memory_probe(n: int, d: int, k: int, chunk: int | None, backend: str = "torch", strategy: str = "auto",
                  iters: int = MEMORY_ITERS) -> dict:
     """Fresh process: peak RSS during ``iters`` EM iterations minus the RSS with the data loaded; ``form`` is the
-    E-step form the fit took (under ``strategy="auto"`` the torch backend's screen picks it)."""
+    E-step forms the fit took, in order (``pruned+direct``; under ``strategy="auto"`` the torch backend's screen
+    picks each)."""
     code = MEMORY_CHILD.format(n=n, d=d, k=k, chunk=chunk, backend=backend, strategy=strategy, iters=iters)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, peak, used, secs, ru, form = out.stdout.split()
-    dense = form in ("direct", "features")
+    dense = "pruned" not in form and form != "auto"
     return {"n": n, "d": d, "k": k, "backend": backend, "strategy": strategy, "form": form, "chunk_size": int(used),
             "iterations": iters, "data_mb": n * d * 8 / 2**20, "rss_with_data_mb": float(before),
             "peak_rss_mb": float(peak), "extra_mb": float(peak) - float(before),
-            "chunk_temporaries_mb": int(used) * GMMFamily(k, "full", strategy=form).numbers_per_row(d) * 8 / 2**20
+            "chunk_temporaries_mb": int(used) * GMMFamily(k, "full", strategy=form.split("+")[-1]).numbers_per_row(d)
+            * 8 / 2**20
             if dense else None,
             "seconds": float(secs),
             "child_ru_maxrss_mb (inherited from the parent by fork)": float(ru)}
 
 
 MEMORY_NOTE = (
-    "extra_mb = peak RSS during two EM iterations minus RSS with the data loaded (VmHWM after clear_refs, fresh "
-    "process per setting); form = the E-step form the fit took. torch, dense forms (direct, features): the data "
-    "are read in place (no copy); per chunk of c rows the temporaries are the centred columns (D x c), phi^T "
-    "(F x c, feature form) or y = U^T x (KD x c, direct form) and the responsibilities (K x c), so extra_mb grows "
-    "linearly with the chunk size (slope ~ chunk_temporaries_mb) above a fixed part of a few tens of MB (torch "
-    "kernels' workspaces, the allocator's retained pages, initialisation). torch, pruned form (what auto takes on "
-    "separated blobs): its per-chunk buffers (augmented rows, bounds, sorted rows; the chunk is chunk_size rows "
-    "when given, else ~2^21 numbers' worth) plus the sure rows' moments kept between E-steps, at most "
-    "gmm_prune.SURE_CACHE_BYTES = 64 MB in all: bounded by the chunk and that budget, not by N. "
-    "JAX: prepare() copies the data once into padded centred columns (n_chunks, D, c), so its extra includes "
-    "one data-sized copy, plus the chunk temporaries of its passes (one set per worker) and, with several workers, "
-    "~65 MB of glibc's per-thread malloc arenas. The earlier fixed ~1 GB 'peak' was "
-    "getrusage(RUSAGE_SELF).ru_maxrss in the child: Linux carries the parent's peak RSS into a child created by "
-    "fork (+exec), so it reported the benchmark process's own size, not the fit's. The estimator "
-    "(GaussianMixture.fit) reads a float64 C-ordered array in place too; its finiteness check runs in blocks of "
-    "rows (before: one N x D boolean array)."
+    'extra_mb = peak RSS during two EM iterations minus RSS with the data loaded (VmHWM after clear_refs, fresh '
+    "process per setting); form = the forms the fit's E-steps took, in order. torch, dense forms (direct, "
+    'features): the data are read in place (no copy); per chunk of c rows the temporaries are the centred columns '
+    '(D x c), phi^T (F x c, feature form) or y = U^T x (KD x c, direct form) and the responsibilities (K x c), so '
+    'extra_mb grows linearly with the chunk size (slope ~ chunk_temporaries_mb) above a fixed part of a few tens of'
+    " MB (torch kernels' workspaces, the allocator's retained pages, initialisation). torch, pruned form (what auto"
+    ' takes on separated blobs): its per-chunk buffers (augmented rows, bounds, sorted rows; the chunk is '
+    "chunk_size rows when given, else ~2^21 numbers' worth) plus the sure rows' moments kept between E-steps, at "
+    'most gmm_prune.SURE_CACHE_BYTES = 64 MB in all: bounded by the chunk and that budget, not by N. JAX: prepare()'
+    ' copies the data once into padded centred columns (n_chunks, D, c), so its extra includes one data-sized copy,'
+    " plus the chunk temporaries of its passes (one set per worker) and, with several workers, ~65 MB of glibc's "
+    "per-thread malloc arenas. The earlier fixed ~1 GB 'peak' was getrusage(RUSAGE_SELF).ru_maxrss in the child: "
+    "Linux carries the parent's peak RSS into a child created by fork (+exec), so it reported the benchmark "
+    "process's own size, not the fit's. The estimator (GaussianMixture.fit) reads a float64 C-ordered array in "
+    'place too; its finiteness check runs in blocks of rows (before: one N x D boolean array).'
 )
 
 

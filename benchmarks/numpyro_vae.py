@@ -101,10 +101,9 @@ def main() -> None:
 
     result = json.loads(out.read_text()) if out.exists() else {}
     load0 = os.getloadavg()
-    if args.only in (None, "speed"):
-        result["speed"] = speed(args.repeats, args.batch_size)
-    if args.only in (None, "parity"):
-        result["parity"] = parity()
+    ran = [k for k in ("speed", "parity") if args.only in (None, k)]
+    for section in ran:
+        result[section] = speed(args.repeats, args.batch_size) if section == "speed" else parity()
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     result["machine"] = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "jax": jax.__version__,
                          "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
@@ -112,6 +111,8 @@ def main() -> None:
     result["command"] = ("python benchmarks/numpyro_vae.py" + (f" --only {args.only}" if args.only else "")
                          + f" --repeats {args.repeats} --threads {args.threads}"
                          + (f" --out {args.out}" if args.out != OUT else ""))
+    for section in ran:  # each section keeps the run that wrote it (the top level: the last run)
+        result[section].update(command=result["command"], machine=result["machine"])
     out.write_text(json.dumps(result, indent=2) + "\n")
     if "speed" in result:
         s = result["speed"]
