@@ -197,6 +197,8 @@ class GMMFamily:
         self.chunk_bytes = chunk_bytes
         self.strategy = check_choice("strategy", strategy, STRATEGIES)
         self.shards = shards
+        self.last_pairs_per_row: float | None = None  # set by each E-step (class docstring, ``strategy``)
+        self.last_form: str | None = None
         if self.strategy in ("direct", "pruned") and self.covariance_type != "full":
             raise InputError(f"expected covariance_type='full' with strategy={self.strategy!r}; got "
                              f"{covariance_type!r}")
