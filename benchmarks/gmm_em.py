@@ -100,7 +100,6 @@ for i in range(0, n, 65536):
     x[i:i+65536] = torch.randn(x[i:i+65536].shape, generator=g, dtype=torch.float64)
 x[:, 0] += 4 * (torch.arange(n) % 4)
 used = GMMFamily(k, "full", chunk_size=chunk, strategy=strategy).prepare(x).chunk_size
-form = "direct" if GMMFamily(k, "full").use_direct(d) else "features"
 if backend == "estimator":
     from ppl_dgm import GaussianMixture
     x = x.numpy()
@@ -119,10 +118,12 @@ else:
             forms.append(self.last_form)
             return out
     fam = Family(k, "full", init_params="random_from_data", reg_covar=1e-3, chunk_size=chunk, strategy=strategy)
-    if backend == "jax":
-        form = "direct" if JaxGMMFamily(fam).family.use_direct(d) else "features"
-    fit_em(JaxGMMFamily(fam) if backend == "jax" else fam, x, max_iter=iters, tol=0.0, warn=False)
-    form = "+".join(forms) if backend == "torch" else form  # the forms the E-steps took, in order
+    jax_fam = JaxGMMFamily(fam) if backend == "jax" else None
+    fit_em(jax_fam or fam, x, max_iter=iters, tol=0.0, warn=False)
+    if jax_fam is not None:  # (its own passes: the dense forms only)
+        form = "direct" if jax_fam.family.use_direct(d) else "features"
+    else:
+        form = "+".join(forms)  # the forms the E-steps took, in order
 secs = time.perf_counter() - t
 print(before, status()["VmHWM"], used, secs, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, form)
 """
@@ -136,33 +137,33 @@ def memory_probe(n: int, d: int, k: int, chunk: int | None, backend: str = "torc
     code = MEMORY_CHILD.format(n=n, d=d, k=k, chunk=chunk, backend=backend, strategy=strategy, iters=iters)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     before, peak, used, secs, ru, form = out.stdout.split()
-    dense = "pruned" not in form and form != "auto"
+    dense = set(form.split("+")) <= {"direct", "features"}  # (the pruned form's chunk is its own)
+    temporaries = int(used) * GMMFamily(k, "full", strategy=form.split("+")[-1]).numbers_per_row(d) * 8 / 2**20 \
+        if dense else None
     return {"n": n, "d": d, "k": k, "backend": backend, "strategy": strategy, "form": form, "chunk_size": int(used),
             "iterations": iters, "data_mb": n * d * 8 / 2**20, "rss_with_data_mb": float(before),
             "peak_rss_mb": float(peak), "extra_mb": float(peak) - float(before),
-            "chunk_temporaries_mb": int(used) * GMMFamily(k, "full", strategy=form.split("+")[-1]).numbers_per_row(d)
-            * 8 / 2**20
-            if dense else None,
+            "chunk_temporaries_mb": temporaries,
             "seconds": float(secs),
             "child_ru_maxrss_mb (inherited from the parent by fork)": float(ru)}
 
 
 MEMORY_NOTE = (
-    'extra_mb = peak RSS during two EM iterations minus RSS with the data loaded (VmHWM after clear_refs, fresh '
+    "extra_mb = peak RSS during two EM iterations minus RSS with the data loaded (VmHWM after clear_refs, fresh "
     "process per setting); form = the forms the fit's E-steps took, in order. torch, dense forms (direct, "
-    'features): the data are read in place (no copy); per chunk of c rows the temporaries are the centred columns '
-    '(D x c), phi^T (F x c, feature form) or y = U^T x (KD x c, direct form) and the responsibilities (K x c), so '
-    'extra_mb grows linearly with the chunk size (slope ~ chunk_temporaries_mb) above a fixed part of a few tens of'
+    "features): the data are read in place (no copy); per chunk of c rows the temporaries are the centred columns "
+    "(D x c), phi^T (F x c, feature form) or y = U^T x (KD x c, direct form) and the responsibilities (K x c), so "
+    "extra_mb grows linearly with the chunk size (slope ~ chunk_temporaries_mb) above a fixed part of a few tens of"
     " MB (torch kernels' workspaces, the allocator's retained pages, initialisation). torch, pruned form (what auto"
-    ' takes on separated blobs): its per-chunk buffers (augmented rows, bounds, sorted rows; the chunk is '
+    " takes on separated blobs): its per-chunk buffers (augmented rows, bounds, sorted rows; the chunk is "
     "chunk_size rows when given, else ~2^21 numbers' worth) plus the sure rows' moments kept between E-steps, at "
-    'most gmm_prune.SURE_CACHE_BYTES = 64 MB in all: bounded by the chunk and that budget, not by N. JAX: prepare()'
-    ' copies the data once into padded centred columns (n_chunks, D, c), so its extra includes one data-sized copy,'
+    "most gmm_prune.SURE_CACHE_BYTES = 64 MB in all: bounded by the chunk and that budget, not by N. JAX: prepare()"
+    " copies the data once into padded centred columns (n_chunks, D, c), so its extra includes one data-sized copy,"
     " plus the chunk temporaries of its passes (one set per worker) and, with several workers, ~65 MB of glibc's "
     "per-thread malloc arenas. The earlier fixed ~1 GB 'peak' was getrusage(RUSAGE_SELF).ru_maxrss in the child: "
     "Linux carries the parent's peak RSS into a child created by fork (+exec), so it reported the benchmark "
     "process's own size, not the fit's. The estimator (GaussianMixture.fit) reads a float64 C-ordered array in "
-    'place too; its finiteness check runs in blocks of rows (before: one N x D boolean array).'
+    "place too; its finiteness check runs in blocks of rows (before: one N x D boolean array)."
 )
 
 

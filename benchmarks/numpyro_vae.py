@@ -95,11 +95,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (XLA uses its own pool)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
-    out = args.out
     torch.set_num_threads(args.threads)
     import jax
 
-    result = json.loads(out.read_text()) if out.exists() else {}
+    result = json.loads(args.out.read_text()) if args.out.exists() else {}
     load0 = os.getloadavg()
     ran = [k for k in ("speed", "parity") if args.only in (None, k)]
     for section in ran:
@@ -113,7 +112,7 @@ def main() -> None:
                          + (f" --out {args.out}" if args.out != OUT else ""))
     for section in ran:  # each section keeps the run that wrote it (the top level: the last run)
         result[section].update(command=result["command"], machine=result["machine"])
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     if "speed" in result:
         s = result["speed"]
         print(f"ms/step (epoch 2) {s['ms_per_step_epoch2']}; speed-up over plain PyTorch "

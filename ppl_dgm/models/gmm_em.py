@@ -70,7 +70,7 @@ from .gmm import (
     log_det_cholesky,
     precision_cholesky,
 )
-from .gmm_prune import augment, chunk_sums, exp_, make_plan, row_width, screen, sure_log_lik
+from .gmm_prune import augment, chunk_sums, exp_, forget_sure_moments, make_plan, row_width, screen, sure_log_lik
 from .kmeans import kmeans, kmeans_plusplus, take_rows
 from .shards import Shards
 
@@ -327,9 +327,6 @@ class GMMFamily:
         self.last_form = "pruned"
         if stats is None:
             self.last_form = "direct" if data.direct else "features"
-            # the pruned form's kept moments (up to gmm_prune.SURE_CACHE_BYTES) are stale once the screen sends an
-            # E-step to the dense form: freed, and computed afresh if a later E-step prunes again
-            data.work.pop("sure_moments", None)
             total, stats = (self._sums_direct if data.direct else self._sums_features)(params, data)
         if data.shards is not None:
             packed = [stats.reshape(-1), total.reshape(1)] + ([screened] if data.pruned else [])
@@ -404,6 +401,7 @@ class GMMFamily:
             scr = screen(xb, plan)
             pairs += scr.pairs
             if i == 0 and self.strategy == "auto" and not self.prune_pays(pairs / len(xb), d):
+                forget_sure_moments(plan)  # the dense form runs this E-step
                 return None, None, torch.tensor([float(pairs), len(xb)], dtype=torch.float64, device=u.device)
             total += chunk_sums(xb, plan, stats, sure, scr, key=i)
         total += sure_log_lik(sure, plan)

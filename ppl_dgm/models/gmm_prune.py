@@ -279,6 +279,13 @@ def add_sure_moments(scr: Screen, plan: PrunePlan, sure: Tensor, key=None) -> No
         sure.index_add_(0, torch.tensor(js, device=sure.device), full[js])
 
 
+def forget_sure_moments(plan: PrunePlan) -> None:
+    """Drop the moments :func:`add_sure_moments` keeps in ``plan.work`` (up to :data:`SURE_CACHE_BYTES`): stale once
+    an E-step takes the dense form, so not held through the rest of the fit; a later pruned E-step computes them
+    afresh."""
+    plan.work.pop("sure_moments", None)
+
+
 def sure_log_lik(sure: Tensor, plan: PrunePlan) -> Tensor:
     """``sum_n log p(x_n)`` (float64) of the *sure* rows (responsibility 1 for their component) from their
     moments ``sure`` (K, D + 1, D + 1, the ``M_k = [x | 1]^T [x | 1]`` of each component's sure rows, summed
